@@ -1,0 +1,139 @@
+//! Wire layouts shared by the kernel programs (`sonde-probes`) and the daemon.
+//!
+//! Everything here crosses the kernel/user boundary byte for byte: `#[repr(C)]`, no implicit
+//! padding (checked by the size asserts at the bottom), only fixed-width integers and byte
+//! arrays, never `bool`, `Option` or Rust enums.
+#![no_std]
+
+/// Bytes of payload one ring-buffer record carries; a larger transfer is split into chunks.
+pub const CHUNK_SIZE: usize = 4096;
+/// Upper bound on chunks per syscall, so the kernel loop is bounded for the verifier.
+pub const MAX_CHUNKS: u32 = 16;
+/// Largest capture per syscall the kernel can be asked for.
+pub const MAX_CAPTURE_BYTES: u32 = CHUNK_SIZE as u32 * MAX_CHUNKS;
+/// iovec entries of a readv/writev/recvmsg/sendmsg the kernel looks at.
+pub const MAX_IOVECS: u32 = 8;
+
+/// `EventHeader::kind` values.
+pub mod kind {
+    /// A TCP connection this process accepted (server side).
+    pub const ACCEPT: u32 = 1;
+    /// A TCP connection this process initiated (client side).
+    pub const CONNECT: u32 = 2;
+    /// Bytes read from or written to a traced socket.
+    pub const DATA: u32 = 3;
+    /// A traced socket was closed.
+    pub const CLOSE: u32 = 4;
+    /// A process (thread-group leader) exited.
+    pub const PROCESS_EXIT: u32 = 5;
+}
+
+/// `DataEvent::direction` values, from the traced process's point of view.
+pub mod direction {
+    pub const INGRESS: u32 = 1;
+    pub const EGRESS: u32 = 2;
+}
+
+/// `SocketState::role` values.
+pub mod role {
+    pub const UNKNOWN: u32 = 0;
+    pub const SERVER: u32 = 1;
+    pub const CLIENT: u32 = 2;
+}
+
+/// Common prefix of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    pub kind: u32,
+    /// Thread-group id (the process id userspace sees).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    pub fd: i32,
+    /// `bpf_ktime_get_ns`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+}
+
+/// A new TCP connection on `hdr.fd`. Addresses are IPv4-mapped IPv6 when `family` is AF_INET.
+/// A field the kernel could not learn is all zero; userspace fills it from /proc.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnEvent {
+    pub hdr: EventHeader,
+    pub role: u32,
+    pub family: u16,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: [u16; 3],
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// One chunk of the bytes one syscall transferred on a traced socket.
+///
+/// `total_len` is what the syscall returned; `offset` is where this chunk starts within it;
+/// `len` is how many bytes of `data` are valid. Bytes of `total_len` that no chunk covers were
+/// not captured (over the capture limit); userspace must account for them as lost.
+/// Only `DATA_HEADER_SIZE + len` bytes of a record are written to the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    pub hdr: EventHeader,
+    pub direction: u32,
+    pub len: u32,
+    pub offset: u32,
+    /// Bit 0: last chunk of this syscall.
+    pub flags: u32,
+    pub total_len: u64,
+    /// CLOCK_MONOTONIC at syscall entry (`hdr.ts_ns` is at exit).
+    pub enter_ts_ns: u64,
+    pub data: [u8; CHUNK_SIZE],
+}
+
+pub const DATA_FLAG_LAST_CHUNK: u32 = 1;
+pub const DATA_HEADER_SIZE: usize = core::mem::size_of::<DataEvent>() - CHUNK_SIZE;
+
+/// Value of the kernel's per-socket map, keyed by `socket_key(pid, fd)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SocketState {
+    pub role: u32,
+    /// Bytes to capture per syscall on this socket (userspace raises it for protocols with long
+    /// messages, e.g. PostgreSQL queries); 0 means the global default.
+    pub capture_bytes: u32,
+}
+
+/// Key of the per-socket map.
+#[inline(always)]
+pub const fn socket_key(pid: u32, fd: u32) -> u64 {
+    ((pid as u64) << 32) | fd as u64
+}
+
+/// Settings the daemon writes into the programs' read-only data before loading.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProbeConfig {
+    /// The daemon's own pid: its traffic is never traced.
+    pub self_pid: u32,
+    /// Non-zero: only pids present in the pid filter map are traced.
+    pub filter_pids: u32,
+    /// Default bytes captured per syscall (at most `MAX_CAPTURE_BYTES`).
+    pub capture_bytes: u32,
+    /// Unread bytes in the ring buffer above which a record wakes the reader; below it, the
+    /// reader finds records on its own poll tick (batched wake-ups).
+    pub wakeup_bytes: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
+const _: () = assert!(core::mem::size_of::<ConnEvent>() == 80);
+const _: () = assert!(DATA_HEADER_SIZE == 56);
+const _: () = assert!(core::mem::size_of::<SocketState>() == 8);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data: repr(C), integer and byte-array fields, no padding (asserted above).
+    unsafe impl aya::Pod for super::SocketState {}
+    unsafe impl aya::Pod for super::ProbeConfig {}
+}

@@ -1,0 +1,1 @@
+//! OTLP exporter: bounded queue, batching, retries, gRPC/HTTP/stdout outputs.

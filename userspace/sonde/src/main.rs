@@ -1,0 +1,2 @@
+//! `sonde`: the node daemon's command line.
+fn main() {}

@@ -1,0 +1,2 @@
+//! `cargo xtask`: developer entry points.
+fn main() {}
