@@ -32,10 +32,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   done
 fi
 
-if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
-  log "rustup: nightly rust-src"
-  rustup toolchain install nightly --profile minimal >/dev/null 2>&1 || true
-  rustup component add rust-src --toolchain nightly
+# The kernel programs need a nightly whose LLVM matches bpf-linker's (22). Pinned by date so a
+# newer nightly (LLVM 23) can never break the build; keep in sync with xtask's EBPF_TOOLCHAIN.
+EBPF_TOOLCHAIN=nightly-2026-05-01
+if ! rustup component list --toolchain "$EBPF_TOOLCHAIN" --installed 2>/dev/null | grep -q '^rust-src'; then
+  log "rustup: $EBPF_TOOLCHAIN with rust-src"
+  rustup toolchain install "$EBPF_TOOLCHAIN" --profile minimal --component rust-src
 fi
 
 if ! command -v bpf-linker >/dev/null 2>&1; then

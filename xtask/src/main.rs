@@ -1,2 +1,150 @@
-//! `cargo xtask`: developer entry points.
-fn main() {}
+//! `cargo xtask`: the developer entry points (bootstrap, build-ebpf, run, test, bench).
+//!
+//! Every command that needs tools first runs the idempotent bootstrap, so a fresh machine goes
+//! from nothing to running with `cargo xtask run` and `cargo xtask test`.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Nightly whose LLVM (22) matches bpf-linker's; keep in sync with build.rs and bootstrap.sh.
+const EBPF_TOOLCHAIN: &str = "nightly-2026-05-01";
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "sonde developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install every prerequisite (apt, rustup, bpf-linker, pip). Idempotent.
+    Bootstrap,
+    /// Build the kernel programs into target/ebpf.
+    BuildEbpf,
+    /// Build and run the daemon (`sonde run`), printing spans to the terminal by default.
+    Run {
+        /// Arguments passed to `sonde run`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The whole suite: formatting, clippy, unit, property and end-to-end tests.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// fmt --check and clippy -D warnings.
+    Lint,
+    /// Benchmarks (see `cargo xtask bench --help`).
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("[xtask] {cmd:?}");
+    let status = cmd.status().with_context(|| format!("spawn {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn bootstrap() -> Result<()> {
+    run(Command::new("bash").arg(root().join("xtask/bootstrap.sh")))
+}
+
+fn build_ebpf() -> Result<()> {
+    run(Command::new("cargo")
+        .current_dir(root().join("ebpf/probes"))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .arg(format!("+{EBPF_TOOLCHAIN}"))
+        .args(["build", "-Z", "build-std=core", "--target", "bpfel-unknown-none", "--release"])
+        .arg("--target-dir")
+        .arg(root().join("target/ebpf")))
+}
+
+fn lint() -> Result<()> {
+    run(Command::new("cargo").current_dir(root()).args(["fmt", "--all", "--check"]))?;
+    run(Command::new("cargo").current_dir(root()).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Bootstrap => bootstrap(),
+        Cmd::BuildEbpf => {
+            bootstrap()?;
+            build_ebpf()
+        }
+        Cmd::Lint => lint(),
+        Cmd::Run { args } => {
+            bootstrap()?;
+            build_ebpf()?;
+            run(Command::new("cargo").current_dir(root()).args(["build", "--release", "-p", "sonde"]))?;
+            let mut cmd = if nix_is_root() {
+                Command::new(root().join("target/release/sonde"))
+            } else {
+                let mut c = Command::new("sudo");
+                c.arg(root().join("target/release/sonde"));
+                c
+            };
+            run(cmd.arg("run").args(args))
+        }
+        Cmd::Test { args } => {
+            bootstrap()?;
+            build_ebpf()?;
+            lint()?;
+            // Binaries the end-to-end tests run (the daemon, the test server) are built first.
+            run(Command::new("cargo").current_dir(root()).args(["build", "--workspace", "--bins"]))?;
+            run(Command::new("cargo")
+                .current_dir(root())
+                .args(["test", "--workspace", "--no-fail-fast"])
+                .args(args))
+        }
+        Cmd::Bench { args } => {
+            bootstrap()?;
+            build_ebpf()?;
+            run(Command::new("cargo").current_dir(root()).args(["build", "--release", "--workspace", "--bins"]))?;
+            run(Command::new(root().join("target/release/sonde-bench")).args(args))
+        }
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}

@@ -126,7 +126,7 @@ pub struct ProbeConfig {
 }
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
-const _: () = assert!(core::mem::size_of::<ConnEvent>() == 80);
+const _: () = assert!(core::mem::size_of::<ConnEvent>() == 72);
 const _: () = assert!(DATA_HEADER_SIZE == 56);
 const _: () = assert!(core::mem::size_of::<SocketState>() == 8);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 16);

@@ -1,0 +1,492 @@
+//! Syscall tracepoints: socket lifecycle (accept, connect, close), data transfer (read/write
+//! family, sendfile) and process exit, plus `sock:inet_sock_set_state` to learn a client
+//! socket's local address and that it is TCP.
+use aya_ebpf::{
+    helpers::generated::bpf_probe_read_user,
+    macros::{map, tracepoint},
+    maps::HashMap,
+    programs::TracePointContext,
+};
+use sonde_common::{
+    CHUNK_SIZE, ConnEvent, DATA_FLAG_LAST_CHUNK, DATA_HEADER_SIZE, EventHeader, MAX_CAPTURE_BYTES,
+    MAX_CHUNKS, MAX_IOVECS, SocketState, direction, kind, role, socket_key,
+};
+
+use crate::maps::{
+    SCRATCH, SOCKETS, config, now_ns, output, output_raw, pid_tgid, process_wanted,
+};
+
+// Offsets in the syscall tracepoint records (stable: see events/syscalls/*/format).
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const ARG2: usize = 32;
+const RET: usize = 16;
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const EINPROGRESS: i64 = 115;
+const IPPROTO_TCP: u16 = 6;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_CLOSE: i32 = 7;
+
+/// How a data syscall described its buffers.
+const BUF_PLAIN: u32 = 0;
+const BUF_IOVEC: u32 = 1;
+const BUF_MSGHDR: u32 = 2;
+const BUF_NONE: u32 = 3;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DataArgs {
+    fd: i32,
+    buf_kind: u32,
+    ptr: u64,
+    iov_count: u64,
+    direction: u32,
+    capture_bytes: u32,
+    enter_ts_ns: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct AcceptArgs {
+    sockaddr: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ConnectArgs {
+    fd: i32,
+    is_tcp: u32,
+    family: u16,
+    remote_port: u16,
+    local_port: u16,
+    _pad: u16,
+    remote_addr: [u8; 16],
+    local_addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IoVec {
+    base: u64,
+    len: u64,
+}
+
+/// In-flight data syscalls, by thread (`pid_tgid`).
+#[map]
+static DATA_ARGS: HashMap<u64, DataArgs> = HashMap::with_max_entries(16384, 0);
+#[map]
+static ACCEPT_ARGS: HashMap<u64, AcceptArgs> = HashMap::with_max_entries(16384, 0);
+#[map]
+static CONNECT_ARGS: HashMap<u64, ConnectArgs> = HashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn arg<T>(ctx: &TracePointContext, offset: usize) -> Option<T> {
+    // SAFETY: offsets come from the tracepoint format; read_at bounds-checks via the helper.
+    unsafe { ctx.read_at::<T>(offset) }.ok()
+}
+
+#[inline(always)]
+fn read_user<T: Copy>(src: u64) -> Option<T> {
+    let mut value = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: the helper copies at most size_of::<T>() bytes and fails on a bad pointer.
+    let ret = unsafe {
+        bpf_probe_read_user(
+            value.as_mut_ptr().cast(),
+            core::mem::size_of::<T>() as u32,
+            src as *const core::ffi::c_void,
+        )
+    };
+    if ret < 0 {
+        return None;
+    }
+    // SAFETY: fully written by the helper on success.
+    Some(unsafe { value.assume_init() })
+}
+
+#[inline(always)]
+fn header(kind: u32, id: u64, fd: i32) -> EventHeader {
+    EventHeader {
+        kind,
+        pid: (id >> 32) as u32,
+        tid: id as u32,
+        fd,
+        ts_ns: now_ns(),
+    }
+}
+
+/// Reads a sockaddr_in / sockaddr_in6 into (family, port, v6-mapped address).
+#[inline(always)]
+fn read_sockaddr(ptr: u64) -> Option<(u16, u16, [u8; 16])> {
+    if ptr == 0 {
+        return None;
+    }
+    let family: u16 = read_user(ptr)?;
+    let port_be: u16 = read_user(ptr + 2)?;
+    let mut addr = [0u8; 16];
+    match family {
+        AF_INET => {
+            let v4: [u8; 4] = read_user(ptr + 4)?;
+            addr[10] = 0xff;
+            addr[11] = 0xff;
+            addr[12] = v4[0];
+            addr[13] = v4[1];
+            addr[14] = v4[2];
+            addr[15] = v4[3];
+        }
+        AF_INET6 => addr = read_user(ptr + 8)?,
+        _ => return Some((family, 0, addr)),
+    }
+    Some((family, u16::from_be(port_be), addr))
+}
+
+// ---------------------------------------------------------------- accept
+
+#[tracepoint]
+pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
+    let id = pid_tgid();
+    if !process_wanted((id >> 32) as u32) {
+        return 0;
+    }
+    let sockaddr = arg::<u64>(&ctx, ARG1).unwrap_or(0);
+    let _ = ACCEPT_ARGS.insert(&id, &AcceptArgs { sockaddr }, 0);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    let id = pid_tgid();
+    // SAFETY: copy out of the map before removing the entry.
+    let Some(args) = (unsafe { ACCEPT_ARGS.get(&id) }).copied() else {
+        return 0;
+    };
+    let _ = ACCEPT_ARGS.remove(&id);
+    let ret = arg::<i64>(&ctx, RET).unwrap_or(-1);
+    if ret < 0 {
+        return 0;
+    }
+    let fd = ret as i32;
+    let mut event = ConnEvent {
+        hdr: header(kind::ACCEPT, id, fd),
+        role: role::SERVER,
+        ..ConnEvent::default()
+    };
+    if let Some((family, port, addr)) = read_sockaddr(args.sockaddr) {
+        if family != AF_INET && family != AF_INET6 {
+            return 0; // AF_UNIX and friends: not TCP
+        }
+        event.family = family;
+        event.remote_port = port;
+        event.remote_addr = addr;
+    }
+    let state = SocketState {
+        role: role::SERVER,
+        capture_bytes: 0,
+    };
+    let _ = SOCKETS.insert(&socket_key(event.hdr.pid, fd as u32), &state, 0);
+    output(&event);
+    0
+}
+
+// ---------------------------------------------------------------- connect
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let id = pid_tgid();
+    if !process_wanted((id >> 32) as u32) {
+        return 0;
+    }
+    let fd = arg::<i64>(&ctx, ARG0).unwrap_or(-1) as i32;
+    let Some((family, port, addr)) = read_sockaddr(arg::<u64>(&ctx, ARG1).unwrap_or(0)) else {
+        return 0;
+    };
+    if family != AF_INET && family != AF_INET6 {
+        return 0;
+    }
+    let args = ConnectArgs {
+        fd,
+        is_tcp: 0,
+        family,
+        remote_port: port,
+        local_port: 0,
+        _pad: 0,
+        remote_addr: addr,
+        local_addr: [0; 16],
+    };
+    let _ = CONNECT_ARGS.insert(&id, &args, 0);
+    0
+}
+
+/// Fires in the connecting thread when the kernel sends the SYN: proves the socket is TCP and
+/// gives its local address and port.
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let id = pid_tgid();
+    let Some(args) = CONNECT_ARGS.get_ptr_mut(&id) else {
+        return 0;
+    };
+    let old: i32 = arg(&ctx, 16).unwrap_or(0);
+    let new: i32 = arg(&ctx, 20).unwrap_or(0);
+    let protocol: u16 = arg(&ctx, 30).unwrap_or(0);
+    if old != TCP_CLOSE || new != TCP_SYN_SENT || protocol != IPPROTO_TCP {
+        return 0;
+    }
+    let sport: u16 = arg(&ctx, 24).unwrap_or(0);
+    let family: u16 = arg(&ctx, 28).unwrap_or(0);
+    let mut local = [0u8; 16];
+    if family == AF_INET {
+        let v4: [u8; 4] = arg(&ctx, 32).unwrap_or([0; 4]);
+        local[10] = 0xff;
+        local[11] = 0xff;
+        local[12] = v4[0];
+        local[13] = v4[1];
+        local[14] = v4[2];
+        local[15] = v4[3];
+    } else {
+        local = arg(&ctx, 40).unwrap_or([0; 16]);
+    }
+    // SAFETY: the entry belongs to this thread; nothing else writes it concurrently.
+    unsafe {
+        (*args).is_tcp = 1;
+        (*args).local_port = sport;
+        (*args).local_addr = local;
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let id = pid_tgid();
+    // SAFETY: copy out before removing.
+    let Some(args) = (unsafe { CONNECT_ARGS.get(&id) }).copied() else {
+        return 0;
+    };
+    let _ = CONNECT_ARGS.remove(&id);
+    let ret = arg::<i64>(&ctx, RET).unwrap_or(-1);
+    if (ret != 0 && ret != -EINPROGRESS) || args.is_tcp == 0 {
+        return 0;
+    }
+    let event = ConnEvent {
+        hdr: header(kind::CONNECT, id, args.fd),
+        role: role::CLIENT,
+        family: args.family,
+        local_port: args.local_port,
+        remote_port: args.remote_port,
+        _pad: [0; 3],
+        local_addr: args.local_addr,
+        remote_addr: args.remote_addr,
+    };
+    let state = SocketState {
+        role: role::CLIENT,
+        capture_bytes: 0,
+    };
+    let _ = SOCKETS.insert(&socket_key(event.hdr.pid, args.fd as u32), &state, 0);
+    output(&event);
+    0
+}
+
+// ---------------------------------------------------------------- close and exit
+
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let id = pid_tgid();
+    let fd = arg::<i64>(&ctx, ARG0).unwrap_or(-1) as i32;
+    let key = socket_key((id >> 32) as u32, fd as u32);
+    // SAFETY: read-only lookup.
+    if unsafe { SOCKETS.get(&key) }.is_none() {
+        return 0;
+    }
+    let _ = SOCKETS.remove(&key);
+    output(&header(kind::CLOSE, id, fd));
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let group_dead: u8 = arg(&ctx, 32).unwrap_or(0);
+    if group_dead == 0 {
+        return 0;
+    }
+    let id = pid_tgid();
+    output(&header(kind::PROCESS_EXIT, id, -1));
+    0
+}
+
+// ---------------------------------------------------------------- data
+
+/// Remembers a data syscall's buffers on entry if its fd is a traced socket.
+#[inline(always)]
+fn enter_data(ctx: &TracePointContext, buf_kind: u32, dir: u32) -> u32 {
+    let id = pid_tgid();
+    let fd = arg::<i64>(ctx, ARG0).unwrap_or(-1) as i32;
+    let key = socket_key((id >> 32) as u32, fd as u32);
+    // SAFETY: read-only lookup of a plain value.
+    let Some(state) = (unsafe { SOCKETS.get(&key) }).copied() else {
+        return 0;
+    };
+    let cfg = config();
+    let capture = if state.capture_bytes != 0 {
+        state.capture_bytes
+    } else {
+        cfg.capture_bytes
+    };
+    let args = DataArgs {
+        fd,
+        buf_kind,
+        ptr: arg::<u64>(ctx, ARG1).unwrap_or(0),
+        iov_count: if buf_kind == BUF_IOVEC {
+            arg::<u64>(ctx, ARG2).unwrap_or(0)
+        } else {
+            0
+        },
+        direction: dir,
+        capture_bytes: if capture > MAX_CAPTURE_BYTES {
+            MAX_CAPTURE_BYTES
+        } else {
+            capture
+        },
+        enter_ts_ns: now_ns(),
+    };
+    let _ = DATA_ARGS.insert(&id, &args, 0);
+    0
+}
+
+/// Copies what the syscall transferred into the ring buffer on exit.
+#[inline(always)]
+fn exit_data(ctx: &TracePointContext) -> u32 {
+    let id = pid_tgid();
+    // SAFETY: copy out before removing.
+    let Some(mut args) = (unsafe { DATA_ARGS.get(&id) }).copied() else {
+        return 0;
+    };
+    let _ = DATA_ARGS.remove(&id);
+    let ret = arg::<i64>(ctx, RET).unwrap_or(-1);
+    if ret <= 0 {
+        return 0;
+    }
+    if args.buf_kind == BUF_MSGHDR {
+        // struct user_msghdr { void *name; int namelen; struct iovec *iov; size_t iovlen; ... }
+        args.iov_count = read_user::<u64>(args.ptr + 24).unwrap_or(0);
+        args.ptr = read_user::<u64>(args.ptr + 16).unwrap_or(0);
+        args.buf_kind = BUF_IOVEC;
+    }
+    emit_data(id, &args, ret as u64);
+    0
+}
+
+#[inline(always)]
+fn emit_data(id: u64, args: &DataArgs, total: u64) {
+    let Some(event) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch slot, exclusively ours while this program runs.
+    let event = unsafe { &mut *event };
+    event.hdr = header(kind::DATA, id, args.fd);
+    event.direction = args.direction;
+    event.total_len = total;
+    event.enter_ts_ns = args.enter_ts_ns;
+    event.flags = 0;
+
+    let captured = if total < args.capture_bytes as u64 {
+        total as u32
+    } else {
+        args.capture_bytes
+    };
+    if args.buf_kind == BUF_NONE || captured == 0 {
+        event.offset = 0;
+        event.len = 0;
+        event.flags = DATA_FLAG_LAST_CHUNK;
+        output_raw((event as *const sonde_common::DataEvent).cast(), DATA_HEADER_SIZE as u64);
+        return;
+    }
+
+    let mut offset: u32 = 0;
+    // Current buffer: for BUF_PLAIN the one buffer, for BUF_IOVEC the iovec at `iov_index`.
+    let mut iov_index: u64 = 0;
+    let mut base: u64 = args.ptr;
+    let mut remaining_in_buf: u64 = total;
+    if args.buf_kind == BUF_IOVEC {
+        remaining_in_buf = 0;
+    }
+    for _ in 0..(MAX_CHUNKS + MAX_IOVECS) {
+        if offset >= captured {
+            break;
+        }
+        if remaining_in_buf == 0 {
+            if args.buf_kind != BUF_IOVEC || iov_index >= args.iov_count || iov_index >= MAX_IOVECS as u64 {
+                break;
+            }
+            let Some(iov) = read_user::<IoVec>(args.ptr + iov_index * 16) else {
+                break;
+            };
+            iov_index += 1;
+            base = iov.base;
+            remaining_in_buf = iov.len;
+            continue;
+        }
+        let mut len = captured - offset;
+        if len as u64 > remaining_in_buf {
+            len = remaining_in_buf as u32;
+        }
+        if len > CHUNK_SIZE as u32 {
+            len = CHUNK_SIZE as u32;
+        }
+        // Bound for the verifier: 1..=CHUNK_SIZE.
+        let len = (len.wrapping_sub(1) & (CHUNK_SIZE as u32 - 1)) + 1;
+        // SAFETY: `len` <= CHUNK_SIZE = size of `data`; the helper fails on a bad user pointer.
+        let ret = unsafe {
+            bpf_probe_read_user(
+                event.data.as_mut_ptr().cast(),
+                len,
+                base as *const core::ffi::c_void,
+            )
+        };
+        if ret < 0 {
+            break;
+        }
+        event.offset = offset;
+        event.len = len;
+        offset += len;
+        base += len as u64;
+        remaining_in_buf -= len as u64;
+        event.flags = if offset >= captured { DATA_FLAG_LAST_CHUNK } else { 0 };
+        output_raw(
+            (event as *const sonde_common::DataEvent).cast(),
+            DATA_HEADER_SIZE as u64 + len as u64,
+        );
+    }
+}
+
+macro_rules! data_syscall {
+    ($enter:ident, $exit:ident, $buf:expr, $dir:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            enter_data(&ctx, $buf, $dir)
+        }
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            exit_data(&ctx)
+        }
+    };
+}
+
+data_syscall!(sys_enter_read, sys_exit_read, BUF_PLAIN, direction::INGRESS);
+data_syscall!(sys_enter_recvfrom, sys_exit_recvfrom, BUF_PLAIN, direction::INGRESS);
+data_syscall!(sys_enter_readv, sys_exit_readv, BUF_IOVEC, direction::INGRESS);
+data_syscall!(sys_enter_recvmsg, sys_exit_recvmsg, BUF_MSGHDR, direction::INGRESS);
+data_syscall!(sys_enter_write, sys_exit_write, BUF_PLAIN, direction::EGRESS);
+data_syscall!(sys_enter_sendto, sys_exit_sendto, BUF_PLAIN, direction::EGRESS);
+data_syscall!(sys_enter_writev, sys_exit_writev, BUF_IOVEC, direction::EGRESS);
+data_syscall!(sys_enter_sendmsg, sys_exit_sendmsg, BUF_MSGHDR, direction::EGRESS);
+
+/// sendfile(out_fd, in_fd, ...): the bytes come from a file, so only their count is reported.
+#[tracepoint]
+pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
+    enter_data(&ctx, BUF_NONE, direction::EGRESS)
+}
+
+#[tracepoint]
+pub fn sys_exit_sendfile64(ctx: TracePointContext) -> u32 {
+    exit_data(&ctx)
+}
