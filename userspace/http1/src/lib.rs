@@ -1,1 +1,162 @@
 //! Incremental HTTP/1.x parser: byte streams in, request/response exchanges out.
+//!
+//! The daemon hands a [`Connection`] the bytes each syscall moved on a TCP socket, per direction
+//! and in order, possibly cut short (`lost_after`: bytes the kernel did not capture). The
+//! connection emits [`Event`]s: a [`Event::RequestHead`] as soon as a request head is parsed (so
+//! trace context can be read while the request is in flight), an [`Event::Exchange`] once a
+//! request and its response are both complete, and [`Event::NotHttp`] when a direction turns out
+//! not to be HTTP/1.x. There is no I/O here; everything is testable with byte slices.
+//!
+//! What it handles: HTTP/1.0 and 1.1, heads split over any number of feeds, `Content-Length`,
+//! chunked bodies (extensions, trailers), keep-alive, pipelining (responses matched in order),
+//! `Expect: 100-continue` and other 1xx interim responses, bodiless responses (HEAD, 1xx, 204,
+//! 304), close-delimited responses, `CONNECT` and `101 Switching Protocols` (the stream stops
+//! being HTTP; the parser goes quiet), uncaptured bytes, garbage, and hostile sizes.
+//!
+//! Costs: heads are parsed in place from the feed when they arrive whole; only an incomplete head
+//! is buffered (at most [`MAX_HEAD_BYTES`]). Bodies are counted, never copied. Chunked framing is
+//! walked per byte only on size lines and trailers. The pending-request queue is bounded by
+//! [`MAX_PENDING`].
+//!
+//! Semantics worth knowing:
+//! - Body byte counts are payload bytes: the `Content-Length` bytes, or the decoded chunk data of a
+//!   chunked body (size lines and trailers excluded). Uncaptured body bytes are counted and mark the
+//!   exchange `truncated`.
+//! - A head cut off by `lost_after` is salvaged when its start line arrived: the start line and the
+//!   complete header lines before the cut are kept and the exchange is `truncated`. The direction
+//!   then resynchronises at the next feed that starts like a new message. A request head lost whole
+//!   leaves a placeholder so the next response is not matched to the wrong request.
+//! - `response_last` of a close-delimited response is the Seen of the feed that carried its last
+//!   byte (not of the close), which is when the server finished sending it.
+//! - Response bytes with no request waiting are ignored and counted in [`Connection::desyncs`].
+//!
+//! Why not an existing crate: `httparse` (used here for heads) is not incremental across feeds and
+//! has no body framing or request/response matching; `hyper`/`h1` parsers own I/O and copy bodies;
+//! `llhttp`/`http-parser` bindings are C code. Framing, matching and resynchronisation on lossy
+//! captures are specific to tracing, so they are written here (about a thousand lines with tests).
+//!
+//! Fuzzing (from this crate's folder): `cargo +nightly fuzz run parse -- -max_total_time=60`
+
+mod chunked;
+mod connection;
+mod head;
+
+#[cfg(test)]
+mod proptests;
+
+pub use connection::Connection;
+pub use head::{looks_like_request, looks_like_response};
+
+/// Largest request or response head (start line plus headers) buffered; a longer head is
+/// treated like a cut-off one.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most requests waiting for their response on one connection; beyond it the oldest are emitted
+/// with no response and the response side resynchronises.
+pub const MAX_PENDING: usize = 256;
+/// Most 1xx statuses recorded per exchange.
+pub const MAX_INFORMATIONAL: usize = 16;
+
+/// Which way bytes moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to server bytes.
+    Request,
+    /// Server to client bytes.
+    Response,
+}
+
+/// When and on which thread a piece of bytes was seen; opaque to the parser, passed through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub ts_ns: u64,
+    pub tid: u32,
+}
+
+/// One header line; the name as sent, the value as raw bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+fn find_header<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_slice())
+}
+
+/// A parsed request line and headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    pub target: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    pub headers: Vec<Header>,
+}
+
+impl RequestHead {
+    /// The value of the first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        find_header(&self.headers, name)
+    }
+}
+
+/// A parsed status line and headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub reason: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    pub headers: Vec<Header>,
+}
+
+impl ResponseHead {
+    /// The value of the first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        find_header(&self.headers, name)
+    }
+}
+
+/// A request and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exchange {
+    /// 0-based index of this request on the connection (since the parser synchronised).
+    pub seq: u64,
+    pub request: RequestHead,
+    pub request_body_bytes: u64,
+    /// Seen of the feed that carried the first request byte.
+    pub request_first: Seen,
+    /// Seen of the feed that carried the last request byte.
+    pub request_last: Seen,
+    /// None: connection closed / parse gave up before a final response.
+    pub response: Option<ResponseHead>,
+    pub response_body_bytes: u64,
+    /// Seen of the feed that carried the first response byte (interim responses included).
+    pub response_first: Option<Seen>,
+    /// Seen of the feed that carried the last response byte.
+    pub response_last: Option<Seen>,
+    /// 1xx interim responses seen before the final one (100-continue).
+    pub informational: Vec<u16>,
+    /// Some bytes of this exchange were not captured or not parsed.
+    pub truncated: bool,
+}
+
+/// What a [`Connection`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A request head is complete (emitted as soon as the head is parsed, before body/response) so
+    /// the caller can set up trace context (e.g. read `traceparent`) while the request is in
+    /// flight.
+    RequestHead {
+        seq: u64,
+        head: RequestHead,
+        first: Seen,
+    },
+    /// A request and its response (or None) are complete.
+    Exchange(Exchange),
+    /// The bytes in this direction are not HTTP/1.x; the parser gave up on the connection.
+    NotHttp { direction: Direction },
+}

@@ -1,0 +1,380 @@
+//! Message heads: finding where a head ends, parsing it with `httparse` into owned types,
+//! salvaging the readable part of a cut-off head, body framing from headers, and cheap sniffing.
+
+use crate::{Header, RequestHead, ResponseHead};
+
+/// Most header lines accepted in one head; more makes the head unusable.
+pub(crate) const MAX_HEADERS: usize = 128;
+/// Longest method token `looks_like_request` accepts.
+const MAX_METHOD_LEN: usize = 24;
+
+/// Result of parsing a buffer that holds (at least) a complete head.
+#[derive(Debug)]
+pub(crate) enum Parsed<T> {
+    /// The head and its length in bytes.
+    Complete(T, usize),
+    /// More bytes are needed.
+    Partial,
+    /// The bytes are not an HTTP/1.x head.
+    Invalid,
+    /// The head is HTTP but over [`MAX_HEADERS`].
+    TooManyHeaders,
+}
+
+fn config() -> httparse::ParserConfig {
+    // Tracing must see what real servers accept, so be as lenient as httparse allows.
+    let mut c = httparse::ParserConfig::default();
+    c.allow_spaces_after_header_name_in_responses(true)
+        .allow_obsolete_multiline_headers_in_responses(true)
+        .allow_multiple_spaces_in_request_line_delimiters(true)
+        .allow_multiple_spaces_in_response_status_delimiters(true)
+        .ignore_invalid_headers_in_requests(true)
+        .ignore_invalid_headers_in_responses(true);
+    c
+}
+
+fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<Header> {
+    headers
+        .iter()
+        .map(|h| Header {
+            name: h.name.to_owned(),
+            value: h.value.to_vec(),
+        })
+        .collect()
+}
+
+pub(crate) fn parse_request(buf: &[u8]) -> Parsed<RequestHead> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match config().parse_request(&mut req, buf) {
+        Ok(httparse::Status::Complete(len)) => {
+            match (req.method, req.path, req.version) {
+                (Some(method), Some(target), Some(minor_version)) => Parsed::Complete(
+                    RequestHead {
+                        method: method.to_owned(),
+                        target: target.to_owned(),
+                        minor_version,
+                        headers: owned_headers(req.headers),
+                    },
+                    len,
+                ),
+                _ => Parsed::Invalid,
+            }
+        }
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => Parsed::TooManyHeaders,
+        Err(_) => Parsed::Invalid,
+    }
+}
+
+pub(crate) fn parse_response(buf: &[u8]) -> Parsed<ResponseHead> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    match config().parse_response(&mut resp, buf) {
+        Ok(httparse::Status::Complete(len)) => match (resp.code, resp.version) {
+            (Some(status), Some(minor_version)) => Parsed::Complete(
+                ResponseHead {
+                    status,
+                    reason: resp.reason.unwrap_or_default().to_owned(),
+                    minor_version,
+                    headers: owned_headers(resp.headers),
+                },
+                len,
+            ),
+            _ => Parsed::Invalid,
+        },
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => Parsed::TooManyHeaders,
+        Err(_) => Parsed::Invalid,
+    }
+}
+
+/// The complete header lines of a head that was cut off, closed with an empty line, so that
+/// the start line and the headers that did arrive can still be parsed.
+fn complete_lines(buf: &[u8]) -> Option<Vec<u8>> {
+    let last_lf = buf.iter().rposition(|&b| b == b'\n')?;
+    let mut owned = Vec::with_capacity(last_lf.saturating_add(3));
+    owned.extend_from_slice(buf.get(..=last_lf)?);
+    owned.extend_from_slice(b"\r\n");
+    Some(owned)
+}
+
+/// Start line and complete header lines of a request head whose end was lost.
+pub(crate) fn salvage_request(buf: &[u8]) -> Option<RequestHead> {
+    match parse_request(&complete_lines(buf)?) {
+        Parsed::Complete(head, _) => Some(head),
+        _ => None,
+    }
+}
+
+/// Status line and complete header lines of a response head whose end was lost.
+pub(crate) fn salvage_response(buf: &[u8]) -> Option<ResponseHead> {
+    match parse_response(&complete_lines(buf)?) {
+        Parsed::Complete(head, _) => Some(head),
+        _ => None,
+    }
+}
+
+/// Where the empty line that ends a head finishes in `data`, given the last bytes already
+/// buffered (`tail`, which itself holds no complete empty line). Returns the index just past it.
+pub(crate) fn find_head_end(tail: &[u8], data: &[u8]) -> Option<usize> {
+    // An end marker (`\n\n` or `\n\r\n`) may straddle the tail and data.
+    let keep = tail.len().min(2);
+    let tail = tail.get(tail.len().saturating_sub(keep)..).unwrap_or_default();
+    if !tail.is_empty() {
+        let mut window = [0u8; 4];
+        let from_data = data.len().min(2);
+        let mut n = 0usize;
+        for (slot, &b) in window
+            .iter_mut()
+            .zip(tail.iter().chain(data.iter().take(from_data)))
+        {
+            *slot = b;
+            n = n.saturating_add(1);
+        }
+        let window = window.get(..n).unwrap_or_default();
+        for start in 0..keep {
+            if let Some(end) = marker_end(window, start) {
+                if end > keep {
+                    return Some(end.saturating_sub(keep));
+                }
+            }
+        }
+    }
+    let mut from = 0usize;
+    while let Some(rel) = data.get(from..)?.iter().position(|&b| b == b'\n') {
+        let at = from.saturating_add(rel);
+        if let Some(end) = marker_end(data, at) {
+            return Some(end);
+        }
+        from = at.saturating_add(1);
+    }
+    None
+}
+
+/// If an end-of-head marker starts at `at`, the index just past it.
+fn marker_end(bytes: &[u8], at: usize) -> Option<usize> {
+    if bytes.get(at) != Some(&b'\n') {
+        return None;
+    }
+    match (bytes.get(at.saturating_add(1)), bytes.get(at.saturating_add(2))) {
+        (Some(b'\n'), _) => Some(at.saturating_add(2)),
+        (Some(b'\r'), Some(b'\n')) => Some(at.saturating_add(3)),
+        _ => None,
+    }
+}
+
+/// How a message body is delimited, from its headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// `Transfer-Encoding` whose final coding is not chunked (delimited by close for responses).
+    OtherEncoding,
+    /// No length information (delimited by close for responses).
+    Unspecified,
+    /// `Content-Length` that is not a number or disagrees with itself.
+    BadLength,
+}
+
+pub(crate) fn framing(headers: &[Header]) -> Framing {
+    let mut transfer_encoding: Option<&[u8]> = None;
+    let mut length: Option<u64> = None;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // The last header's last coding is what counts.
+            transfer_encoding = Some(&h.value);
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            for part in h.value.split(|&b| b == b',') {
+                let Some(v) = parse_decimal(trim(part)) else {
+                    return Framing::BadLength;
+                };
+                match length {
+                    Some(prev) if prev != v => return Framing::BadLength,
+                    _ => length = Some(v),
+                }
+            }
+        }
+    }
+    if let Some(te) = transfer_encoding {
+        let last = te.rsplit(|&b| b == b',').next().map(trim).unwrap_or_default();
+        return if last.eq_ignore_ascii_case(b"chunked") {
+            Framing::Chunked
+        } else {
+            Framing::OtherEncoding
+        };
+    }
+    match length {
+        Some(0) => Framing::None,
+        Some(n) => Framing::Length(n),
+        None => Framing::Unspecified,
+    }
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |p| p.saturating_add(1));
+    bytes.get(start..end).unwrap_or_default()
+}
+
+fn parse_decimal(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() {
+        return None;
+    }
+    bytes.iter().try_fold(0u64, |acc, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+const KNOWN_METHODS: [&[u8]; 9] = [
+    b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE",
+];
+
+/// Whether `data` starts like an HTTP/1.x request line: method token, space, target, space,
+/// `HTTP/1.`. When `data` ends early, a well-known method followed by a plausible prefix counts.
+pub fn looks_like_request(data: &[u8]) -> bool {
+    let method_len = data.iter().take_while(|&&b| is_tchar(b)).count();
+    if method_len == 0 || method_len > MAX_METHOD_LEN {
+        return false;
+    }
+    let known = data
+        .get(..method_len)
+        .is_some_and(|m| KNOWN_METHODS.contains(&m));
+    let Some(rest) = data.get(method_len..) else {
+        return false;
+    };
+    match rest.first() {
+        None => return known,
+        Some(b' ') => {}
+        Some(_) => return false,
+    }
+    let rest = rest.get(1..).unwrap_or_default();
+    let target_len = rest.iter().take_while(|&&b| b > b' ' && b != 0x7f).count();
+    let Some(after) = rest.get(target_len..) else {
+        return false;
+    };
+    match after.first() {
+        None => return known,
+        Some(b' ') if target_len > 0 => {}
+        Some(_) => return false,
+    }
+    let version = after.get(1..).unwrap_or_default();
+    const PREFIX: &[u8] = b"HTTP/1.";
+    if version.len() >= PREFIX.len() {
+        version.starts_with(PREFIX)
+    } else {
+        known && PREFIX.starts_with(version)
+    }
+}
+
+/// Whether `data` starts like an HTTP/1.x status line: `HTTP/1.x NNN`. A shorter `data` counts
+/// when it is a prefix of that shape at least `HTTP/1.` long.
+pub fn looks_like_response(data: &[u8]) -> bool {
+    const PREFIX: &[u8] = b"HTTP/1.";
+    if data.len() < PREFIX.len() || !data.starts_with(PREFIX) {
+        return false;
+    }
+    let shape = |i: usize, b: u8| match i {
+        7 | 9..=11 => b.is_ascii_digit(),
+        8 => b == b' ',
+        _ => true,
+    };
+    data.iter()
+        .take(12)
+        .enumerate()
+        .skip(PREFIX.len())
+        .all(|(i, &b)| shape(i, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_end_inside_data() {
+        assert_eq!(find_head_end(b"", b"GET / HTTP/1.1\r\n\r\nbody"), Some(18));
+        assert_eq!(find_head_end(b"", b"GET / HTTP/1.1\n\nbody"), Some(16));
+        assert_eq!(find_head_end(b"", b"GET / HTTP/1.1\r\nA: b\r\n"), None);
+    }
+
+    #[test]
+    fn head_end_straddles_feeds() {
+        assert_eq!(find_head_end(b"A: b\r\n", b"\r\nrest"), Some(2));
+        assert_eq!(find_head_end(b"A: b\r\n\r", b"\nrest"), Some(1));
+        assert_eq!(find_head_end(b"A: b\r", b"\n\r\nrest"), Some(3));
+        assert_eq!(find_head_end(b"A: b\n", b"\nrest"), Some(1));
+        assert_eq!(find_head_end(b"A: b\r\n", b"B: c\r\n"), None);
+        assert_eq!(find_head_end(b"\n", b""), None);
+    }
+
+    #[test]
+    fn framing_rules() {
+        let h = |n: &str, v: &str| Header {
+            name: n.into(),
+            value: v.as_bytes().to_vec(),
+        };
+        assert_eq!(framing(&[h("Content-Length", "12")]), Framing::Length(12));
+        assert_eq!(framing(&[h("content-length", "7, 7")]), Framing::Length(7));
+        assert_eq!(framing(&[h("content-length", "7, 8")]), Framing::BadLength);
+        assert_eq!(framing(&[h("content-length", "-1")]), Framing::BadLength);
+        assert_eq!(framing(&[h("content-length", "0")]), Framing::None);
+        assert_eq!(
+            framing(&[h("Content-Length", "3"), h("Transfer-Encoding", "gzip, Chunked")]),
+            Framing::Chunked
+        );
+        assert_eq!(
+            framing(&[h("Transfer-Encoding", "gzip")]),
+            Framing::OtherEncoding
+        );
+        assert_eq!(framing(&[]), Framing::Unspecified);
+    }
+
+    #[test]
+    fn sniff_requests() {
+        assert!(looks_like_request(b"GET / HTTP/1.1\r\n"));
+        assert!(looks_like_request(b"PURGE /x HTTP/1.0\r\n"));
+        assert!(looks_like_request(b"GET /very/long/pa"));
+        assert!(looks_like_request(b"POST / HTT"));
+        assert!(!looks_like_request(b"PURGE /x HTT"));
+        assert!(!looks_like_request(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+        assert!(!looks_like_request(b"\x16\x03\x01\x02\x00\x01"));
+        assert!(!looks_like_request(b"HTTP/1.1 200 OK\r\n"));
+        assert!(!looks_like_request(b""));
+        assert!(!looks_like_request(b"GET  HTTP/1.1"));
+    }
+
+    #[test]
+    fn sniff_responses() {
+        assert!(looks_like_response(b"HTTP/1.1 200 OK\r\n"));
+        assert!(looks_like_response(b"HTTP/1.0 404"));
+        assert!(looks_like_response(b"HTTP/1.1 2"));
+        assert!(!looks_like_response(b"HTTP/1.1 2x0 OK"));
+        assert!(!looks_like_response(b"HTTP/2 200"));
+        assert!(!looks_like_response(b"GET / HTTP/1.1"));
+    }
+
+    #[test]
+    fn salvage_cut_head() {
+        let head = salvage_request(b"GET /a?b=c HTTP/1.1\r\nHost: x\r\nCookie: abcdef").unwrap();
+        assert_eq!(head.method, "GET");
+        assert_eq!(head.target, "/a?b=c");
+        assert_eq!(head.headers.len(), 1);
+        assert!(salvage_request(b"GET /a?b=c HTT").is_none());
+        let resp = salvage_response(b"HTTP/1.1 200 OK\r\nServer: y\r\nX-Lo").unwrap();
+        assert_eq!(resp.status, 200);
+    }
+}
