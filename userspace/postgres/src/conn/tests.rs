@@ -1,0 +1,1 @@
+//! Connection tests from hand-built byte streams.

@@ -1,0 +1,1 @@
+//! Sanitizer table tests.
