@@ -24,16 +24,25 @@ pub(crate) enum ChunkError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// Reading hex digits of a chunk size; `digits` is how many were seen.
-    Size { value: u64, digits: u8 },
+    Size {
+        value: u64,
+        digits: u8,
+    },
     /// After the size: optional whitespace, extensions and CR, up to the LF.
-    Ext { value: u64 },
-    Data { remaining: u64 },
+    Ext {
+        value: u64,
+    },
+    Data {
+        remaining: u64,
+    },
     /// Expecting the CR (or bare LF) that closes chunk data.
     DataCr,
     /// Expecting the LF that closes chunk data.
     DataLf,
     /// In the trailer section; `line_len` counts non-CR bytes of the current line.
-    Trailer { line_len: u32 },
+    Trailer {
+        line_len: u32,
+    },
     Done,
 }
 
@@ -170,11 +179,21 @@ impl Chunked {
             }
             State::DataCr => match byte {
                 b'\r' => self.state = State::DataLf,
-                b'\n' => self.state = State::Size { value: 0, digits: 0 },
+                b'\n' => {
+                    self.state = State::Size {
+                        value: 0,
+                        digits: 0,
+                    }
+                }
                 _ => return Err(ChunkError::BadDelimiter),
             },
             State::DataLf => match byte {
-                b'\n' => self.state = State::Size { value: 0, digits: 0 },
+                b'\n' => {
+                    self.state = State::Size {
+                        value: 0,
+                        digits: 0,
+                    }
+                }
                 _ => return Err(ChunkError::BadDelimiter),
             },
             State::Trailer { line_len } => {

@@ -319,11 +319,10 @@ impl Connection {
         // A close-delimited body ends at its last byte, whose Seen is already recorded.
         let _ = seen;
         if self.status == Status::Active {
-            if self.resp.stage == Stage::Body(Body::UntilClose) && self.resp_target == Target::Entry
+            if self.resp.stage == Stage::Body(Body::UntilClose)
+                && let Some(entry) = self.target_entry()
             {
-                if let Some(entry) = self.response_entry() {
-                    entry.response_done = true;
-                }
+                entry.response_done = true;
             }
             self.flush_all(out);
         }
@@ -623,10 +622,7 @@ impl Connection {
         while !rest.is_empty() && self.status == Status::Active {
             let consumed = match &mut self.resp.stage {
                 Stage::Resync => {
-                    if at_start
-                        && head::looks_like_response(rest)
-                        && self.has_response_target()
-                    {
+                    if at_start && head::looks_like_response(rest) && self.has_response_target() {
                         self.resp.stage = Stage::Head;
                         0
                     } else {
@@ -663,19 +659,15 @@ impl Connection {
     }
 
     fn count_response_body(&mut self, counted: u64, seen: Seen) {
-        if self.resp_target == Target::Entry {
-            if let Some(entry) = self.response_entry() {
-                entry.response_body_bytes = entry.response_body_bytes.saturating_add(counted);
-                entry.response_last = Some(seen);
-            }
+        if let Some(entry) = self.target_entry() {
+            entry.response_body_bytes = entry.response_body_bytes.saturating_add(counted);
+            entry.response_last = Some(seen);
         }
     }
 
     fn mark_response_truncated(&mut self) {
-        if self.resp_target == Target::Entry {
-            if let Some(entry) = self.response_entry() {
-                entry.truncated = true;
-            }
+        if let Some(entry) = self.target_entry() {
+            entry.truncated = true;
         }
     }
 
@@ -826,10 +818,10 @@ impl Connection {
             // The final response is still to come, on a later feed.
             if let Some(entry) = self.target_entry() {
                 entry.truncated = true;
-                if let Some(s) = status {
-                    if entry.informational.len() < MAX_INFORMATIONAL {
-                        entry.informational.push(s);
-                    }
+                if let Some(s) = status
+                    && entry.informational.len() < MAX_INFORMATIONAL
+                {
+                    entry.informational.push(s);
                 }
             }
             self.resp.stage = Stage::Resync;
@@ -838,8 +830,8 @@ impl Connection {
         let mut tunnel = status == Some(101);
         if let Some(entry) = self.target_entry() {
             entry.truncated = true;
-            tunnel = tunnel
-                || (entry.is_connect && status.is_some_and(|s| (200..300).contains(&s)));
+            tunnel =
+                tunnel || (entry.is_connect && status.is_some_and(|s| (200..300).contains(&s)));
             entry.response = salvaged;
         }
         self.response_complete(seen, true, out);
@@ -977,8 +969,16 @@ mod tests {
         let ev = run(
             &mut c,
             &[
-                (Req, b"GET /users?id=1 HTTP/1.1\r\nHost: a\r\nTraceparent: 00-ab\r\n\r\n", 0),
-                (Resp, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 0),
+                (
+                    Req,
+                    b"GET /users?id=1 HTTP/1.1\r\nHost: a\r\nTraceparent: 00-ab\r\n\r\n",
+                    0,
+                ),
+                (
+                    Resp,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                    0,
+                ),
             ],
             false,
         );
@@ -997,7 +997,10 @@ mod tests {
         assert_eq!(x.response.as_ref().unwrap().reason, "OK");
         assert_eq!(x.response_body_bytes, 5);
         assert_eq!((x.request_first, x.request_last), (at(1), at(1)));
-        assert_eq!((x.response_first, x.response_last), (Some(at(2)), Some(at(2))));
+        assert_eq!(
+            (x.response_first, x.response_last),
+            (Some(at(2)), Some(at(2)))
+        );
         assert!(!x.truncated);
         assert!(c.is_http());
     }
@@ -1013,7 +1016,13 @@ mod tests {
         }
         assert_eq!(heads(&out).len(), 1);
         for (i, b) in resp.iter().enumerate() {
-            c.feed(Resp, std::slice::from_ref(b), 0, at(100 + i as u64), &mut out);
+            c.feed(
+                Resp,
+                std::slice::from_ref(b),
+                0,
+                at(100 + i as u64),
+                &mut out,
+            );
         }
         let x = &exchanges(&out)[0];
         assert_eq!(x.request_body_bytes, 3);
@@ -1053,9 +1062,17 @@ mod tests {
         let ev = run(
             &mut c,
             &[
-                (Req, b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nabcd\r\n", 0),
+                (
+                    Req,
+                    b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nabcd\r\n",
+                    0,
+                ),
                 (Req, b"2\r\nef\r\n0\r\nX-Sum: 1\r\n\r\n", 0),
-                (Resp, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nxyz\r\n", 0),
+                (
+                    Resp,
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nxyz\r\n",
+                    0,
+                ),
                 (Resp, b"0\r\n\r\n", 0),
             ],
             false,
@@ -1073,8 +1090,20 @@ mod tests {
         let mut c = Connection::new();
         let mut out = Vec::new();
         for i in 0..100u64 {
-            c.feed(Req, b"GET /k HTTP/1.1\r\nHost: a\r\n\r\n", 0, at(2 * i), &mut out);
-            c.feed(Resp, b"HTTP/1.1 204 No Content\r\n\r\n", 0, at(2 * i + 1), &mut out);
+            c.feed(
+                Req,
+                b"GET /k HTTP/1.1\r\nHost: a\r\n\r\n",
+                0,
+                at(2 * i),
+                &mut out,
+            );
+            c.feed(
+                Resp,
+                b"HTTP/1.1 204 No Content\r\n\r\n",
+                0,
+                at(2 * i + 1),
+                &mut out,
+            );
         }
         let xs = exchanges(&out);
         assert_eq!(xs.len(), 100);
@@ -1109,7 +1138,14 @@ mod tests {
         let xs = exchanges(&ev);
         let got: Vec<_> = xs
             .iter()
-            .map(|x| (x.seq, x.request.target.as_str(), status(x), x.response_body_bytes))
+            .map(|x| {
+                (
+                    x.seq,
+                    x.request.target.as_str(),
+                    status(x),
+                    x.response_body_bytes,
+                )
+            })
             .collect();
         assert_eq!(
             got,
@@ -1128,10 +1164,18 @@ mod tests {
         let ev = run(
             &mut c,
             &[
-                (Req, b"PUT /f HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n", 0),
+                (
+                    Req,
+                    b"PUT /f HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+                    0,
+                ),
                 (Resp, b"HTTP/1.1 100 Continue\r\n\r\n", 0),
                 (Req, b"data", 0),
-                (Resp, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 0),
+                (
+                    Resp,
+                    b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+                    0,
+                ),
             ],
             false,
         );
@@ -1151,16 +1195,34 @@ mod tests {
         let ev = run(
             &mut c,
             &[
-                (Req, b"HEAD / HTTP/1.1\r\n\r\nGET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n", 0),
+                (
+                    Req,
+                    b"HEAD / HTTP/1.1\r\n\r\nGET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+                    0,
+                ),
                 (Resp, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", 0),
-                (Resp, b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1000\r\n\r\n", 0),
-                (Resp, b"HTTP/1.1 204 No Content\r\nContent-Length: 1000\r\n\r\n", 0),
+                (
+                    Resp,
+                    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1000\r\n\r\n",
+                    0,
+                ),
+                (
+                    Resp,
+                    b"HTTP/1.1 204 No Content\r\nContent-Length: 1000\r\n\r\n",
+                    0,
+                ),
             ],
             false,
         );
         let xs = exchanges(&ev);
-        assert_eq!(xs.iter().map(status).collect::<Vec<_>>(), vec![Some(200), Some(304), Some(204)]);
-        assert!(xs.iter().all(|x| x.response_body_bytes == 0 && !x.truncated));
+        assert_eq!(
+            xs.iter().map(status).collect::<Vec<_>>(),
+            vec![Some(200), Some(304), Some(204)]
+        );
+        assert!(
+            xs.iter()
+                .all(|x| x.response_body_bytes == 0 && !x.truncated)
+        );
         assert_eq!(xs[2].response_last, Some(at(4)));
     }
 
@@ -1230,7 +1292,11 @@ mod tests {
         let ev = run(
             &mut c,
             &[
-                (Req, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 0),
+                (
+                    Req,
+                    b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+                    0,
+                ),
                 (Resp, b"HTTP/1.1 200 Connection Established\r\n\r\n", 0),
                 (Req, b"\x16\x03\x01\x00\xa5\x01\x00", 0),
                 (Resp, b"\x16\x03\x03\x00\x5a", 0),
@@ -1251,14 +1317,25 @@ mod tests {
             &mut c,
             &[
                 (Req, b"CONNECT a:443 HTTP/1.1\r\n\r\n", 0),
-                (Resp, b"HTTP/1.1 407 Proxy Auth\r\nContent-Length: 2\r\n\r\nno", 0),
-                (Req, b"CONNECT a:443 HTTP/1.1\r\nProxy-Authorization: x\r\n\r\n", 0),
+                (
+                    Resp,
+                    b"HTTP/1.1 407 Proxy Auth\r\nContent-Length: 2\r\n\r\nno",
+                    0,
+                ),
+                (
+                    Req,
+                    b"CONNECT a:443 HTTP/1.1\r\nProxy-Authorization: x\r\n\r\n",
+                    0,
+                ),
                 (Resp, b"HTTP/1.1 200 OK\r\n\r\n", 0),
             ],
             false,
         );
         let xs = exchanges(&ev);
-        assert_eq!(xs.iter().map(status).collect::<Vec<_>>(), vec![Some(407), Some(200)]);
+        assert_eq!(
+            xs.iter().map(status).collect::<Vec<_>>(),
+            vec![Some(407), Some(200)]
+        );
         assert!(c.is_finished());
     }
 
@@ -1268,8 +1345,16 @@ mod tests {
         let ev = run(
             &mut c,
             &[
-                (Req, b"POST /u HTTP/1.1\r\nContent-Length: 10000\r\n\r\n0123", 9996),
-                (Resp, b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\nab", 4998),
+                (
+                    Req,
+                    b"POST /u HTTP/1.1\r\nContent-Length: 10000\r\n\r\n0123",
+                    9996,
+                ),
+                (
+                    Resp,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\nab",
+                    4998,
+                ),
                 (Req, b"GET /next HTTP/1.1\r\n\r\n", 0),
                 (Resp, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 0),
             ],
@@ -1293,7 +1378,11 @@ mod tests {
             &mut c,
             &[
                 (Req, b"GET / HTTP/1.1\r\n\r\n", 0),
-                (Resp, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\nab", 4094),
+                (
+                    Resp,
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\nab",
+                    4094,
+                ),
                 (Resp, b"\r\n0\r\n\r\n", 0),
             ],
             false,
@@ -1311,10 +1400,18 @@ mod tests {
             &mut c,
             &[
                 (Req, b"GET /big HTTP/1.1\r\nHost: a\r\nCookie: aaaa", 20000),
-                (Req, b"more of the same syscall? no: next syscall body junk", 0),
+                (
+                    Req,
+                    b"more of the same syscall? no: next syscall body junk",
+                    0,
+                ),
                 (Resp, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 0),
                 (Req, b"GET /after HTTP/1.1\r\n\r\n", 0),
-                (Resp, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", 0),
+                (
+                    Resp,
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+                    0,
+                ),
             ],
             false,
         );
@@ -1342,12 +1439,19 @@ mod tests {
                 (Resp, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 0),
                 (Resp, b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n", 0),
                 (Req, b"GET /c HTTP/1.1\r\n\r\n", 0),
-                (Resp, b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n", 0),
+                (
+                    Resp,
+                    b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n",
+                    0,
+                ),
             ],
             false,
         );
         let xs = exchanges(&ev);
-        let got: Vec<_> = xs.iter().map(|x| (x.seq, x.request.target.as_str(), status(x))).collect();
+        let got: Vec<_> = xs
+            .iter()
+            .map(|x| (x.seq, x.request.target.as_str(), status(x)))
+            .collect();
         assert_eq!(got, vec![(0, "/a", Some(200)), (2, "/c", Some(202))]);
     }
 
@@ -1358,7 +1462,11 @@ mod tests {
             &mut c,
             &[
                 (Req, b"GET / HTTP/1.1\r\n\r\n", 0),
-                (Resp, b"HTTP/1.1 503 Busy\r\nContent-Length: 20\r\nX-Big: aaaa", 5000),
+                (
+                    Resp,
+                    b"HTTP/1.1 503 Busy\r\nContent-Length: 20\r\nX-Big: aaaa",
+                    5000,
+                ),
                 (Req, b"GET /2 HTTP/1.1\r\n\r\n", 0),
                 (Resp, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 0),
             ],
@@ -1393,7 +1501,10 @@ mod tests {
         let mut c = Connection::new();
         let ev = run(
             &mut c,
-            &[(Req, b"GET / HTTP/1.1\r\n\r\n", 0), (Resp, b"SSH-2.0-OpenSSH\r\n", 0)],
+            &[
+                (Req, b"GET / HTTP/1.1\r\n\r\n", 0),
+                (Resp, b"SSH-2.0-OpenSSH\r\n", 0),
+            ],
             false,
         );
         assert_eq!(heads(&ev).len(), 1);
@@ -1406,7 +1517,11 @@ mod tests {
     #[test]
     fn http2_prior_knowledge_is_not_http1() {
         let mut c = Connection::new();
-        let ev = run(&mut c, &[(Req, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 0)], false);
+        let ev = run(
+            &mut c,
+            &[(Req, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 0)],
+            false,
+        );
         assert_eq!(ev, vec![Event::NotHttp { direction: Req }]);
     }
 
@@ -1430,7 +1545,11 @@ mod tests {
         let ev = run(
             &mut c,
             &[
-                (Resp, b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 5\r\n\r\nbye", 0),
+                (
+                    Resp,
+                    b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 5\r\n\r\nbye",
+                    0,
+                ),
                 (Resp, b"!!", 0),
                 (Req, b"GET / HTTP/1.1\r\n\r\n", 0),
                 (Resp, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 0),
@@ -1521,11 +1640,29 @@ mod tests {
         }
         assert!(c.is_http());
         c.feed(Req, b"GET /next HTTP/1.1\r\n\r\n", 0, at(200), &mut out);
-        c.feed(Resp, b"HTTP/1.1 431 Too Large\r\nContent-Length: 0\r\n\r\n", 0, at(201), &mut out);
-        c.feed(Resp, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 0, at(202), &mut out);
+        c.feed(
+            Resp,
+            b"HTTP/1.1 431 Too Large\r\nContent-Length: 0\r\n\r\n",
+            0,
+            at(201),
+            &mut out,
+        );
+        c.feed(
+            Resp,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            0,
+            at(202),
+            &mut out,
+        );
         let xs = exchanges(&out);
-        let got: Vec<_> = xs.iter().map(|x| (x.request.target.as_str(), status(x), x.truncated)).collect();
-        assert_eq!(got, vec![("/h", Some(431), true), ("/next", Some(200), false)]);
+        let got: Vec<_> = xs
+            .iter()
+            .map(|x| (x.request.target.as_str(), status(x), x.truncated))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("/h", Some(431), true), ("/next", Some(200), false)]
+        );
     }
 
     #[test]
@@ -1550,7 +1687,11 @@ mod tests {
         }
         assert!(c.pending.len() <= MAX_PENDING);
         assert_eq!(exchanges(&out).len(), MAX_PENDING);
-        assert!(exchanges(&out).iter().all(|x| x.truncated && x.response.is_none()));
+        assert!(
+            exchanges(&out)
+                .iter()
+                .all(|x| x.truncated && x.response.is_none())
+        );
     }
 
     #[test]
@@ -1574,8 +1715,16 @@ mod tests {
         let ev = run(
             &mut c,
             &[
-                (Req, b"POST /big HTTP/1.1\r\nContent-Length: 100\r\n\r\nab", 0),
-                (Resp, b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n", 0),
+                (
+                    Req,
+                    b"POST /big HTTP/1.1\r\nContent-Length: 100\r\n\r\nab",
+                    0,
+                ),
+                (
+                    Resp,
+                    b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n",
+                    0,
+                ),
             ],
             false,
         );

@@ -47,20 +47,18 @@ pub(crate) fn parse_request(buf: &[u8]) -> Parsed<RequestHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match config().parse_request(&mut req, buf) {
-        Ok(httparse::Status::Complete(len)) => {
-            match (req.method, req.path, req.version) {
-                (Some(method), Some(target), Some(minor_version)) => Parsed::Complete(
-                    RequestHead {
-                        method: method.to_owned(),
-                        target: target.to_owned(),
-                        minor_version,
-                        headers: owned_headers(req.headers),
-                    },
-                    len,
-                ),
-                _ => Parsed::Invalid,
-            }
-        }
+        Ok(httparse::Status::Complete(len)) => match (req.method, req.path, req.version) {
+            (Some(method), Some(target), Some(minor_version)) => Parsed::Complete(
+                RequestHead {
+                    method: method.to_owned(),
+                    target: target.to_owned(),
+                    minor_version,
+                    headers: owned_headers(req.headers),
+                },
+                len,
+            ),
+            _ => Parsed::Invalid,
+        },
         Ok(httparse::Status::Partial) => Parsed::Partial,
         Err(httparse::Error::TooManyHeaders) => Parsed::TooManyHeaders,
         Err(_) => Parsed::Invalid,
@@ -120,7 +118,9 @@ pub(crate) fn salvage_response(buf: &[u8]) -> Option<ResponseHead> {
 pub(crate) fn find_head_end(tail: &[u8], data: &[u8]) -> Option<usize> {
     // An end marker (`\n\n` or `\n\r\n`) may straddle the tail and data.
     let keep = tail.len().min(2);
-    let tail = tail.get(tail.len().saturating_sub(keep)..).unwrap_or_default();
+    let tail = tail
+        .get(tail.len().saturating_sub(keep)..)
+        .unwrap_or_default();
     if !tail.is_empty() {
         let mut window = [0u8; 4];
         let from_data = data.len().min(2);
@@ -134,10 +134,10 @@ pub(crate) fn find_head_end(tail: &[u8], data: &[u8]) -> Option<usize> {
         }
         let window = window.get(..n).unwrap_or_default();
         for start in 0..keep {
-            if let Some(end) = marker_end(window, start) {
-                if end > keep {
-                    return Some(end.saturating_sub(keep));
-                }
+            if let Some(end) = marker_end(window, start)
+                && end > keep
+            {
+                return Some(end.saturating_sub(keep));
             }
         }
     }
@@ -157,7 +157,10 @@ fn marker_end(bytes: &[u8], at: usize) -> Option<usize> {
     if bytes.get(at) != Some(&b'\n') {
         return None;
     }
-    match (bytes.get(at.saturating_add(1)), bytes.get(at.saturating_add(2))) {
+    match (
+        bytes.get(at.saturating_add(1)),
+        bytes.get(at.saturating_add(2)),
+    ) {
         (Some(b'\n'), _) => Some(at.saturating_add(2)),
         (Some(b'\r'), Some(b'\n')) => Some(at.saturating_add(3)),
         _ => None,
@@ -198,7 +201,11 @@ pub(crate) fn framing(headers: &[Header]) -> Framing {
         }
     }
     if let Some(te) = transfer_encoding {
-        let last = te.rsplit(|&b| b == b',').next().map(trim).unwrap_or_default();
+        let last = te
+            .rsplit(|&b| b == b',')
+            .next()
+            .map(trim)
+            .unwrap_or_default();
         return if last.eq_ignore_ascii_case(b"chunked") {
             Framing::Chunked
         } else {
@@ -333,7 +340,10 @@ mod tests {
         assert_eq!(framing(&[h("content-length", "-1")]), Framing::BadLength);
         assert_eq!(framing(&[h("content-length", "0")]), Framing::None);
         assert_eq!(
-            framing(&[h("Content-Length", "3"), h("Transfer-Encoding", "gzip, Chunked")]),
+            framing(&[
+                h("Content-Length", "3"),
+                h("Transfer-Encoding", "gzip, Chunked")
+            ]),
             Framing::Chunked
         );
         assert_eq!(
