@@ -376,6 +376,9 @@ pub fn encode_response(signal: Signal, format: Format, rejected: i64, message: &
         }
     }
     let partial = rejected != 0 || !message.is_empty();
+    if !partial && format == Format::Json {
+        return b"{}".to_vec();
+    }
     let error_message = message.to_owned();
     use opentelemetry_proto::tonic::collector::{logs, metrics, trace};
     match signal {
@@ -406,5 +409,181 @@ pub fn encode_response(signal: Signal, format: Format, rejected: i64, message: &
                 }),
             },
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    const PB: Option<&str> = Some("application/x-protobuf");
+    const JSON: Option<&str> = Some("application/json");
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn traces(d: Decoded) -> ExportTraceServiceRequest {
+        match d.request {
+            SignalRequest::Traces(r) => r,
+            other => panic!("not traces: {other:?}"),
+        }
+    }
+
+    /// The example from the OTLP specification (examples/trace.json), lightly trimmed.
+    const SPEC_TRACE_JSON: &str = r#"{
+      "resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "my.service"}}]},
+        "scopeSpans": [{
+          "scope": {"name": "my.library", "version": "1.0.0",
+                    "attributes": [{"key": "my.scope.attribute", "value": {"stringValue": "some scope attribute"}}]},
+          "spans": [{
+            "traceId": "5B8EFFF798038103D269B633813FC60C",
+            "spanId": "EEE19B7EC3C1B174",
+            "parentSpanId": "EEE19B7EC3C1B173",
+            "name": "I'm a server span",
+            "startTimeUnixNano": "1544712660000000000",
+            "endTimeUnixNano": "1544712661000000000",
+            "kind": 2,
+            "attributes": [
+              {"key": "my.span.attr", "value": {"stringValue": "some value"}},
+              {"key": "count", "value": {"intValue": "42"}},
+              {"key": "ratio", "value": {"doubleValue": 0.5}},
+              {"key": "ok", "value": {"boolValue": true}},
+              {"key": "list", "value": {"arrayValue": {"values": [{"stringValue": "a"}, {"intValue": 7}]}}}
+            ],
+            "status": {"code": 2, "message": "boom"}
+          }]
+        }]
+      }]
+    }"#;
+
+    #[test]
+    fn spec_json_example_decodes() {
+        let d = decode_http(Signal::Traces, JSON, None, SPEC_TRACE_JSON.as_bytes(), 1 << 20).unwrap();
+        assert_eq!(d.items, 1);
+        assert_eq!(d.format, Format::Json);
+        let req = traces(d);
+        let span = &req.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(span.name, "I'm a server span");
+        assert_eq!(span.trace_id.len(), 16);
+        assert_eq!(span.start_time_unix_nano, 1_544_712_660_000_000_000);
+        assert_eq!(span.kind, 2);
+        assert_eq!(span.attributes.len(), 5);
+        assert_eq!(span.status.as_ref().unwrap().code, 2);
+    }
+
+    #[test]
+    fn snake_case_json_and_enum_names_decode() {
+        let body = r#"{"resource_spans":[{"scope_spans":[{"spans":[{
+            "trace_id":"5b8efff798038103d269b633813fc60c","span_id":"eee19b7ec3c1b174",
+            "name":"s","kind":"SPAN_KIND_CLIENT","start_time_unix_nano":1,"end_time_unix_nano":2,
+            "status":null}]}]}]}"#;
+        let req = traces(decode_http(Signal::Traces, JSON, None, body.as_bytes(), 1 << 20).unwrap());
+        let span = &req.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(span.kind, 3);
+        assert_eq!(span.end_time_unix_nano, 2);
+    }
+
+    #[test]
+    fn metrics_and_logs_json_decode() {
+        let metrics = r#"{"resourceMetrics":[{"scopeMetrics":[{"metrics":[
+            {"name":"requests","sum":{"aggregationTemporality":2,"isMonotonic":true,
+              "dataPoints":[{"asInt":"5","timeUnixNano":"1"},{"asDouble":1.5}]}},
+            {"name":"latency","histogram":{"aggregationTemporality":"AGGREGATION_TEMPORALITY_DELTA",
+              "dataPoints":[{"count":"3","sum":1.5,"bucketCounts":["1","2"],"explicitBounds":[1.0]}]}}]}]}]}"#;
+        let d = decode_http(Signal::Metrics, JSON, None, metrics.as_bytes(), 1 << 20).unwrap();
+        assert_eq!(d.items, 3);
+        let logs = r#"{"resourceLogs":[{"scopeLogs":[{"logRecords":[
+            {"timeUnixNano":"1","severityNumber":9,"severityText":"INFO","body":{"stringValue":"hi"},
+             "traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174"},
+            {"severityNumber":"SEVERITY_NUMBER_ERROR","body":{"kvlistValue":{"values":[{"key":"a","value":{"bytesValue":"aGk="}}]}}}]}]}]}"#;
+        let d = decode_http(Signal::Logs, JSON, None, logs.as_bytes(), 1 << 20).unwrap();
+        assert_eq!(d.items, 2);
+        match d.request {
+            SignalRequest::Logs(r) => assert_eq!(r.resource_logs[0].scope_logs[0].log_records[1].severity_number, 17),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn protobuf_round_trip_and_gzip() {
+        let req = traces(decode_http(Signal::Traces, JSON, None, SPEC_TRACE_JSON.as_bytes(), 1 << 20).unwrap());
+        let pb = req.encode_to_vec();
+        let d = decode_http(Signal::Traces, PB, None, &pb, 1 << 20).unwrap();
+        assert_eq!(d.encoded_len, pb.len());
+        assert_eq!(traces(d), req);
+        let d = decode_http(Signal::Traces, PB, Some("gzip"), &gzip(&pb), 1 << 20).unwrap();
+        assert_eq!(traces(d), req);
+    }
+
+    #[test]
+    fn empty_bodies_are_empty_requests() {
+        for ct in [PB, JSON] {
+            let d = decode_http(Signal::Logs, ct, None, b"", 10).unwrap();
+            assert_eq!(d.items, 0);
+        }
+        let d = decode_http(Signal::Metrics, JSON, None, b"{}", 10).unwrap();
+        assert_eq!(d.request, SignalRequest::Metrics(ExportMetricsServiceRequest::default()));
+    }
+
+    #[test]
+    fn refusals_map_to_the_right_errors() {
+        let garbage = b"\xff\xff\xff\xff\x0f garbage";
+        assert!(matches!(decode_http(Signal::Traces, PB, None, garbage, 1 << 20), Err(DecodeError::Invalid { .. })));
+        let pb = traces(decode_http(Signal::Traces, JSON, None, SPEC_TRACE_JSON.as_bytes(), 1 << 20).unwrap())
+            .encode_to_vec();
+        let truncated = pb.get(..pb.len() - 3).unwrap();
+        assert!(matches!(decode_http(Signal::Traces, PB, None, truncated, 1 << 20), Err(DecodeError::Invalid { .. })));
+        assert!(matches!(
+            decode_http(Signal::Traces, Some("text/plain"), None, &pb, 1 << 20),
+            Err(DecodeError::UnsupportedMediaType(_))
+        ));
+        assert!(matches!(decode_http(Signal::Traces, None, None, &pb, 1 << 20), Err(DecodeError::UnsupportedMediaType(_))));
+        assert!(matches!(
+            decode_http(Signal::Traces, PB, Some("br"), &pb, 1 << 20),
+            Err(DecodeError::UnsupportedEncoding(_))
+        ));
+        assert!(matches!(decode_http(Signal::Traces, PB, None, &pb, 10), Err(DecodeError::TooLarge { limit: 10 })));
+        assert!(matches!(
+            decode_http(Signal::Traces, PB, Some("gzip"), b"not gzip", 1 << 20),
+            Err(DecodeError::Invalid { .. })
+        ));
+        let bad_id = SPEC_TRACE_JSON.replace("EEE19B7EC3C1B174", "EEE19B");
+        assert!(matches!(
+            decode_http(Signal::Traces, JSON, None, bad_id.as_bytes(), 1 << 20),
+            Err(DecodeError::Invalid { .. })
+        ));
+        let bad_hex = SPEC_TRACE_JSON.replace("EEE19B7EC3C1B174", "EEE19B7EC3C1B17Z");
+        assert!(matches!(
+            decode_http(Signal::Traces, JSON, None, bad_hex.as_bytes(), 1 << 20),
+            Err(DecodeError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn gzip_bomb_stops_at_the_cap() {
+        let bomb = gzip(&vec![0u8; 10 * 1024 * 1024]);
+        assert!(bomb.len() < 64 * 1024);
+        let start = std::time::Instant::now();
+        let err = decode_http(Signal::Traces, PB, Some("gzip"), &bomb, 1024 * 1024).unwrap_err();
+        assert_eq!(err, DecodeError::TooLarge { limit: 1024 * 1024 });
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn partial_success_responses_encode() {
+        let pb = encode_response(Signal::Traces, Format::Protobuf, 3, "bad spans");
+        let r = ExportTraceServiceResponse::decode(pb.as_slice()).unwrap();
+        assert_eq!(r.partial_success.unwrap().rejected_spans, 3);
+        assert!(encode_response(Signal::Logs, Format::Protobuf, 0, "").is_empty());
+        assert_eq!(encode_response(Signal::Metrics, Format::Json, 0, ""), b"{}");
+        let json: serde_json::Value =
+            serde_json::from_slice(&encode_response(Signal::Metrics, Format::Json, 2, "x")).unwrap();
+        assert_eq!(json["partialSuccess"]["errorMessage"], "x");
     }
 }
