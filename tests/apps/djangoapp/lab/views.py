@@ -1,0 +1,132 @@
+"""JSON views whose database and HTTP traffic the end-to-end scenarios assert on.
+
+Each view's comment lists the statements it sends, because the scenarios count them.
+"""
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+
+from django.db import IntegrityError, connection, transaction
+from django.http import HttpResponseNotAllowed, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from lab.models import Analysis, Sample, Variant
+
+
+def health(request):
+    """No database access."""
+    return JsonResponse({"status": "ok"})
+
+
+def samples(request):
+    """SELECT COUNT(*) FROM lab_sample; SELECT lab_variant JOIN lab_sample (select_related)."""
+    count = Sample.objects.count()
+    variants = list(Variant.objects.select_related("sample").order_by("id")[:50])
+    return JsonResponse(
+        {
+            "count": count,
+            "variants": [{"key": v.key, "gene": v.gene, "sample": v.sample.name} for v in variants],
+        }
+    )
+
+
+def analysis_detail(request, analysis_id):
+    """SELECT lab_analysis; SELECT lab_sample; SELECT lab_variant (404 after the first if absent)."""
+    analysis = Analysis.objects.filter(id=analysis_id).first()
+    if analysis is None:
+        return JsonResponse({"error": "not found"}, status=404)
+    sample = Sample.objects.get(id=analysis.sample_id)
+    variants = list(Variant.objects.filter(sample_id=sample.id).values_list("key", flat=True))
+    return JsonResponse(
+        {
+            "id": analysis.id,
+            "status": analysis.status,
+            "sample": sample.name,
+            "variants": variants,
+        }
+    )
+
+
+@csrf_exempt
+def create_analysis(request):
+    """BEGIN; SELECT lab_sample; INSERT lab_analysis RETURNING id; COMMIT."""
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    try:
+        payload = json.loads(request.body or b"{}")
+    except ValueError:
+        return JsonResponse({"error": "invalid json"}, status=400)
+    with transaction.atomic():
+        sample_id = payload.get("sample_id")
+        if sample_id is None:
+            sample = Sample.objects.order_by("id").first()
+        else:
+            sample = Sample.objects.filter(id=sample_id).first()
+        if sample is None:
+            return JsonResponse({"error": "no such sample"}, status=400)
+        analysis = Analysis.objects.create(
+            sample=sample, status=payload.get("status", "pending"), score=payload.get("score", 0.0)
+        )
+    return JsonResponse({"id": analysis.id, "sample_id": sample.id}, status=201)
+
+
+def fail_db(request):
+    """A SQL syntax error (SQLSTATE 42601) that the view does not catch: Django answers 500."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELEC 1")
+    return JsonResponse({"unreachable": True})
+
+
+def fail_unique(request):
+    """BEGIN; SELECT lab_variant; INSERT lab_variant -> 23505; ROLLBACK; answers 409."""
+    existing = Variant.objects.order_by("id").first()
+    if existing is None:
+        return JsonResponse({"error": "no variant seeded"}, status=500)
+    try:
+        with transaction.atomic():
+            Variant.objects.create(sample_id=existing.sample_id, key=existing.key, gene="DUP")
+    except IntegrityError:
+        return JsonResponse({"error": "duplicate variant key", "key": existing.key}, status=409)
+    return JsonResponse({"error": "duplicate was accepted"}, status=500)
+
+
+def call_downstream(request):
+    """One outgoing HTTP GET to DOWNSTREAM_URL (plus the request's path suffix ?path=...)."""
+    base = os.environ.get("DOWNSTREAM_URL", "")
+    if not base:
+        return JsonResponse({"error": "DOWNSTREAM_URL is not set"}, status=500)
+    url = base + request.GET.get("path", "")
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read()
+            status = response.status
+    except urllib.error.HTTPError as err:
+        body = err.read()
+        status = err.code
+    except OSError as err:
+        return JsonResponse({"error": str(err)}, status=502)
+    return JsonResponse({"downstream_status": status, "downstream_bytes": len(body)})
+
+
+def _ms(request):
+    try:
+        return max(0, min(int(request.GET.get("ms", "100")), 60_000))
+    except ValueError:
+        return 100
+
+
+def sleep(request):
+    """Sleeps ms milliseconds in Python, no database access."""
+    ms = _ms(request)
+    time.sleep(ms / 1000.0)
+    return JsonResponse({"slept_ms": ms})
+
+
+def sql_sleep(request):
+    """SELECT pg_sleep(%s): the time is spent in PostgreSQL."""
+    ms = _ms(request)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(%s)", [ms / 1000.0])
+    return JsonResponse({"slept_ms": ms})

@@ -1,0 +1,501 @@
+//! The uninstrumented Django test app (`tests/apps/djangoapp`) against a [`Postgres`], under
+//! gunicorn (sync or gthread workers) or Django's runserver, on 127.0.0.1:<free port>.
+//!
+//! `start` creates the database, runs the committed migrations and the `seed` command, starts
+//! the server and returns once every worker has loaded the app and `/health` answers.
+//! The OpenTelemetry SDK is enabled only through [`DjangoOpts::otel`].
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::dirs::TestDir;
+use crate::error::{Error, Result};
+use crate::http::http_request;
+use crate::net::{free_port, localhost, wait_for_port};
+use crate::postgres::{Postgres, SUPERUSER};
+use crate::proc::{Proc, children_of};
+use crate::{apps_dir, python, run_command};
+
+/// Which server runs the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DjangoServer {
+    /// `gunicorn` with a master and [`DjangoOpts::workers`] worker processes.
+    Gunicorn,
+    /// `manage.py runserver --noreload`: one process, a thread per request.
+    Runserver,
+}
+
+/// gunicorn's worker class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerClass {
+    /// One request at a time per worker process.
+    Sync,
+    /// A thread pool of this size per worker process.
+    Gthread {
+        /// Threads per worker.
+        threads: u32,
+    },
+}
+
+/// How to run the app; `DjangoOpts::default()` is gunicorn, 2 sync workers, seeded `djangoapp`.
+#[derive(Debug, Clone)]
+pub struct DjangoOpts {
+    /// The server.
+    pub server: DjangoServer,
+    /// gunicorn worker processes.
+    pub workers: u32,
+    /// gunicorn worker class.
+    pub worker_class: WorkerClass,
+    /// Extra environment (applied last, so it can override anything).
+    pub env: Vec<(String, String)>,
+    /// Database name (created if missing).
+    pub db_name: String,
+    /// Whether to run `manage.py seed` (3 samples, 6 variants, 3 analyses).
+    pub seed: bool,
+    /// Django's `CONN_MAX_AGE` in seconds (0: a new connection per request).
+    pub conn_max_age: u32,
+}
+
+impl Default for DjangoOpts {
+    fn default() -> Self {
+        DjangoOpts {
+            server: DjangoServer::Gunicorn,
+            workers: 2,
+            worker_class: WorkerClass::Sync,
+            env: Vec::new(),
+            db_name: "djangoapp".into(),
+            seed: true,
+            conn_max_age: 0,
+        }
+    }
+}
+
+impl DjangoOpts {
+    /// Number of gunicorn workers.
+    pub fn workers(mut self, n: u32) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// gunicorn sync workers (the default).
+    pub fn sync(mut self) -> Self {
+        self.worker_class = WorkerClass::Sync;
+        self
+    }
+
+    /// gunicorn gthread workers with `threads` threads each.
+    pub fn gthread(mut self, threads: u32) -> Self {
+        self.worker_class = WorkerClass::Gthread { threads };
+        self
+    }
+
+    /// Django's runserver instead of gunicorn.
+    pub fn runserver(mut self) -> Self {
+        self.server = DjangoServer::Runserver;
+        self
+    }
+
+    /// One more environment variable (e.g. `DOWNSTREAM_URL`, `OTEL_SERVICE_NAME`).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// The database name.
+    pub fn db_name(mut self, name: &str) -> Self {
+        self.db_name = name.to_string();
+        self
+    }
+
+    /// Whether to seed rows.
+    pub fn seed(mut self, seed: bool) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Django's persistent-connection lifetime in seconds.
+    pub fn conn_max_age(mut self, secs: u32) -> Self {
+        self.conn_max_age = secs;
+        self
+    }
+
+    /// Enables the OpenTelemetry SDK in the app: `protocol` is `grpc` or `http`, `endpoint` the
+    /// base URL of the OTLP receiver (e.g. `http://127.0.0.1:4318`; the HTTP exporter appends
+    /// `/v1/traces`). DjangoInstrumentor is enabled; see also [`DjangoOpts::otel_psycopg2`].
+    pub fn otel(self, protocol: &str, endpoint: &str) -> Self {
+        let s = self
+            .env("SONDE_TEST_OTEL", protocol)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
+        if protocol == "grpc" {
+            s.env("OTEL_EXPORTER_OTLP_INSECURE", "true")
+        } else {
+            s
+        }
+    }
+
+    /// Also instruments psycopg2 (SDK client spans for every query).
+    pub fn otel_psycopg2(self) -> Self {
+        self.env("SONDE_TEST_OTEL_PSYCOPG2", "1")
+    }
+
+    /// The SDK's BatchSpanProcessor schedule delay (default 1000 ms).
+    pub fn otel_delay_ms(self, ms: u32) -> Self {
+        self.env("SONDE_TEST_OTEL_DELAY_MS", &ms.to_string())
+    }
+}
+
+/// The running app.
+#[derive(Debug)]
+pub struct Django {
+    server: Proc,
+    port: u16,
+    opts: DjangoOpts,
+    _dir: TestDir,
+}
+
+/// `tests/apps/djangoapp`.
+pub fn django_app_dir() -> PathBuf {
+    apps_dir().join("djangoapp")
+}
+
+/// Whether this gunicorn knows `--no-control-socket` (gunicorn ≥ 25 opens a control socket at a
+/// fixed path by default, which parallel tests would fight over).
+fn gunicorn_has_control_socket() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        Command::new(python())
+            .args(["-m", "gunicorn", "--help"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("--no-control-socket"))
+            .unwrap_or(false)
+    })
+}
+
+impl Django {
+    /// Starts the app; panics (with its logs) on failure.
+    pub fn start(pg: &Postgres, opts: DjangoOpts) -> Django {
+        Self::try_start(pg, opts).unwrap_or_else(|e| panic!("Django::start: {e}"))
+    }
+
+    fn python_cmd(pg: &Postgres, opts: &DjangoOpts) -> Command {
+        let app = django_app_dir();
+        let mut cmd = Command::new(python());
+        cmd.current_dir(&app)
+            .env_remove("SONDE_TEST_OTEL")
+            .env_remove("SONDE_TEST_OTEL_PSYCOPG2")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("PYTHONUNBUFFERED", "1")
+            .env("DJANGO_SETTINGS_MODULE", "djangoapp.settings")
+            .env("DB_HOST", "127.0.0.1")
+            .env("DB_PORT", pg.port().to_string())
+            .env("DB_NAME", &opts.db_name)
+            .env("DB_USER", SUPERUSER)
+            .env("DB_CONN_MAX_AGE", opts.conn_max_age.to_string());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Starts the app.
+    pub fn try_start(pg: &Postgres, opts: DjangoOpts) -> Result<Django> {
+        let app = django_app_dir();
+        if !app.join("manage.py").is_file() {
+            return Err(Error::Missing {
+                what: "the Django test app".into(),
+                path: app,
+                hint: "run from a full checkout".into(),
+            });
+        }
+        pg.try_create_database(&opts.db_name)?;
+        let mut migrate = Self::python_cmd(pg, &opts);
+        migrate.args(["manage.py", "migrate", "--noinput", "-v", "0"]);
+        // The SDK is not wanted in management commands.
+        migrate.env_remove("SONDE_TEST_OTEL");
+        run_command(&mut migrate)?;
+        if opts.seed {
+            let mut seed = Self::python_cmd(pg, &opts);
+            seed.args(["manage.py", "seed"])
+                .env_remove("SONDE_TEST_OTEL");
+            run_command(&mut seed)?;
+        }
+        let mut last_err = None;
+        for _ in 0..3 {
+            let dir = TestDir::new("django")?;
+            let port = free_port();
+            let mut cmd = Self::python_cmd(pg, &opts);
+            let name = match opts.server {
+                DjangoServer::Gunicorn => {
+                    cmd.args(["-m", "gunicorn", "djangoapp.wsgi:application", "-c"])
+                        .arg(app.join("gunicorn.conf.py"))
+                        .arg("--bind")
+                        .arg(format!("127.0.0.1:{port}"))
+                        .arg("--workers")
+                        .arg(opts.workers.max(1).to_string())
+                        .args([
+                            "--access-logfile",
+                            "-",
+                            "--error-logfile",
+                            "-",
+                            "--log-level",
+                            "info",
+                        ])
+                        .args(["--timeout", "120", "--graceful-timeout", "10"]);
+                    match opts.worker_class {
+                        WorkerClass::Sync => {
+                            cmd.args(["--worker-class", "sync"]);
+                        }
+                        WorkerClass::Gthread { threads } => {
+                            cmd.args(["--worker-class", "gthread", "--threads"])
+                                .arg(threads.max(1).to_string());
+                        }
+                    }
+                    if gunicorn_has_control_socket() {
+                        cmd.arg("--no-control-socket");
+                    }
+                    "gunicorn"
+                }
+                DjangoServer::Runserver => {
+                    cmd.args(["manage.py", "runserver", "--noreload"])
+                        .arg(format!("127.0.0.1:{port}"));
+                    "runserver"
+                }
+            };
+            let server = Proc::spawn(name, cmd, dir.path())?;
+            let django = Django {
+                server,
+                port,
+                opts: opts.clone(),
+                _dir: dir,
+            };
+            match django.wait_ready(Duration::from_secs(90)) {
+                Ok(()) => return Ok(django),
+                Err(e) => {
+                    let logs = django.server.stderr() + &django.server.stdout();
+                    if !logs.contains("Address already in use")
+                        && !logs.contains("That port is already in use")
+                    {
+                        return Err(e);
+                    }
+                    // Another test took the port between free_port() and bind: try another.
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| Error::Setup("the Django app did not start".into())))
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let alive = || {
+            if self.server.is_running() {
+                Ok(())
+            } else {
+                Err(Error::Exited {
+                    name: self.server.name().to_string(),
+                    status: self
+                        .server
+                        .try_status()
+                        .map(|s| s.to_string())
+                        .unwrap_or_default(),
+                    logs: self.server.logs_tail(50),
+                })
+            }
+        };
+        wait_for_port(localhost(self.port), timeout, alive)?;
+        if self.opts.server == DjangoServer::Gunicorn {
+            let want = usize::try_from(self.opts.workers.max(1)).unwrap_or(1);
+            loop {
+                let ready = self
+                    .server
+                    .stdout()
+                    .matches("sonde-e2e: worker ready pid=")
+                    .count()
+                    + self
+                        .server
+                        .stderr()
+                        .matches("sonde-e2e: worker ready pid=")
+                        .count();
+                if ready >= want && self.worker_pids().len() >= want {
+                    break;
+                }
+                alive()?;
+                if Instant::now() >= deadline {
+                    return Err(Error::Timeout {
+                        what: format!("{want} gunicorn workers to load the app ({ready} did)"),
+                        timeout,
+                        details: self.server.logs_tail(50),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        loop {
+            match http_request("GET", &self.url("/health"), &[], b"") {
+                Ok(r) if r.status == 200 => return Ok(()),
+                _ => {}
+            }
+            alive()?;
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: "GET /health to answer 200".into(),
+                    timeout,
+                    details: self.server.logs_tail(50),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `base_url() + path` (`path` starts with `/`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url())
+    }
+
+    /// The listening port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The options it runs with.
+    pub fn opts(&self) -> &DjangoOpts {
+        &self.opts
+    }
+
+    /// The gunicorn master's (or runserver's) pid.
+    pub fn master_pid(&self) -> u32 {
+        self.server.pid()
+    }
+
+    /// The gunicorn worker pids (empty under runserver), read from /proc.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        match self.opts.server {
+            DjangoServer::Gunicorn => children_of(self.server.pid()),
+            DjangoServer::Runserver => Vec::new(),
+        }
+    }
+
+    /// Master pid first, then the worker pids.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut v = vec![self.server.pid()];
+        v.extend(self.worker_pids());
+        v
+    }
+
+    /// The server process (logs, signals).
+    pub fn proc(&self) -> &Proc {
+        &self.server
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{http_get, http_post_json};
+    use crate::pyhttp::PyHttpServer;
+
+    fn json(body: &str) -> serde_json::Value {
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+    }
+
+    #[test]
+    fn gunicorn_serves_every_view() {
+        let pg = Postgres::start();
+        let downstream = PyHttpServer::start(&[("file.bin", 1234)]);
+        let dj = Django::start(
+            &pg,
+            DjangoOpts::default().env(
+                "DOWNSTREAM_URL",
+                &format!("{}/file.bin", downstream.base_url()),
+            ),
+        );
+        let pids = dj.pids();
+        assert_eq!(pids.len(), 3, "master + 2 workers: {pids:?}");
+        assert_eq!(pids[0], dj.master_pid());
+
+        let (s, b) = http_get(&dj.url("/health"));
+        assert_eq!((s, json(&b)["status"].as_str()), (200, Some("ok")));
+        let (s, b) = http_get(&dj.url("/samples/"));
+        let v = json(&b);
+        assert_eq!(
+            (
+                s,
+                v["count"].as_i64(),
+                v["variants"].as_array().map(Vec::len)
+            ),
+            (200, Some(3), Some(6))
+        );
+        let (s, b) = http_get(&dj.url("/analysis/1"));
+        assert_eq!(
+            (s, json(&b)["variants"].as_array().map(Vec::len)),
+            (200, Some(2))
+        );
+        assert_eq!(http_get(&dj.url("/analysis/999")).0, 404);
+        let (s, b) = http_post_json(&dj.url("/analysis/"), r#"{"sample_id": 2, "score": 1.5}"#);
+        assert_eq!((s, json(&b)["sample_id"].as_i64()), (201, Some(2)));
+        assert_eq!(
+            pg.psql("djangoapp", "SELECT count(*) FROM lab_analysis"),
+            "4"
+        );
+        assert_eq!(http_get(&dj.url("/fail/db")).0, 500);
+        let (s, b) = http_get(&dj.url("/fail/unique"));
+        assert_eq!(
+            (s, json(&b)["error"].as_str()),
+            (409, Some("duplicate variant key"))
+        );
+        let (s, b) = http_get(&dj.url("/call-downstream"));
+        let v = json(&b);
+        assert_eq!(
+            (
+                s,
+                v["downstream_status"].as_i64(),
+                v["downstream_bytes"].as_i64()
+            ),
+            (200, Some(200), Some(1234))
+        );
+        let t = Instant::now();
+        assert_eq!(http_get(&dj.url("/sleep?ms=200")).0, 200);
+        assert!(t.elapsed() >= Duration::from_millis(200));
+        let t = Instant::now();
+        assert_eq!(http_get(&dj.url("/sql-sleep?ms=200")).0, 200);
+        assert!(t.elapsed() >= Duration::from_millis(200));
+        assert_eq!(http_get(&dj.url("/nope")).0, 404);
+
+        // Everything is gone after drop.
+        drop(dj);
+        for pid in pids {
+            assert!(!crate::proc::pid_alive(pid), "pid {pid} leaked");
+        }
+    }
+
+    #[test]
+    fn gthread_and_runserver_variants_start() {
+        let pg = Postgres::start();
+        let dj = Django::start(
+            &pg,
+            DjangoOpts::default()
+                .workers(1)
+                .gthread(4)
+                .db_name("gthreaddb"),
+        );
+        assert_eq!(dj.worker_pids().len(), 1);
+        assert_eq!(http_get(&dj.url("/samples/")).0, 200);
+        let rs = Django::start(
+            &pg,
+            DjangoOpts::default()
+                .runserver()
+                .db_name("gthreaddb")
+                .seed(false),
+        );
+        assert_eq!(rs.pids(), vec![rs.master_pid()]);
+        let (s, b) = http_get(&rs.url("/samples/"));
+        assert_eq!((s, json(&b)["count"].as_i64()), (200, Some(3)));
+    }
+}
