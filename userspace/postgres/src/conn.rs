@@ -211,7 +211,11 @@ impl Default for Connection {
 
 fn cstr(b: &[u8]) -> (&[u8], &[u8], bool) {
     match b.iter().position(|&c| c == 0) {
-        Some(i) => (b.get(..i).unwrap_or_default(), b.get(i + 1..).unwrap_or_default(), true),
+        Some(i) => (
+            b.get(..i).unwrap_or_default(),
+            b.get(i + 1..).unwrap_or_default(),
+            true,
+        ),
         None => (b, &[], false),
     }
 }
@@ -237,7 +241,7 @@ pub fn looks_like_startup(data: &[u8]) -> bool {
         c if c >> 16 == 3 => {
             (9..=10_000).contains(&len)
                 && data
-                    .get(len as usize - 1)
+                    .get((len as usize).saturating_sub(1))
                     .is_none_or(|&last| last == 0)
         }
         _ => false,
@@ -250,8 +254,10 @@ pub fn looks_like_frontend_message(data: &[u8]) -> bool {
     let (Some(&tag), Some(len)) = (data.first(), data.get(1..).and_then(be32)) else {
         return false;
     };
-    if !matches!(tag, b'Q' | b'P' | b'B' | b'E' | b'D' | b'S' | b'H' | b'C' | b'X' | b'F')
-        || !framer::plausible(true, tag, len)
+    if !matches!(
+        tag,
+        b'Q' | b'P' | b'B' | b'E' | b'D' | b'S' | b'H' | b'C' | b'X' | b'F'
+    ) || !framer::plausible(true, tag, len)
     {
         return false;
     }
@@ -259,19 +265,20 @@ pub fn looks_like_frontend_message(data: &[u8]) -> bool {
     let body = data.get(5..total.min(data.len())).unwrap_or_default();
     let body_ok = match tag {
         b'Q' => {
-            body.first().is_none_or(|&c| c.is_ascii_graphic() || c.is_ascii_whitespace() || c >= 0x80)
+            body.first()
+                .is_none_or(|&c| c.is_ascii_graphic() || c.is_ascii_whitespace() || c >= 0x80)
                 && (data.len() < total || body.last() == Some(&0))
         }
-        b'P' | b'B' | b'E' | b'C' | b'D' => {
-            data.len() < total || body.contains(&0)
-        }
+        b'P' | b'B' | b'E' | b'C' | b'D' => data.len() < total || body.contains(&0),
         _ => true,
     };
     // The next message, if captured, must be plausible too.
     let next_ok = match data.get(total..) {
         Some(rest) if rest.len() >= 5 => {
             let t = rest.first().copied().unwrap_or(0);
-            rest.get(1..).and_then(be32).is_some_and(|l| framer::plausible(true, t, l))
+            rest.get(1..)
+                .and_then(be32)
+                .is_some_and(|l| framer::plausible(true, t, l))
         }
         _ => true,
     };
@@ -377,7 +384,9 @@ impl Connection {
                         return;
                     }
                 }
-                let r = self.fe.feed(data, lost_after, seen, &mut |m| p.on_frontend(m, seen, out));
+                let r = self
+                    .fe
+                    .feed(data, lost_after, seen, &mut |m| p.on_frontend(m, seen, out));
                 if r.is_err() && p.life == Life::Startup {
                     // Garbage where the startup packet belongs (already reported if seen).
                     if p.life != Life::Dead {
@@ -397,7 +406,9 @@ impl Connection {
                         return;
                     }
                 }
-                let r = self.be.feed(data, lost_after, seen, &mut |m| p.on_backend(m, seen, out));
+                let r = self
+                    .be
+                    .feed(data, lost_after, seen, &mut |m| p.on_backend(m, seen, out));
                 if r.is_err() {
                     p.backend_lost();
                 }
@@ -435,16 +446,22 @@ impl Proto {
     }
 
     fn push(&mut self, e: Expect, seen: Seen, out: &mut Vec<Event>) {
-        if self.pending.len() >= MAX_PENDING {
-            if let Some(Expect::Simple(mut op) | Expect::Execute(mut op)) = self.pending.pop_front() {
-                op.truncated = true;
-                out.push(Event::Operation(op.into_operation(seen)));
-            }
+        if self.pending.len() >= MAX_PENDING
+            && let Some(Expect::Simple(mut op) | Expect::Execute(mut op)) = self.pending.pop_front()
+        {
+            op.truncated = true;
+            out.push(Event::Operation(op.into_operation(seen)));
         }
         self.pending.push_back(e);
     }
 
-    fn start_op(&mut self, stmt: Arc<Prepared>, prepared: bool, first: Seen, cut: bool) -> Box<OpBuild> {
+    fn start_op(
+        &mut self,
+        stmt: Arc<Prepared>,
+        prepared: bool,
+        first: Seen,
+        cut: bool,
+    ) -> Box<OpBuild> {
         let seq = self.seq;
         self.seq = self.seq.saturating_add(1);
         Box::new(OpBuild {
@@ -490,7 +507,10 @@ impl Proto {
                 let stmt = Arc::new(Prepared::parse(sql, !ended || !m.complete));
                 let mut op = self.start_op(stmt, false, m.first, false);
                 op.truncated = op.stmt.cut;
-                out.push(Event::OperationStarted { seq: op.seq, first: op.first });
+                out.push(Event::OperationStarted {
+                    seq: op.seq,
+                    first: op.first,
+                });
                 self.push(Expect::Simple(op), seen, out);
             }
             b'P' => {
@@ -498,7 +518,9 @@ impl Proto {
                 let (name, rest, named) = cstr(body);
                 let (sql, _, ended) = cstr(rest);
                 let stmt = Arc::new(Prepared::parse(sql, !named || !ended));
-                if self.stmts.len() < MAX_STATEMENTS || self.stmts.contains_key(name) {
+                if let Some(slot) = self.stmts.get_mut(name) {
+                    *slot = stmt;
+                } else if self.stmts.len() < MAX_STATEMENTS {
                     self.stmts.insert(name.into(), stmt);
                 }
                 self.push(Expect::Parse, seen, out);
@@ -511,7 +533,9 @@ impl Proto {
                     Some(s) => s.clone(),
                     None => Arc::new(Prepared::unknown(name)),
                 };
-                if self.portals.len() < MAX_PORTALS || self.portals.contains_key(portal) {
+                if let Some(slot) = self.portals.get_mut(portal) {
+                    *slot = stmt;
+                } else if self.portals.len() < MAX_PORTALS {
                     self.portals.insert(portal.into(), stmt);
                 }
                 self.push(Expect::Bind, seen, out);
@@ -625,7 +649,10 @@ impl Proto {
                 self.pending.pop_front();
                 return;
             }
-            if !matches!(front, Expect::Parse | Expect::Bind | Expect::Close | Expect::Describe) {
+            if !matches!(
+                front,
+                Expect::Parse | Expect::Bind | Expect::Close | Expect::Describe
+            ) {
                 return;
             }
             self.pending.pop_front();
@@ -689,10 +716,10 @@ impl Proto {
             b'T' | b'n' => {
                 if matches!(self.pending.front(), Some(Expect::Describe)) {
                     self.pending.pop_front();
-                } else if m.tag == b'T' {
-                    if let Some(op) = self.current_op() {
-                        op.cur_saw_rows = true;
-                    }
+                } else if m.tag == b'T'
+                    && let Some(op) = self.current_op()
+                {
+                    op.cur_saw_rows = true;
                 }
             }
             b'D' => {

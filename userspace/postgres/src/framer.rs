@@ -73,7 +73,19 @@ fn keeps_body(frontend: bool, tag: u8) -> bool {
 pub(crate) fn frontend_tag(tag: u8) -> bool {
     matches!(
         tag,
-        b'Q' | b'P' | b'B' | b'E' | b'D' | b'S' | b'H' | b'C' | b'X' | b'd' | b'c' | b'f' | b'p' | b'F'
+        b'Q' | b'P'
+            | b'B'
+            | b'E'
+            | b'D'
+            | b'S'
+            | b'H'
+            | b'C'
+            | b'X'
+            | b'd'
+            | b'c'
+            | b'f'
+            | b'p'
+            | b'F'
     )
 }
 
@@ -125,7 +137,11 @@ fn fixed_len(frontend: bool, tag: u8) -> Option<u32> {
 
 /// Whether `tag` + `len` is a plausible message header for this direction.
 pub(crate) fn plausible(frontend: bool, tag: u8, len: u32) -> bool {
-    let known = if frontend { frontend_tag(tag) } else { backend_tag(tag) };
+    let known = if frontend {
+        frontend_tag(tag)
+    } else {
+        backend_tag(tag)
+    };
     known
         && (4..MAX_PLAUSIBLE_LEN).contains(&len)
         && fixed_len(frontend, tag).is_none_or(|f| f == len)
@@ -193,9 +209,11 @@ impl Framer {
     ) -> Result<(), Framed> {
         let mut d = data;
         if self.skip > 0 {
-            let n = usize::try_from(self.skip).unwrap_or(usize::MAX).min(d.len());
+            let n = usize::try_from(self.skip)
+                .unwrap_or(usize::MAX)
+                .min(d.len());
             d = d.get(n..).unwrap_or_default();
-            self.skip -= n as u64;
+            self.skip = self.skip.saturating_sub(n as u64);
         }
         let mut bad = false;
         while !d.is_empty() {
@@ -259,7 +277,7 @@ impl Framer {
                 if let Some(mode) = next {
                     self.mode = mode;
                 }
-                self.skip = (total - d.len()) as u64;
+                self.skip = total.saturating_sub(d.len()) as u64;
                 d = &[];
             } else if d.len() >= MAX_MESSAGE {
                 // Oversized: deliver what the bound allows, skip the rest by length.
@@ -272,7 +290,7 @@ impl Framer {
                 if let Some(mode) = next {
                     self.mode = mode;
                 }
-                self.skip = (total - d.len()) as u64;
+                self.skip = total.saturating_sub(d.len()) as u64;
                 d = &[];
             } else {
                 self.start_partial(d, total, seen);
@@ -329,10 +347,12 @@ impl Framer {
                 if let Some(mode) = next {
                     self.mode = mode;
                 }
-                self.skip = (self.need - self.buf.len()) as u64;
+                self.skip = self.need.saturating_sub(self.buf.len()) as u64;
                 self.buf.clear();
-                let n = usize::try_from(self.skip).unwrap_or(usize::MAX).min(rest.len());
-                self.skip -= n as u64;
+                let n = usize::try_from(self.skip)
+                    .unwrap_or(usize::MAX)
+                    .min(rest.len());
+                self.skip = self.skip.saturating_sub(n as u64);
                 return rest.get(n..).unwrap_or_default();
             }
             return rest;
@@ -342,12 +362,13 @@ impl Framer {
         let (part, rest) = d.split_at(want);
         self.buf.extend_from_slice(part);
         if self.buf.len() >= limit {
-            let complete = self.buf.len() == self.need;
+            let need = self.need;
+            let complete = self.buf.len() == need;
             self.deliver(complete, on_msg);
             if !complete {
-                let left = (self.need - limit) as u64;
+                let left = need.saturating_sub(limit) as u64;
                 let n = usize::try_from(left).unwrap_or(usize::MAX).min(rest.len());
-                self.skip = left - n as u64;
+                self.skip = left.saturating_sub(n as u64);
                 return rest.get(n..).unwrap_or_default();
             }
         }
@@ -385,17 +406,17 @@ impl Framer {
     ) -> Result<(), Framed> {
         if self.skip > 0 {
             if lost <= self.skip {
-                self.skip -= lost;
+                self.skip = self.skip.saturating_sub(lost);
                 return Ok(());
             }
             self.desync();
             return Err(Framed::Bad);
         }
         if !self.buf.is_empty() && self.need > 0 {
-            let remaining = (self.need - self.buf.len().min(self.need)) as u64;
+            let remaining = self.need.saturating_sub(self.buf.len()) as u64;
             self.deliver(false, on_msg);
             if lost <= remaining {
-                self.skip = remaining - lost;
+                self.skip = remaining.saturating_sub(lost);
                 return Ok(());
             }
         }

@@ -170,7 +170,9 @@ impl<'a> Lexer<'a> {
             }
             return;
         }
-        while self.pos < self.s.len() && (self.at(self.pos).is_ascii_digit() || self.at(self.pos) == b'_') {
+        while self.pos < self.s.len()
+            && (self.at(self.pos).is_ascii_digit() || self.at(self.pos) == b'_')
+        {
             self.pos += 1;
         }
         if self.at(self.pos) == b'.' && self.at(self.pos + 1) != b'.' {
@@ -214,9 +216,12 @@ impl<'a> Lexer<'a> {
         // contains one of ~ ! @ # % ^ & | ` ?, so `=-1` is `=` then `-1`.
         let run = self.s.get(start..self.pos).unwrap_or_default();
         if run.len() > 1
-            && !run
-                .iter()
-                .any(|c| matches!(c, b'~' | b'!' | b'@' | b'#' | b'%' | b'^' | b'&' | b'|' | b'`' | b'?'))
+            && !run.iter().any(|c| {
+                matches!(
+                    c,
+                    b'~' | b'!' | b'@' | b'#' | b'%' | b'^' | b'&' | b'|' | b'`' | b'?'
+                )
+            })
         {
             while self.pos > start + 1 && matches!(self.at(self.pos - 1), b'+' | b'-') {
                 self.pos -= 1;
@@ -382,7 +387,9 @@ mod tests {
 
     #[test]
     fn never_loops_on_odd_bytes() {
-        for s in ["\\", "'", "\"", "$", "$a", "e'", "u&", "/*", "--", "0x", "1e", ".", "::"] {
+        for s in [
+            "\\", "'", "\"", "$", "$a", "e'", "u&", "/*", "--", "0x", "1e", ".", "::",
+        ] {
             let n = Lexer::new(s.as_bytes()).count();
             assert!(n <= s.len(), "{s}");
         }

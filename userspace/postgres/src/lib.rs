@@ -31,8 +31,8 @@
 //! Fuzzing (nightly): `cd userspace/postgres/fuzz && cargo +nightly fuzz run parse -- -max_total_time=60`
 //! (and `cargo +nightly fuzz run sanitize -- -max_total_time=60`).
 
-pub mod framer;
 mod conn;
+pub mod framer;
 mod lexer;
 pub mod sanitize;
 
@@ -101,13 +101,18 @@ pub enum Event {
         application_name: Option<String>,
     },
     /// The first bytes of an operation went out: the caller attaches trace context now.
-    OperationStarted { seq: u64, first: Seen },
+    OperationStarted {
+        seq: u64,
+        first: Seen,
+    },
     Operation(Operation),
     /// SSLRequest/GSSENCRequest answered 'S'/'G' (or a TLS handshake started directly): the
     /// rest of the connection is encrypted and unreadable.
     Encrypted,
     /// Asynchronous NotificationResponse (LISTEN/NOTIFY), between exchanges.
-    Notification { channel: String },
+    Notification {
+        channel: String,
+    },
     /// Not PostgreSQL: gave up on the connection.
     NotPostgres,
 }

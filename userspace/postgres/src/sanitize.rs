@@ -99,9 +99,36 @@ fn is_kw(word: &[u8], kw: &str) -> bool {
 
 /// Keywords after which a `-`/`+` starts a signed number.
 const VALUE_KEYWORDS: &[&str] = &[
-    "SELECT", "WHERE", "AND", "OR", "NOT", "THEN", "ELSE", "WHEN", "VALUES", "BY", "LIMIT",
-    "OFFSET", "IN", "IS", "BETWEEN", "LIKE", "ILIKE", "RETURN", "SET", "CASE", "ON", "HAVING",
-    "TO", "DEFAULT", "RETURNING", "ANY", "ALL", "SOME", "FETCH", "ROWS",
+    "SELECT",
+    "WHERE",
+    "AND",
+    "OR",
+    "NOT",
+    "THEN",
+    "ELSE",
+    "WHEN",
+    "VALUES",
+    "BY",
+    "LIMIT",
+    "OFFSET",
+    "IN",
+    "IS",
+    "BETWEEN",
+    "LIKE",
+    "ILIKE",
+    "RETURN",
+    "SET",
+    "CASE",
+    "ON",
+    "HAVING",
+    "TO",
+    "DEFAULT",
+    "RETURNING",
+    "ANY",
+    "ALL",
+    "SOME",
+    "FETCH",
+    "ROWS",
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -187,11 +214,13 @@ impl Sanitizer {
     }
 
     fn values_other(&mut self) {
-        if let Some(v) = &self.values {
-            if matches!(v.phase, ValuesPhase::AwaitFirst | ValuesPhase::AfterRow | ValuesPhase::AwaitRow)
-            {
-                self.values = None;
-            }
+        if let Some(v) = &self.values
+            && matches!(
+                v.phase,
+                ValuesPhase::AwaitFirst | ValuesPhase::AfterRow | ValuesPhase::AwaitRow
+            )
+        {
+            self.values = None;
         }
     }
 
@@ -278,12 +307,14 @@ impl Sanitizer {
             }
             b')' | b']' => {
                 self.depth = self.depth.saturating_sub(1);
-                if let Some(l) = self.list.take() {
-                    if l.close == c && !l.expect_item && l.items > 1 {
-                        self.out.truncate(l.start);
-                        self.out.push(b'?');
-                        self.out.push(c);
-                    }
+                if let Some(l) = self.list.take()
+                    && l.close == c
+                    && !l.expect_item
+                    && l.items > 1
+                {
+                    self.out.truncate(l.start);
+                    self.out.push(b'?');
+                    self.out.push(c);
                 }
                 if let Some(v) = self.values.as_mut() {
                     if self.depth == v.depth {
@@ -316,14 +347,14 @@ impl Sanitizer {
                         l.expect_item = true;
                     }
                 }
-                if let Some(v) = self.values.as_mut() {
-                    if self.depth == v.depth {
-                        if v.phase == ValuesPhase::AfterRow {
-                            v.comma = if tok.space_before { pos - 1 } else { pos };
-                            v.phase = ValuesPhase::AwaitRow;
-                        } else {
-                            self.values = None;
-                        }
+                if let Some(v) = self.values.as_mut()
+                    && self.depth == v.depth
+                {
+                    if v.phase == ValuesPhase::AfterRow {
+                        v.comma = if tok.space_before { pos - 1 } else { pos };
+                        v.phase = ValuesPhase::AwaitRow;
+                    } else {
+                        self.values = None;
                     }
                 }
                 self.prev = Prev::NonValue;
@@ -335,7 +366,11 @@ impl Sanitizer {
                     self.depth = 0;
                     self.values = None;
                 }
-                self.prev = if c == b'.' { Prev::Value } else { Prev::NonValue };
+                self.prev = if c == b'.' {
+                    Prev::Value
+                } else {
+                    Prev::NonValue
+                };
             }
         }
     }
@@ -349,7 +384,9 @@ enum Want {
     /// WITH ...: the main statement keyword at the base depth.
     MainAfterWith,
     /// SELECT: FROM at the base depth (or any depth when `any`).
-    From { any: bool },
+    From {
+        any: bool,
+    },
     /// A table name (skipping ONLY, IF, NOT, EXISTS, TABLE, INTO, LATERAL, FROM).
     Name,
     /// Inside a (possibly qualified) name: a `.` continues it.
@@ -394,23 +431,82 @@ impl Default for Summarizer {
 }
 
 const SIMPLE_OPS: &[&str] = &[
-    "BEGIN", "COMMIT", "ROLLBACK", "END", "ABORT", "SAVEPOINT", "RELEASE", "SET", "SHOW",
-    "RESET", "LISTEN", "NOTIFY", "UNLISTEN", "DECLARE", "FETCH", "MOVE", "CLOSE", "PREPARE",
-    "EXECUTE", "DEALLOCATE", "DO", "CALL", "GRANT", "REVOKE", "VACUUM", "ANALYZE", "ANALYSE",
-    "DISCARD", "COMMENT", "REFRESH", "CHECKPOINT", "CLUSTER", "REINDEX", "EXPLAIN", "VALUES",
-    "SECURITY", "LOAD", "IMPORT", "REASSIGN",
+    "BEGIN",
+    "COMMIT",
+    "ROLLBACK",
+    "END",
+    "ABORT",
+    "SAVEPOINT",
+    "RELEASE",
+    "SET",
+    "SHOW",
+    "RESET",
+    "LISTEN",
+    "NOTIFY",
+    "UNLISTEN",
+    "DECLARE",
+    "FETCH",
+    "MOVE",
+    "CLOSE",
+    "PREPARE",
+    "EXECUTE",
+    "DEALLOCATE",
+    "DO",
+    "CALL",
+    "GRANT",
+    "REVOKE",
+    "VACUUM",
+    "ANALYZE",
+    "ANALYSE",
+    "DISCARD",
+    "COMMENT",
+    "REFRESH",
+    "CHECKPOINT",
+    "CLUSTER",
+    "REINDEX",
+    "EXPLAIN",
+    "VALUES",
+    "SECURITY",
+    "LOAD",
+    "IMPORT",
+    "REASSIGN",
 ];
 
 const OBJECTS: &[&str] = &[
-    "TABLE", "INDEX", "VIEW", "SEQUENCE", "SCHEMA", "FUNCTION", "PROCEDURE", "TRIGGER", "TYPE",
-    "EXTENSION", "DATABASE", "ROLE", "USER", "DOMAIN", "POLICY", "PUBLICATION", "SUBSCRIPTION",
-    "AGGREGATE", "COLLATION", "CONVERSION", "OPERATOR", "RULE", "SERVER", "TABLESPACE",
+    "TABLE",
+    "INDEX",
+    "VIEW",
+    "SEQUENCE",
+    "SCHEMA",
+    "FUNCTION",
+    "PROCEDURE",
+    "TRIGGER",
+    "TYPE",
+    "EXTENSION",
+    "DATABASE",
+    "ROLE",
+    "USER",
+    "DOMAIN",
+    "POLICY",
+    "PUBLICATION",
+    "SUBSCRIPTION",
+    "AGGREGATE",
+    "COLLATION",
+    "CONVERSION",
+    "OPERATOR",
+    "RULE",
+    "SERVER",
+    "TABLESPACE",
 ];
 
-const NAME_SKIP: &[&str] = &["ONLY", "IF", "NOT", "EXISTS", "TABLE", "INTO", "LATERAL", "FROM"];
+const NAME_SKIP: &[&str] = &[
+    "ONLY", "IF", "NOT", "EXISTS", "TABLE", "INTO", "LATERAL", "FROM",
+];
 
 fn upper(word: &[u8]) -> String {
-    word.iter().map(|c| c.to_ascii_uppercase() as char).collect()
+    word.iter()
+        .map(|c| c.to_ascii_uppercase() as char)
+        .collect()
 }
 
 fn ident_part(sql: &[u8], tok: Tok) -> Option<String> {
@@ -481,7 +577,9 @@ impl Summarizer {
             }
             Want::MainAfterWith => {
                 if is_word && self.depth == self.base {
-                    for kw in ["SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "VALUES", "TABLE"] {
+                    for kw in [
+                        "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "VALUES", "TABLE",
+                    ] {
                         if is_kw(text, kw) {
                             self.start_op(text);
                             break;
@@ -518,9 +616,22 @@ impl Summarizer {
                     self.want = Want::Done;
                     return;
                 }
-                let skip = ["OR", "REPLACE", "GLOBAL", "LOCAL", "TEMP", "TEMPORARY", "UNLOGGED",
-                    "UNIQUE", "MATERIALIZED", "RECURSIVE", "CONSTRAINT", "DEFAULT", "TRUSTED",
-                    "PROCEDURAL"];
+                let skip = [
+                    "OR",
+                    "REPLACE",
+                    "GLOBAL",
+                    "LOCAL",
+                    "TEMP",
+                    "TEMPORARY",
+                    "UNLOGGED",
+                    "UNIQUE",
+                    "MATERIALIZED",
+                    "RECURSIVE",
+                    "CONSTRAINT",
+                    "DEFAULT",
+                    "TRUSTED",
+                    "PROCEDURAL",
+                ];
                 if skip.iter().any(|k| is_kw(text, k)) {
                     if is_kw(text, "MATERIALIZED") {
                         self.append_op(" MATERIALIZED");
@@ -532,17 +643,23 @@ impl Summarizer {
                     self.append_op(obj);
                     self.want = match *obj {
                         "TABLE" => Want::Name,
-                        "INDEX" if self.cur.op.as_deref().is_some_and(|o| o.starts_with("CREATE")) => {
+                        "INDEX"
+                            if self
+                                .cur
+                                .op
+                                .as_deref()
+                                .is_some_and(|o| o.starts_with("CREATE")) =>
+                        {
                             Want::On
                         }
                         _ => Want::Done,
                     };
                 } else {
                     // e.g. "DROP MATERIALIZED x": keep only what we know.
-                    if let Some(op) = self.cur.op.as_mut() {
-                        if op.ends_with(" MATERIALIZED") {
-                            op.truncate(op.len() - " MATERIALIZED".len());
-                        }
+                    if let Some(op) = self.cur.op.as_mut()
+                        && op.ends_with(" MATERIALIZED")
+                    {
+                        op.truncate(op.len() - " MATERIALIZED".len());
                     }
                     self.want = Want::Done;
                 }
@@ -566,7 +683,13 @@ impl Summarizer {
             // The operation is the main statement's, found after the CTE list.
             self.want = Want::MainAfterWith;
             return;
-        } else if w("INSERT") || w("UPDATE") || w("MERGE") || w("TRUNCATE") || w("LOCK") || w("COPY") {
+        } else if w("INSERT")
+            || w("UPDATE")
+            || w("MERGE")
+            || w("TRUNCATE")
+            || w("LOCK")
+            || w("COPY")
+        {
             (upper(word), Want::Name)
         } else if w("DELETE") {
             ("DELETE".to_string(), Want::Name)
@@ -651,10 +774,18 @@ impl Summarizer {
             last = one;
         }
         let first_op = self.stmts.first().and_then(|s| s.op.clone());
-        let operation = if self.stmts.iter().all(|s| s.op == first_op) { first_op } else { None };
+        let operation = if self.stmts.iter().all(|s| s.op == first_op) {
+            first_op
+        } else {
+            None
+        };
         let mut colls = self.stmts.iter().filter_map(|s| s.collection.as_ref());
         let first_coll = colls.next().cloned();
-        let collection = if colls.all(|c| Some(c) == first_coll.as_ref()) { first_coll } else { None };
+        let collection = if colls.all(|c| Some(c) == first_coll.as_ref()) {
+            first_coll
+        } else {
+            None
+        };
         Summary {
             operation,
             collection,
