@@ -319,10 +319,13 @@ impl Connection {
         // A close-delimited body ends at its last byte, whose Seen is already recorded.
         let _ = seen;
         if self.status == Status::Active {
+            let cut_head = self.resp.stage == Stage::Head && !self.resp.buf.is_empty();
             if self.resp.stage == Stage::Body(Body::UntilClose)
                 && let Some(entry) = self.target_entry()
             {
                 entry.response_done = true;
+            } else if cut_head && let Some(entry) = self.target_entry() {
+                entry.truncated = true;
             }
             self.flush_all(out);
         }
@@ -1626,6 +1629,24 @@ mod tests {
         c.feed(Req, b"GET / HTTP/1.1\r\n\r\n", 0, at(5), &mut out);
         c.close(at(6), &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn close_inside_response_head_marks_truncated() {
+        let mut c = Connection::new();
+        let ev = run(
+            &mut c,
+            &[
+                (Req, b"GET / HTTP/1.1\r\n\r\n", 0),
+                (Resp, b"HTTP/1.1 200 OK\r\nContent-Le", 0),
+            ],
+            true,
+        );
+        let xs = exchanges(&ev);
+        assert_eq!(xs.len(), 1);
+        assert_eq!(xs[0].response, None);
+        assert!(xs[0].truncated);
+        assert_eq!(xs[0].response_first, Some(at(2)));
     }
 
     #[test]
