@@ -13,14 +13,8 @@ use crate::budget::{Budget, Reservation};
 use crate::decode::{self, DecodeError, Decoded, Encoding, Format, Signal, SignalRequest};
 use crate::stats::{Refusal, Stats};
 use crate::status::Code;
-use crate::{Admit, Peer, Sink};
+use crate::{Admit, Limits, Peer, Sink};
 
-/// Longest wait for the next piece of a request body.
-pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
-/// Longest time to read a whole request body.
-pub const BODY_TOTAL_TIMEOUT: Duration = Duration::from_secs(120);
-/// Longest time to read request headers (HTTP/1).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
 /// Payloads above this are decoded on the blocking pool, not on an async worker.
 const BLOCKING_DECODE_BYTES: usize = 1024 * 1024;
 /// Retry-After when the memory budget is exhausted.
@@ -101,6 +95,8 @@ pub struct Core {
     pub budget: Arc<Budget>,
     /// Limit after decompression.
     pub max_message_bytes: usize,
+    /// Timeouts and connection cap.
+    pub limits: Limits,
 }
 
 impl Core {
@@ -131,9 +127,9 @@ impl Core {
             }
         }
         let mut buf = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
-        let deadline = tokio::time::Instant::now() + BODY_TOTAL_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + self.limits.body_total_timeout;
         loop {
-            let wait = tokio::time::timeout_at(deadline, tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()));
+            let wait = tokio::time::timeout_at(deadline, tokio::time::timeout(self.limits.body_idle_timeout, body.frame()));
             let frame = match wait.await {
                 Ok(Ok(Some(Ok(frame)))) => frame,
                 Ok(Ok(None)) => break,

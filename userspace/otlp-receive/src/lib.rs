@@ -83,6 +83,30 @@ impl Default for ReceiverConfig {
     }
 }
 
+/// Timeouts and caps against slow or greedy clients. [`Receiver::start`] uses the defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest time to receive request headers (HTTP/1; HTTP/2 uses keep-alive pings).
+    pub header_read_timeout: Duration,
+    /// Longest wait for the next piece of a request body.
+    pub body_idle_timeout: Duration,
+    /// Longest time to receive a whole request body.
+    pub body_total_timeout: Duration,
+    /// Open connections per listener; further clients wait in the kernel's accept queue.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(15),
+            body_idle_timeout: Duration::from_secs(15),
+            body_total_timeout: Duration::from_secs(120),
+            max_connections: 4096,
+        }
+    }
+}
+
 /// Who sent a request: the peer socket address (the daemon maps it to a local process).
 pub type Peer = std::net::SocketAddr;
 
@@ -155,6 +179,15 @@ impl std::fmt::Debug for Receiver {
 impl Receiver {
     /// Binds both listeners, then serves in spawned tokio tasks until [`Receiver::shutdown`].
     pub async fn start(config: ReceiverConfig, sink: Arc<dyn Sink>) -> Result<Self, ReceiveError> {
+        Receiver::start_with_limits(config, Limits::default(), sink).await
+    }
+
+    /// [`Receiver::start`] with non-default timeouts and connection cap.
+    pub async fn start_with_limits(
+        config: ReceiverConfig,
+        limits: Limits,
+        sink: Arc<dyn Sink>,
+    ) -> Result<Self, ReceiveError> {
         if config.max_message_bytes == 0 {
             return Err(ReceiveError::Config("max_message_bytes must be above 0".to_owned()));
         }
@@ -176,6 +209,7 @@ impl Receiver {
             stats: stats::Stats::default(),
             budget: budget::Budget::new(config.max_inflight_bytes),
             max_message_bytes: config.max_message_bytes,
+            limits,
         });
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();

@@ -14,11 +14,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::core::{Core, HEADER_READ_TIMEOUT};
+use crate::core::Core;
 use crate::{Peer, ReceiveError};
 
-/// Open connections per listener; more wait in the kernel's accept queue.
-const MAX_CONNECTIONS: usize = 4096;
 /// Concurrent HTTP/2 streams per connection.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// How long shutdown waits for in-flight requests.
@@ -64,7 +62,7 @@ pub async fn bind(addr: SocketAddr, protocol: Protocol) -> Result<TcpListener, R
 /// Serves `listener` until `shutdown` turns true, then waits for in-flight requests.
 pub async fn serve(listener: TcpListener, protocol: Protocol, core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(core.limits.header_read_timeout).keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -76,7 +74,7 @@ pub async fn serve(listener: TcpListener, protocol: Protocol, core: Arc<Core>, m
         builder = builder.http2_only();
     }
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(core.limits.max_connections.max(1)));
     loop {
         let slot = tokio::select! {
             slot = Arc::clone(&slots).acquire_owned() => slot,
