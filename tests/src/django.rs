@@ -39,7 +39,17 @@ pub enum WorkerClass {
     },
 }
 
-/// How to run the app; `DjangoOpts::default()` is gunicorn, 2 sync workers, seeded `djangoapp`.
+/// The PostgreSQL client library Django uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbDriver {
+    /// psycopg2 (libpq, simple query protocol); what `otel_psycopg2` instruments.
+    Psycopg2,
+    /// psycopg 3.
+    Psycopg3,
+}
+
+/// How to run the app; `DjangoOpts::default()` is gunicorn, 2 sync workers, psycopg2, seeded
+/// database `djangoapp`.
 #[derive(Debug, Clone)]
 pub struct DjangoOpts {
     /// The server.
@@ -56,6 +66,8 @@ pub struct DjangoOpts {
     pub seed: bool,
     /// Django's `CONN_MAX_AGE` in seconds (0: a new connection per request).
     pub conn_max_age: u32,
+    /// The PostgreSQL client library.
+    pub db_driver: DbDriver,
 }
 
 impl Default for DjangoOpts {
@@ -68,6 +80,7 @@ impl Default for DjangoOpts {
             db_name: "djangoapp".into(),
             seed: true,
             conn_max_age: 0,
+            db_driver: DbDriver::Psycopg2,
         }
     }
 }
@@ -118,6 +131,12 @@ impl DjangoOpts {
     /// Django's persistent-connection lifetime in seconds.
     pub fn conn_max_age(mut self, secs: u32) -> Self {
         self.conn_max_age = secs;
+        self
+    }
+
+    /// The PostgreSQL client library.
+    pub fn db_driver(mut self, driver: DbDriver) -> Self {
+        self.db_driver = driver;
         self
     }
 
@@ -192,7 +211,14 @@ impl Django {
             .env("DB_PORT", pg.port().to_string())
             .env("DB_NAME", &opts.db_name)
             .env("DB_USER", SUPERUSER)
-            .env("DB_CONN_MAX_AGE", opts.conn_max_age.to_string());
+            .env("DB_CONN_MAX_AGE", opts.conn_max_age.to_string())
+            .env(
+                "DB_DRIVER",
+                match opts.db_driver {
+                    DbDriver::Psycopg2 => "psycopg2",
+                    DbDriver::Psycopg3 => "psycopg",
+                },
+            );
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
@@ -421,8 +447,20 @@ mod tests {
         assert_eq!(pids[0], dj.master_pid());
 
         let (s, b) = http_get(&dj.url("/health"));
-        assert_eq!((s, json(&b)["status"].as_str()), (200, Some("ok")));
+        assert_eq!(
+            (s, json(&b)["status"].as_str(), json(&b)["driver"].as_str()),
+            (200, Some("ok"), Some("psycopg2"))
+        );
+        pg.log_all_statements();
         let (s, b) = http_get(&dj.url("/samples/"));
+        let log = pg.statement_log();
+        let sent: Vec<&String> = log.iter().filter(|s| s.contains("lab_")).collect();
+        assert_eq!(sent.len(), 2, "{log:#?}");
+        assert!(
+            sent[0].starts_with("SELECT COUNT(*)") && sent[1].contains("INNER JOIN \"lab_sample\""),
+            "{log:#?}"
+        );
+        assert!(!log.iter().any(|s| s.contains("TIME ZONE")), "{log:#?}");
         let v = json(&b);
         assert_eq!(
             (
@@ -476,6 +514,45 @@ mod tests {
     }
 
     #[test]
+    fn otel_sdk_mode_exports_to_the_configured_endpoint() {
+        let pg = Postgres::start();
+        // The test server answers the exporter's POST /v1/traces with 404 (not retried) and logs it.
+        let receiver = crate::test_server::TestServer::start();
+        let dj = Django::start(
+            &pg,
+            DjangoOpts::default()
+                .workers(1)
+                .otel("http", &receiver.base_url())
+                .otel_psycopg2()
+                .otel_delay_ms(100)
+                .env("OTEL_SERVICE_NAME", "djangoapp-sdk"),
+        );
+        assert_eq!(http_get(&dj.url("/samples/")).0, 200);
+        receiver
+            .proc()
+            .wait_for_line(
+                crate::proc::LineMatch::regex(r"^request POST /v1/traces body=[1-9]"),
+                Duration::from_secs(20),
+            )
+            .unwrap();
+        // Without the option the app stays uninstrumented: nothing more is exported.
+        let plain = Django::start(&pg, DjangoOpts::default().workers(1).seed(false));
+        assert_eq!(http_get(&plain.url("/samples/")).0, 200);
+        std::thread::sleep(Duration::from_millis(500));
+        let exports = receiver.proc().stdout().matches("POST /v1/traces").count();
+        assert!(exports >= 1);
+        drop(dj);
+        std::thread::sleep(Duration::from_millis(300));
+        let after = receiver.proc().stdout().matches("POST /v1/traces").count();
+        assert_eq!(http_get(&plain.url("/health")).0, 200);
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            receiver.proc().stdout().matches("POST /v1/traces").count(),
+            after
+        );
+    }
+
+    #[test]
     fn gthread_and_runserver_variants_start() {
         let pg = Postgres::start();
         let dj = Django::start(
@@ -492,7 +569,12 @@ mod tests {
             DjangoOpts::default()
                 .runserver()
                 .db_name("gthreaddb")
-                .seed(false),
+                .seed(false)
+                .db_driver(DbDriver::Psycopg3),
+        );
+        assert_eq!(
+            json(&http_get(&rs.url("/health")).1)["driver"].as_str(),
+            Some("psycopg")
         );
         assert_eq!(rs.pids(), vec![rs.master_pid()]);
         let (s, b) = http_get(&rs.url("/samples/"));

@@ -37,6 +37,9 @@ fn test_server_binary_runs_and_is_cleaned_up() {
     c.send(b"GET /close HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(c.read_response().unwrap().text(), "close-delimited body\n");
     assert!(c.closed_by_peer(Duration::from_secs(5)));
+    srv.proc()
+        .wait_for_line("request POST /echo body=8", Duration::from_secs(5))
+        .unwrap();
     let pid = srv.pid();
     assert!(pid_alive(pid));
     drop(srv);

@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 pub use dirs::TestDir;
-pub use django::{Django, DjangoOpts, DjangoServer};
+pub use django::{DbDriver, Django, DjangoOpts, DjangoServer, WorkerClass};
 pub use error::{Error, Result};
 pub use http::{
     CurlOutput, HttpResponse, RawHttpClient, curl, curl_status, http_get, http_post,

@@ -167,6 +167,10 @@ impl Postgres {
             "shared_buffers=32MB".into(),
             "max_connections=100".into(),
             "logging_collector=off".into(),
+            // Django sends `SET TIME ZONE` on every new connection unless the server already
+            // reports UTC: keep that statement out of the traces.
+            "timezone=UTC".into(),
+            "log_timezone=UTC".into(),
             "log_min_messages=warning".into(),
             "log_min_error_statement=error".into(),
         ] {
@@ -288,6 +292,40 @@ impl Postgres {
     pub fn create_database(&self, name: &str) {
         self.try_create_database(name)
             .unwrap_or_else(|e| panic!("create database {name}: {e}"))
+    }
+
+    /// Makes the server log every statement it receives (see [`Postgres::statement_log`]):
+    /// the ground truth of what a client sent, to compare with what sonde reports.
+    pub fn log_all_statements(&self) {
+        self.psql("postgres", "ALTER SYSTEM SET log_statement = 'all'");
+        self.psql("postgres", "SELECT pg_reload_conf()");
+        // The reload is asynchronous: wait until a new session sees it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.psql("postgres", "SHOW log_statement") != "all"
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The statements logged since [`Postgres::log_all_statements`], in order (simple-protocol
+    /// `statement:` and extended-protocol `execute <name>:` lines; psql's own sessions too).
+    pub fn statement_log(&self) -> Vec<String> {
+        let Some(server) = &self.server else {
+            return Vec::new();
+        };
+        server
+            .stderr()
+            .lines()
+            .filter_map(|l| {
+                let (_, rest) = l.split_once("LOG:  ")?;
+                if let Some(sql) = rest.strip_prefix("statement: ") {
+                    return Some(sql.to_string());
+                }
+                let rest = rest.strip_prefix("execute ")?;
+                rest.split_once(": ").map(|(_, sql)| sql.to_string())
+            })
+            .collect()
     }
 
     /// Stops the server now (`pg_ctl stop -m immediate`); also done on drop.

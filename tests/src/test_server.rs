@@ -6,6 +6,7 @@
 //! `Expect: 100-continue`), `GET /status/<code>`, `GET /slow/<ms>`, `GET /close` (no
 //! Content-Length, then close), `HEAD` on any of them (headers only), anything else 404.
 //! Connections are kept alive (HTTP/1.1 default) and pipelined requests are answered in order.
+//! Each request is logged on stdout as `request <METHOD> <target> body=<n>`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -293,6 +294,20 @@ fn respond(req: &Request, w: &mut impl Write) -> std::io::Result<bool> {
     }
 }
 
+/// Prints `request <METHOD> <target> body=<n>` on stdout, so tests (and the harness's
+/// [`Proc::wait_for_line`]) can see what clients such as nginx or an SDK exporter sent.
+fn log_request(req: &Request) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "request {} {} body={}",
+        req.method,
+        req.target,
+        req.body.len()
+    );
+    let _ = out.flush();
+}
+
 fn handle(stream: TcpStream) -> std::io::Result<()> {
     let mut writer = std::io::BufWriter::new(stream.try_clone()?);
     let mut reader = BufReader::new(stream);
@@ -305,6 +320,7 @@ fn handle(stream: TcpStream) -> std::io::Result<()> {
             writer.flush()?;
         }
         req.body = read_body(&mut reader, &req)?;
+        log_request(&req);
         let close = respond(&req, &mut writer)?;
         // Flush only when no further pipelined request is already buffered, so pipelined
         // responses may share segments as a real server's would.

@@ -1,5 +1,14 @@
 """Settings of the uninstrumented test app; everything that varies comes from the environment."""
 import os
+import sys
+
+# Django prefers psycopg 3 when it is importable; DB_DRIVER picks the client library explicitly
+# (psycopg2 by default: the most deployed one, and the one Psycopg2Instrumentor instruments).
+DB_DRIVER = os.environ.get("DB_DRIVER", "psycopg2")
+if DB_DRIVER == "psycopg2":
+    sys.modules["psycopg"] = None  # makes `import psycopg` fail, so Django falls back to psycopg2
+elif DB_DRIVER != "psycopg":
+    raise ValueError(f"DB_DRIVER must be psycopg2 or psycopg, not {DB_DRIVER!r}")
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "sonde-e2e-not-a-secret")
 DEBUG = os.environ.get("DJANGO_DEBUG", "0") == "1"

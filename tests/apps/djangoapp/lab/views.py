@@ -1,6 +1,8 @@
 """JSON views whose database and HTTP traffic the end-to-end scenarios assert on.
 
-Each view's comment lists the statements it sends, because the scenarios count them.
+Each view's docstring lists the statements it sends (as PostgreSQL logs them with psycopg2 and
+CONN_MAX_AGE=0: one new connection per request that touches the database), because the
+scenarios count them.
 """
 import json
 import os
@@ -16,12 +18,13 @@ from lab.models import Analysis, Sample, Variant
 
 
 def health(request):
-    """No database access."""
-    return JsonResponse({"status": "ok"})
+    """No database access (naming the driver module does not connect)."""
+    return JsonResponse({"status": "ok", "driver": connection.Database.__name__})
 
 
 def samples(request):
-    """SELECT COUNT(*) FROM lab_sample; SELECT lab_variant JOIN lab_sample (select_related)."""
+    """SELECT COUNT(*) ... FROM "lab_sample";
+    SELECT ... FROM "lab_variant" INNER JOIN "lab_sample" ... LIMIT 50 (select_related)."""
     count = Sample.objects.count()
     variants = list(Variant.objects.select_related("sample").order_by("id")[:50])
     return JsonResponse(
@@ -33,7 +36,8 @@ def samples(request):
 
 
 def analysis_detail(request, analysis_id):
-    """SELECT lab_analysis; SELECT lab_sample; SELECT lab_variant (404 after the first if absent)."""
+    """SELECT ... FROM "lab_analysis" WHERE id = N ... LIMIT 1; SELECT ... FROM "lab_sample" ...
+    LIMIT 21; SELECT "key" FROM "lab_variant" WHERE sample_id = N (404 after the first if absent)."""
     analysis = Analysis.objects.filter(id=analysis_id).first()
     if analysis is None:
         return JsonResponse({"error": "not found"}, status=404)
@@ -51,7 +55,8 @@ def analysis_detail(request, analysis_id):
 
 @csrf_exempt
 def create_analysis(request):
-    """BEGIN; SELECT lab_sample; INSERT lab_analysis RETURNING id; COMMIT."""
+    """BEGIN; SELECT ... FROM "lab_sample" ... LIMIT 1; INSERT INTO "lab_analysis" ... RETURNING id;
+    COMMIT. Answers 201 with {"id", "sample_id"}."""
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
     try:
@@ -73,14 +78,16 @@ def create_analysis(request):
 
 
 def fail_db(request):
-    """A SQL syntax error (SQLSTATE 42601) that the view does not catch: Django answers 500."""
+    """`SELEC 1`: a syntax error (SQLSTATE 42601) the view does not catch, so Django answers 500;
+    at the end of the request Django checks the connection with `SELECT 1` before closing it."""
     with connection.cursor() as cursor:
         cursor.execute("SELEC 1")
     return JsonResponse({"unreachable": True})
 
 
 def fail_unique(request):
-    """BEGIN; SELECT lab_variant; INSERT lab_variant -> 23505; ROLLBACK; answers 409."""
+    """SELECT ... FROM "lab_variant" ... LIMIT 1; BEGIN; INSERT INTO "lab_variant" ... -> 23505
+    unique_violation; ROLLBACK. Answers 409."""
     existing = Variant.objects.order_by("id").first()
     if existing is None:
         return JsonResponse({"error": "no variant seeded"}, status=500)
