@@ -42,6 +42,7 @@ import binascii
 import gzip
 import json
 import signal
+import socket
 import sys
 import threading
 import time
@@ -283,7 +284,7 @@ class Sink:
                 srv = None
                 for _ in range(50):  # the port may linger briefly after a stop
                     try:
-                        srv = ThreadingHTTPServer((self.args.host, self.http_port), handler)
+                        srv = TrackingHTTPServer((self.args.host, self.http_port), handler)
                         break
                     except OSError:
                         time.sleep(0.1)
@@ -306,6 +307,7 @@ class Sink:
             if self.http_server is not None:
                 self.http_server.shutdown()
                 self.http_server.server_close()
+                self.http_server.cut_all()
                 self.http_server = None
             self.listening = False
 
@@ -317,6 +319,36 @@ class Sink:
             self.start_listening()
 
         threading.Thread(target=back, daemon=True).start()
+
+
+class TrackingHTTPServer(ThreadingHTTPServer):
+    """Remembers open connections so that "down" also cuts keep-alive connections."""
+
+    daemon_threads = True
+
+    def __init__(self, *a, **kw):
+        self.open_conns = set()
+        self.conns_lock = threading.Lock()
+        super().__init__(*a, **kw)
+
+    def process_request(self, request, client_address):
+        with self.conns_lock:
+            self.open_conns.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        with self.conns_lock:
+            self.open_conns.discard(request)
+        super().shutdown_request(request)
+
+    def cut_all(self):
+        with self.conns_lock:
+            conns = list(self.open_conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def make_http_handler(state):
@@ -381,7 +413,8 @@ def make_http_handler(state):
                 if fault.get("retry_after") is not None:
                     ra = fault["retry_after"]
                     headers.append(("Retry-After", str(ra if isinstance(ra, str) else int(ra))))
-                st = status_pb2.Status(code=code_pb2.UNAVAILABLE, message="sink fault injection")
+                st = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT if status == 400 else code_pb2.UNAVAILABLE,
+                                      message="sink fault injection")
                 self.reply(status, st.SerializeToString(), headers=headers)
                 return
             state.record(signal_name, "http", req)

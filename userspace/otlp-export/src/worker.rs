@@ -18,6 +18,9 @@ use crate::queue::{Budget, Entry, Lane};
 use crate::retry::{AttemptError, Backoff};
 use crate::stats::{Counters, OutputStats, bump};
 
+/// Below this, a retry during shutdown is not worth it.
+const MIN_SHUTDOWN_RETRY_WAIT: Duration = Duration::from_millis(20);
+
 /// Per-attempt timeout of the stdout outputs.
 const STDOUT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -401,7 +404,7 @@ async fn attempt_all(
             tracing::warn!(output = out.kind, target = %out.target, signal = what, items, error = %err, "export refused permanently; batch dropped");
             return;
         }
-        let wait = backoff.next_wait(err.retry_after);
+        let mut wait = backoff.next_wait(err.retry_after);
         let now = Instant::now();
         if now.saturating_duration_since(started).saturating_add(wait) > settings.retry.max_elapsed {
             bump(&c.dropped_retry_exhausted_items, items);
@@ -411,9 +414,14 @@ async fn attempt_all(
         if let Some(deadline) = shutdown.deadline()
             && now + wait >= deadline
         {
-            bump(&c.dropped_retry_exhausted_items, items);
-            tracing::warn!(output = out.kind, target = %out.target, signal = what, items, error = %err, "cannot retry before the shutdown deadline; batch dropped");
-            return;
+            // Shutting down: keep trying until the deadline, at a pace that fits into it.
+            let half = deadline.saturating_duration_since(now) / 2;
+            if half < MIN_SHUTDOWN_RETRY_WAIT {
+                bump(&c.dropped_retry_exhausted_items, items);
+                tracing::warn!(output = out.kind, target = %out.target, signal = what, items, error = %err, "still failing at the shutdown deadline; batch dropped");
+                return;
+            }
+            wait = half;
         }
         bump(&c.retries, 1);
         tracing::debug!(output = out.kind, target = %out.target, signal = what, items, error = %err, wait_ms = wait.as_millis() as u64, "export failed; will retry");

@@ -59,6 +59,7 @@ async fn round_trip(protocol: Protocol, compression: Compression, tag: u8) {
     assert_eq!(attr("sonde.test.flag")["boolValue"], true);
     assert_eq!(attrs.len(), 7);
 
+    wait_until(Duration::from_secs(5), || exporter.stats().traces.exported_items_total == 250).await;
     let stats = exporter.stats();
     assert_eq!(stats.traces.exported_items_total, 250);
     assert_eq!(stats.traces.exported_requests_total, lines.len() as u64);
@@ -132,6 +133,11 @@ async fn metrics_and_logs_every_protocol() {
         assert_eq!(rec["severityNumber"], 9);
         assert_eq!(rec["traceId"], hex(&trace_id(9, 1)));
         assert_eq!(rec["spanId"], hex(&span_id(1)));
+        wait_until(Duration::from_secs(5), || {
+            let st = exporter.stats();
+            st.metrics.exported_items_total == 3 && st.logs.exported_items_total == 1
+        })
+        .await;
         let st = exporter.stats();
         assert_eq!(st.metrics.exported_items_total, 3);
         assert_eq!(st.logs.exported_items_total, 1);
@@ -161,6 +167,7 @@ async fn two_outputs_both_receive_everything() {
     assert_eq!(got_b.len(), 200);
     let la = a.wait_lines(a.lines().len() + 1, Duration::from_secs(2)).await;
     assert!(la.iter().any(|l| l["signal"] == "logs"));
+    wait_until(Duration::from_secs(5), || exporter.stats().traces.exported_items_total == 400).await;
     let st = exporter.stats();
     assert_eq!(st.outputs.len(), 2);
     assert_eq!(st.outputs[0].traces.exported_items_total, 200);

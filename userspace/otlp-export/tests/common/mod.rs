@@ -38,6 +38,11 @@ impl Sink {
     }
 
     pub fn start_with(extra: &[&str]) -> Sink {
+        // RUST_LOG=sonde_otlp_export=debug shows the exporter's retries while debugging a test.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/sink/otlp_sink.py");
         let out = std::env::temp_dir().join(format!(
             "sonde-otlp-export-test-{}-{}.jsonl",
@@ -189,6 +194,20 @@ impl Drop for Sink {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.out);
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
