@@ -68,6 +68,8 @@ pub struct ConnEvent {
     pub _pad: [u16; 3],
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
+    /// The process's command name (`comm`), for processes gone before userspace reads /proc.
+    pub comm: [u8; 16],
 }
 
 /// One chunk of the bytes one syscall transferred on a traced socket.
@@ -126,7 +128,7 @@ pub struct ProbeConfig {
 }
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
-const _: () = assert!(core::mem::size_of::<ConnEvent>() == 72);
+const _: () = assert!(core::mem::size_of::<ConnEvent>() == 88);
 const _: () = assert!(DATA_HEADER_SIZE == 56);
 const _: () = assert!(core::mem::size_of::<SocketState>() == 8);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 16);

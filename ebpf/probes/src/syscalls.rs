@@ -2,9 +2,9 @@
 //! family, sendfile) and process exit, plus `sock:inet_sock_set_state` to learn a client
 //! socket's local address and that it is TCP.
 use aya_ebpf::{
-    helpers::generated::bpf_probe_read_user,
+    helpers::{bpf_get_current_comm, generated::bpf_probe_read_user},
     macros::{map, tracepoint},
-    maps::HashMap,
+    maps::{HashMap, LruHashMap},
     programs::TracePointContext,
 };
 use sonde_common::{
@@ -26,7 +26,9 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const EINPROGRESS: i64 = 115;
 const IPPROTO_TCP: u16 = 6;
+const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 
 /// How a data syscall described its buffers.
@@ -60,10 +62,7 @@ struct ConnectArgs {
     is_tcp: u32,
     family: u16,
     remote_port: u16,
-    local_port: u16,
-    _pad: u16,
     remote_addr: [u8; 16],
-    local_addr: [u8; 16],
 }
 
 #[repr(C)]
@@ -73,6 +72,21 @@ struct IoVec {
     len: u64,
 }
 
+/// One end of a TCP connection (v4-mapped v6 address).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Endpoint {
+    addr: [u8; 16],
+    port: u16,
+    _pad: [u8; 6],
+}
+
+/// Server-side connections the kernel just established, by their remote endpoint, giving the
+/// local endpoint. Filled from softirq context (so for every process), read by accept, which
+/// only learns the remote endpoint from its sockaddr. LRU: entries nobody accepts age out.
+#[map]
+static ESTABLISHED: LruHashMap<Endpoint, Endpoint> = LruHashMap::with_max_entries(16384, 0);
+
 /// In-flight data syscalls, by thread (`pid_tgid`).
 #[map]
 static DATA_ARGS: HashMap<u64, DataArgs> = HashMap::with_max_entries(16384, 0);
@@ -80,6 +94,10 @@ static DATA_ARGS: HashMap<u64, DataArgs> = HashMap::with_max_entries(16384, 0);
 static ACCEPT_ARGS: HashMap<u64, AcceptArgs> = HashMap::with_max_entries(16384, 0);
 #[map]
 static CONNECT_ARGS: HashMap<u64, ConnectArgs> = HashMap::with_max_entries(16384, 0);
+/// Client sockets between SYN sent and established, by `struct sock` address: the connection
+/// record is completed (local port) and emitted when the handshake completes.
+#[map]
+static CONNECTING: LruHashMap<u64, ConnEvent> = LruHashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
 fn arg<T>(ctx: &TracePointContext, offset: usize) -> Option<T> {
@@ -170,6 +188,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     let mut event = ConnEvent {
         hdr: header(kind::ACCEPT, id, fd),
         role: role::SERVER,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
         ..ConnEvent::default()
     };
     if let Some((family, port, addr)) = read_sockaddr(args.sockaddr) {
@@ -179,6 +198,13 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
         event.family = family;
         event.remote_port = port;
         event.remote_addr = addr;
+        let key = Endpoint { addr, port, _pad: [0; 6] };
+        // SAFETY: copy out of the map before removing the entry.
+        if let Some(local) = (unsafe { ESTABLISHED.get(&key) }).copied() {
+            event.local_addr = local.addr;
+            event.local_port = local.port;
+            let _ = ESTABLISHED.remove(&key);
+        }
     }
     let state = SocketState {
         role: role::SERVER,
@@ -209,10 +235,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
         is_tcp: 0,
         family,
         remote_port: port,
-        local_port: 0,
-        _pad: 0,
         remote_addr: addr,
-        local_addr: [0; 16],
     };
     let _ = CONNECT_ARGS.insert(&id, &args, 0);
     0
@@ -222,36 +245,75 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 /// gives its local address and port.
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let old: i32 = arg(&ctx, 16).unwrap_or(0);
+    let new: i32 = arg(&ctx, 20).unwrap_or(0);
+    let protocol: u16 = arg(&ctx, 30).unwrap_or(0);
+    if protocol != IPPROTO_TCP {
+        return 0;
+    }
+    let family: u16 = arg(&ctx, 28).unwrap_or(0);
+    let v6_field = |offset_v4: usize, offset_v6: usize| -> [u8; 16] {
+        let mut a = [0u8; 16];
+        if family == AF_INET {
+            let v4: [u8; 4] = arg(&ctx, offset_v4).unwrap_or([0; 4]);
+            a[10] = 0xff;
+            a[11] = 0xff;
+            a[12] = v4[0];
+            a[13] = v4[1];
+            a[14] = v4[2];
+            a[15] = v4[3];
+        } else {
+            a = arg(&ctx, offset_v6).unwrap_or([0; 16]);
+        }
+        a
+    };
+    let sport: u16 = arg(&ctx, 24).unwrap_or(0);
+    if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
+        // A server-side connection completed its handshake (softirq: any process).
+        let dport: u16 = arg(&ctx, 26).unwrap_or(0);
+        let remote = Endpoint { addr: v6_field(36, 56), port: dport, _pad: [0; 6] };
+        let local = Endpoint { addr: v6_field(32, 40), port: sport, _pad: [0; 6] };
+        let _ = ESTABLISHED.insert(&remote, &local, 0);
+        return 0;
+    }
+    let skaddr: u64 = arg(&ctx, 8).unwrap_or(0);
+    if old == TCP_SYN_SENT {
+        // The handshake finished (or failed): emit the completed record, now with the local port.
+        // SAFETY: copy out of the map before removing the entry.
+        if let Some(mut event) = (unsafe { CONNECTING.get(&skaddr) }).copied() {
+            let _ = CONNECTING.remove(&skaddr);
+            if new == TCP_ESTABLISHED {
+                event.local_port = sport;
+                event.local_addr = v6_field(32, 40);
+                event.hdr.ts_ns = now_ns();
+                output(&event);
+            }
+        }
+        return 0;
+    }
+    if old != TCP_CLOSE || new != TCP_SYN_SENT {
+        return 0;
+    }
+    // In the connecting thread, while the kernel sends the SYN: proves the socket is TCP.
     let id = pid_tgid();
     let Some(args) = CONNECT_ARGS.get_ptr_mut(&id) else {
         return 0;
     };
-    let old: i32 = arg(&ctx, 16).unwrap_or(0);
-    let new: i32 = arg(&ctx, 20).unwrap_or(0);
-    let protocol: u16 = arg(&ctx, 30).unwrap_or(0);
-    if old != TCP_CLOSE || new != TCP_SYN_SENT || protocol != IPPROTO_TCP {
-        return 0;
-    }
-    let sport: u16 = arg(&ctx, 24).unwrap_or(0);
-    let family: u16 = arg(&ctx, 28).unwrap_or(0);
-    let mut local = [0u8; 16];
-    if family == AF_INET {
-        let v4: [u8; 4] = arg(&ctx, 32).unwrap_or([0; 4]);
-        local[10] = 0xff;
-        local[11] = 0xff;
-        local[12] = v4[0];
-        local[13] = v4[1];
-        local[14] = v4[2];
-        local[15] = v4[3];
-    } else {
-        local = arg(&ctx, 40).unwrap_or([0; 16]);
-    }
     // SAFETY: the entry belongs to this thread; nothing else writes it concurrently.
-    unsafe {
-        (*args).is_tcp = 1;
-        (*args).local_port = sport;
-        (*args).local_addr = local;
-    }
+    let args = unsafe { &mut *args };
+    args.is_tcp = 1;
+    let event = ConnEvent {
+        hdr: header(kind::CONNECT, id, args.fd),
+        role: role::CLIENT,
+        family: args.family,
+        local_port: 0,
+        remote_port: args.remote_port,
+        _pad: [0; 3],
+        local_addr: v6_field(32, 40),
+        remote_addr: args.remote_addr,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    let _ = CONNECTING.insert(&skaddr, &event, 0);
     0
 }
 
@@ -267,22 +329,12 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     if (ret != 0 && ret != -EINPROGRESS) || args.is_tcp == 0 {
         return 0;
     }
-    let event = ConnEvent {
-        hdr: header(kind::CONNECT, id, args.fd),
-        role: role::CLIENT,
-        family: args.family,
-        local_port: args.local_port,
-        remote_port: args.remote_port,
-        _pad: [0; 3],
-        local_addr: args.local_addr,
-        remote_addr: args.remote_addr,
-    };
+    // The connection record itself is emitted when the handshake completes (inet_sock_set_state).
     let state = SocketState {
         role: role::CLIENT,
         capture_bytes: 0,
     };
-    let _ = SOCKETS.insert(&socket_key(event.hdr.pid, args.fd as u32), &state, 0);
-    output(&event);
+    let _ = SOCKETS.insert(&socket_key((id >> 32) as u32, args.fd as u32), &state, 0);
     0
 }
 
@@ -401,60 +453,74 @@ fn emit_data(id: u64, args: &DataArgs, total: u64) {
         return;
     }
 
-    let mut offset: u32 = 0;
-    // Current buffer: for BUF_PLAIN the one buffer, for BUF_IOVEC the iovec at `iov_index`.
-    let mut iov_index: u64 = 0;
-    let mut base: u64 = args.ptr;
-    let mut remaining_in_buf: u64 = total;
     if args.buf_kind == BUF_IOVEC {
-        remaining_in_buf = 0;
+        emit_iovecs(event, args.ptr, args.iov_count, captured);
+    } else {
+        emit_buffer(event, args.ptr, captured);
     }
-    for _ in 0..(MAX_CHUNKS + MAX_IOVECS) {
+}
+
+/// Copies `len` (1..=CHUNK_SIZE after masking) bytes from `src` and outputs one record.
+/// Returns false if the user memory could not be read.
+#[inline(always)]
+fn emit_chunk(event: &mut sonde_common::DataEvent, src: u64, len: u32, offset: u32, last: bool) -> bool {
+    // Bound for the verifier: 1..=CHUNK_SIZE.
+    let len = (len.wrapping_sub(1) & (CHUNK_SIZE as u32 - 1)) + 1;
+    // SAFETY: `len` <= CHUNK_SIZE = size of `data`; the helper fails on a bad user pointer.
+    let ret = unsafe { bpf_probe_read_user(event.data.as_mut_ptr().cast(), len, src as *const core::ffi::c_void) };
+    if ret < 0 {
+        return false;
+    }
+    event.offset = offset;
+    event.len = len;
+    event.flags = if last { DATA_FLAG_LAST_CHUNK } else { 0 };
+    output_raw((event as *const sonde_common::DataEvent).cast(), DATA_HEADER_SIZE as u64 + len as u64);
+    true
+}
+
+/// One contiguous buffer: up to MAX_CHUNKS records.
+#[inline(always)]
+fn emit_buffer(event: &mut sonde_common::DataEvent, base: u64, captured: u32) {
+    for i in 0..MAX_CHUNKS {
+        let offset = i * CHUNK_SIZE as u32;
         if offset >= captured {
             break;
         }
-        if remaining_in_buf == 0 {
-            if args.buf_kind != BUF_IOVEC || iov_index >= args.iov_count || iov_index >= MAX_IOVECS as u64 {
-                break;
-            }
-            let Some(iov) = read_user::<IoVec>(args.ptr + iov_index * 16) else {
-                break;
-            };
-            iov_index += 1;
-            base = iov.base;
-            remaining_in_buf = iov.len;
-            continue;
-        }
-        let mut len = captured - offset;
-        if len as u64 > remaining_in_buf {
-            len = remaining_in_buf as u32;
-        }
-        if len > CHUNK_SIZE as u32 {
-            len = CHUNK_SIZE as u32;
-        }
-        // Bound for the verifier: 1..=CHUNK_SIZE.
-        let len = (len.wrapping_sub(1) & (CHUNK_SIZE as u32 - 1)) + 1;
-        // SAFETY: `len` <= CHUNK_SIZE = size of `data`; the helper fails on a bad user pointer.
-        let ret = unsafe {
-            bpf_probe_read_user(
-                event.data.as_mut_ptr().cast(),
-                len,
-                base as *const core::ffi::c_void,
-            )
-        };
-        if ret < 0 {
+        let remaining = captured - offset;
+        let len = if remaining > CHUNK_SIZE as u32 { CHUNK_SIZE as u32 } else { remaining };
+        if !emit_chunk(event, base + offset as u64, len, offset, remaining <= CHUNK_SIZE as u32) {
             break;
         }
-        event.offset = offset;
-        event.len = len;
+    }
+}
+
+/// An iovec array: each iovec's first CHUNK_SIZE bytes, in order, stopping at the first iovec
+/// that is not copied whole so that uncaptured bytes are only ever at the end (userspace
+/// counts them as lost after the last record).
+#[inline(always)]
+fn emit_iovecs(event: &mut sonde_common::DataEvent, iov_ptr: u64, iov_count: u64, captured: u32) {
+    let mut offset: u32 = 0;
+    for j in 0..MAX_IOVECS {
+        if j as u64 >= iov_count || offset >= captured {
+            break;
+        }
+        let Some(iov) = read_user::<IoVec>(iov_ptr + j as u64 * 16) else {
+            break;
+        };
+        if iov.len == 0 {
+            continue;
+        }
+        let remaining = captured - offset;
+        let mut len = if iov.len > CHUNK_SIZE as u64 { CHUNK_SIZE as u32 } else { iov.len as u32 };
+        if len > remaining {
+            len = remaining;
+        }
+        let whole = len as u64 == iov.len;
+        let last = !whole || offset + len >= captured || j as u64 + 1 >= iov_count || j + 1 >= MAX_IOVECS;
+        if !emit_chunk(event, iov.base, len, offset, last) || !whole {
+            break;
+        }
         offset += len;
-        base += len as u64;
-        remaining_in_buf -= len as u64;
-        event.flags = if offset >= captured { DATA_FLAG_LAST_CHUNK } else { 0 };
-        output_raw(
-            (event as *const sonde_common::DataEvent).cast(),
-            DATA_HEADER_SIZE as u64 + len as u64,
-        );
     }
 }
 

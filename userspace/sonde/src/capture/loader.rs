@@ -1,0 +1,214 @@
+//! Loads the kernel programs, attaches every tracepoint, and hands out the maps the daemon
+//! drives (ring buffer, socket table, pid filter, lost-record counters).
+//!
+//! Every failure says what is wrong and what to do about it: not root, tracefs missing,
+//! a kernel too old for ring buffers, a tracepoint that will not attach.
+use std::path::Path;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use sonde_common::{ProbeConfig, SocketState};
+
+static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sonde-probes"));
+
+/// (program name, tracepoint category, tracepoint name). Programs named after their syscall
+/// tracepoint; the accept family shares one pair of programs for accept and accept4.
+const ATTACHMENTS: &[(&str, &str, &str)] = &[
+    ("sys_enter_accept", "syscalls", "sys_enter_accept"),
+    ("sys_enter_accept", "syscalls", "sys_enter_accept4"),
+    ("sys_exit_accept", "syscalls", "sys_exit_accept"),
+    ("sys_exit_accept", "syscalls", "sys_exit_accept4"),
+    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
+    ("sys_exit_connect", "syscalls", "sys_exit_connect"),
+    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+    ("sys_enter_close", "syscalls", "sys_enter_close"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+    ("sys_enter_read", "syscalls", "sys_enter_read"),
+    ("sys_exit_read", "syscalls", "sys_exit_read"),
+    ("sys_enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
+    ("sys_exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
+    ("sys_enter_readv", "syscalls", "sys_enter_readv"),
+    ("sys_exit_readv", "syscalls", "sys_exit_readv"),
+    ("sys_enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
+    ("sys_exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
+    ("sys_enter_write", "syscalls", "sys_enter_write"),
+    ("sys_exit_write", "syscalls", "sys_exit_write"),
+    ("sys_enter_sendto", "syscalls", "sys_enter_sendto"),
+    ("sys_exit_sendto", "syscalls", "sys_exit_sendto"),
+    ("sys_enter_writev", "syscalls", "sys_enter_writev"),
+    ("sys_exit_writev", "syscalls", "sys_exit_writev"),
+    ("sys_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
+    ("sys_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
+    ("sys_enter_sendfile64", "syscalls", "sys_enter_sendfile64"),
+    ("sys_exit_sendfile64", "syscalls", "sys_exit_sendfile64"),
+];
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "sonde needs root, or the capabilities CAP_BPF and CAP_PERFMON (plus CAP_SYS_ADMIN to mount tracefs), \
+         to load eBPF programs; run it with sudo or grant them"
+    )]
+    NotPrivileged,
+    #[error(
+        "tracefs is not mounted at {TRACEFS} and mounting it failed ({0}); mount it with \
+         `mount -t tracefs tracefs {TRACEFS}` (in Kubernetes: mount the host's /sys/kernel/tracing)"
+    )]
+    NoTracefs(std::io::Error),
+    #[error("this kernel ({0}) is too old: sonde needs Linux 5.8 or newer (BPF ring buffer)")]
+    KernelTooOld(String),
+    #[error("loading the eBPF programs failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {program} is missing from the object")]
+    MissingProgram { program: String },
+    #[error("could not load eBPF program {program}: {source}")]
+    Verify {
+        program: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("could not attach to tracepoint {category}:{name}: {source}")]
+    Attach {
+        category: String,
+        name: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {0}: {1}")]
+    Map(&'static str, String),
+}
+
+pub struct ProbeSettings {
+    pub self_pid: u32,
+    pub filter_pids: bool,
+    pub capture_bytes: u32,
+    pub ring_buffer_bytes: u32,
+    pub wakeup_bytes: u32,
+}
+
+pub struct Probes {
+    /// Keeps the programs and their links alive.
+    _ebpf: Ebpf,
+    pub events: RingBuf<MapData>,
+    pub sockets: BpfHashMap<MapData, u64, SocketState>,
+    pub traced_pids: BpfHashMap<MapData, u32, u8>,
+    pub lost: PerCpuArray<MapData, u64>,
+    /// "category:name" of every attached tracepoint, for the startup summary.
+    pub attached: Vec<String>,
+}
+
+/// Mounts tracefs if it is missing (needs CAP_SYS_ADMIN); aya attaches tracepoints through it.
+pub fn ensure_tracefs() -> Result<(), LoadError> {
+    if Path::new(TRACEFS).join("events").is_dir() {
+        return Ok(());
+    }
+    let src = c"tracefs";
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: constant NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        return Err(LoadError::NoTracefs(std::io::Error::last_os_error()));
+    }
+    tracing::info!("mounted tracefs at {TRACEFS}");
+    Ok(())
+}
+
+fn check_kernel() -> Result<(), LoadError> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < (5, 8) {
+        return Err(LoadError::KernelTooOld(release.trim().to_owned()));
+    }
+    Ok(())
+}
+
+fn check_privileges() -> Result<(), LoadError> {
+    // SAFETY: no arguments.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    // Not root: look for CAP_BPF (39) and CAP_PERFMON (38) in the effective set.
+    let caps = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    if caps & (1 << 39) != 0 && caps & (1 << 38) != 0 {
+        Ok(())
+    } else {
+        Err(LoadError::NotPrivileged)
+    }
+}
+
+pub fn load(settings: &ProbeSettings) -> Result<Probes, LoadError> {
+    check_privileges()?;
+    check_kernel()?;
+    ensure_tracefs()?;
+    // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: valid pointer to a local struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+
+    let config = ProbeConfig {
+        self_pid: settings.self_pid,
+        filter_pids: u32::from(settings.filter_pids),
+        capture_bytes: settings.capture_bytes.min(sonde_common::MAX_CAPTURE_BYTES),
+        wakeup_bytes: settings.wakeup_bytes,
+    };
+    let mut ebpf = EbpfLoader::new()
+        .override_global("SONDE_CONFIG", &config, true)
+        .map_max_entries("EVENTS", settings.ring_buffer_bytes.next_power_of_two().max(4096))
+        .load(PROBES_OBJECT)?;
+
+    let mut loaded = std::collections::HashSet::new();
+    let mut attached = Vec::new();
+    for &(program, category, name) in ATTACHMENTS {
+        let tp: &mut TracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| LoadError::MissingProgram { program: program.to_owned() })?
+            .try_into()
+            .map_err(|source| LoadError::Verify { program: program.to_owned(), source })?;
+        if loaded.insert(program) {
+            tp.load().map_err(|source| LoadError::Verify { program: program.to_owned(), source })?;
+        }
+        tp.attach(category, name).map_err(|source| LoadError::Attach {
+            category: category.to_owned(),
+            name: name.to_owned(),
+            source,
+        })?;
+        attached.push(format!("{category}:{name}"));
+    }
+
+    let take = |ebpf: &mut Ebpf, name: &'static str| {
+        ebpf.take_map(name).ok_or(LoadError::Map(name, "missing from the object".into()))
+    };
+    let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)
+        .map_err(|e| LoadError::Map("EVENTS", e.to_string()))?;
+    let sockets = BpfHashMap::try_from(take(&mut ebpf, "SOCKETS")?)
+        .map_err(|e| LoadError::Map("SOCKETS", e.to_string()))?;
+    let traced_pids = BpfHashMap::try_from(take(&mut ebpf, "TRACED_PIDS")?)
+        .map_err(|e| LoadError::Map("TRACED_PIDS", e.to_string()))?;
+    let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)
+        .map_err(|e| LoadError::Map("LOST", e.to_string()))?;
+    Ok(Probes { _ebpf: ebpf, events, sockets, traced_pids, lost, attached })
+}
+
+impl Probes {
+    /// Records the ring buffer had no room for, per CPU.
+    pub fn lost_per_cpu(&self) -> Vec<u64> {
+        self.lost.get(&0, 0).map(|v| v.iter().copied().collect()).unwrap_or_default()
+    }
+}

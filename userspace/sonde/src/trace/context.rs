@@ -1,0 +1,124 @@
+//! Trace and span ids, and the W3C `traceparent` header.
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TraceId(pub [u8; 16]);
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SpanId(pub [u8; 8]);
+
+/// Where a span sits: its trace, its own id, its parent (None: root).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanContext {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent: Option<SpanId>,
+    /// The parent is in another process (came in a `traceparent` header).
+    pub remote_parent: bool,
+}
+
+/// Generates random, non-zero ids. Not cryptographic; ids only need to be unique.
+pub struct IdGenerator(SmallRng);
+
+impl Default for IdGenerator {
+    fn default() -> Self {
+        Self(SmallRng::from_os_rng())
+    }
+}
+
+impl IdGenerator {
+    pub fn trace_id(&mut self) -> TraceId {
+        loop {
+            let id: [u8; 16] = self.0.random();
+            if id != [0; 16] {
+                return TraceId(id);
+            }
+        }
+    }
+    pub fn span_id(&mut self) -> SpanId {
+        loop {
+            let id: [u8; 8] = self.0.random();
+            if id != [0; 8] {
+                return SpanId(id);
+            }
+        }
+    }
+    /// A root span of a new trace.
+    pub fn root(&mut self) -> SpanContext {
+        SpanContext { trace_id: self.trace_id(), span_id: self.span_id(), parent: None, remote_parent: false }
+    }
+    /// A child of `parent` in the same trace.
+    pub fn child_of(&mut self, trace_id: TraceId, parent: SpanId) -> SpanContext {
+        SpanContext { trace_id, span_id: self.span_id(), parent: Some(parent), remote_parent: false }
+    }
+}
+
+/// Parses `traceparent: 00-<32 hex>-<16 hex>-<2 hex>` (version 00, and later versions'
+/// first four fields per the spec). All-zero ids and version ff are invalid.
+pub fn parse_traceparent(value: &[u8]) -> Option<(TraceId, SpanId)> {
+    let s = std::str::from_utf8(value).ok()?.trim();
+    let mut parts = s.split('-');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let span = parts.next()?;
+    let flags = parts.next()?;
+    if version.len() != 2 || version.eq_ignore_ascii_case("ff") || !is_hex(version) {
+        return None;
+    }
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    if trace.len() != 32 || span.len() != 16 || flags.len() != 2 || !is_lower_hex(trace) || !is_lower_hex(span) || !is_hex(flags) {
+        return None;
+    }
+    let mut t = [0u8; 16];
+    let mut p = [0u8; 8];
+    hex::decode_to_slice(trace, &mut t).ok()?;
+    hex::decode_to_slice(span, &mut p).ok()?;
+    if t == [0; 16] || p == [0; 8] {
+        return None;
+    }
+    Some((TraceId(t), SpanId(p)))
+}
+
+fn is_hex(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_valid_and_invalid() {
+        let (t, s) = parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(hex::encode(t.0), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hex::encode(s.0), "00f067aa0ba902b7");
+        for bad in [
+            &b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"[..],
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            b"garbage",
+            b"",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        // A future version may carry more fields.
+        assert!(parse_traceparent(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz").is_some());
+    }
+
+    #[test]
+    fn ids_are_nonzero_and_distinct() {
+        let mut g = IdGenerator::default();
+        let a = g.root();
+        let b = g.child_of(a.trace_id, a.span_id);
+        assert_ne!(a.span_id, b.span_id);
+        assert_eq!(b.parent, Some(a.span_id));
+        assert_eq!(a.trace_id, b.trace_id);
+    }
+}

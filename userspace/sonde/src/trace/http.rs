@@ -1,0 +1,213 @@
+//! HTTP exchanges to SERVER and CLIENT spans with the stable HTTP semantic conventions.
+use std::net::SocketAddr;
+
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use sonde_http1::{Exchange, RequestHead};
+
+use super::{
+    context::SpanContext,
+    redact,
+    route::RouteTemplates,
+    span::{Kind, Outcome, SpanParts, int_attr, str_attr},
+};
+use crate::clock::Clock;
+
+const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"];
+
+/// The endpoints of the connection an exchange travelled on, from the traced process's side.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Endpoints {
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+}
+
+fn method_attrs(method: &str, attrs: &mut Vec<KeyValue>) -> &'static str {
+    match KNOWN_METHODS.iter().find(|m| **m == method) {
+        Some(m) => {
+            attrs.push(str_attr("http.request.method", *m));
+            m
+        }
+        None => {
+            attrs.push(str_attr("http.request.method", "_OTHER"));
+            attrs.push(str_attr("http.request.method_original", truncate(method, 64)));
+            "HTTP"
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+fn header_str<'a>(head: &'a RequestHead, name: &str) -> Option<&'a str> {
+    head.header(name).and_then(|v| std::str::from_utf8(v).ok()).map(str::trim)
+}
+
+/// Splits a Host header into host and port.
+fn split_host(host: &str) -> (String, Option<u16>) {
+    if let Some(rest) = host.strip_prefix('[') {
+        if let Some((h, tail)) = rest.split_once(']') {
+            return (h.to_owned(), tail.strip_prefix(':').and_then(|p| p.parse().ok()));
+        }
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h.to_owned(), p.parse().ok()),
+        _ => (host.to_owned(), None),
+    }
+}
+
+fn version(minor: u8) -> &'static str {
+    if minor == 0 { "1.0" } else { "1.1" }
+}
+
+fn end_ns(ex: &Exchange, fallback_end_ns: u64) -> u64 {
+    ex.response_last.map(|s| s.ts_ns).unwrap_or(fallback_end_ns.max(ex.request_last.ts_ns))
+}
+
+pub fn server_span(ex: &Exchange, conn: Endpoints, routes: &RouteTemplates, ctx: SpanContext, clock: &Clock, fallback_end_ns: u64) -> SpanParts {
+    let req = &ex.request;
+    let mut attrs = Vec::with_capacity(16);
+    let method = method_attrs(&req.method, &mut attrs);
+    let (path, query) = match req.target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (req.target.as_str(), None),
+    };
+    let route = routes.route(path);
+    attrs.push(str_attr("url.path", truncate(path, 2048)));
+    if let Some(q) = query {
+        attrs.push(str_attr("url.query", truncate(&redact::query(q), 2048)));
+    }
+    attrs.push(str_attr("url.scheme", "http"));
+    attrs.push(str_attr("http.route", route.clone()));
+    attrs.push(str_attr("network.protocol.version", version(req.minor_version)));
+    if let Some(host) = header_str(req, "host") {
+        let (h, p) = split_host(host);
+        attrs.push(str_attr("server.address", h));
+        if let Some(p) = p.or(conn.local.map(|l| l.port())) {
+            attrs.push(int_attr("server.port", i64::from(p)));
+        }
+    } else if let Some(local) = conn.local {
+        attrs.push(str_attr("server.address", local.ip().to_string()));
+        attrs.push(int_attr("server.port", i64::from(local.port())));
+    }
+    let forwarded = header_str(req, "x-forwarded-for").and_then(|v| v.split(',').next()).map(str::trim).filter(|v| !v.is_empty());
+    if let Some(remote) = conn.remote {
+        attrs.push(str_attr("client.address", forwarded.map(str::to_owned).unwrap_or_else(|| remote.ip().to_string())));
+        attrs.push(str_attr("network.peer.address", remote.ip().to_string()));
+        attrs.push(int_attr("network.peer.port", i64::from(remote.port())));
+    } else if let Some(f) = forwarded {
+        attrs.push(str_attr("client.address", f));
+    }
+    if let Some(ua) = header_str(req, "user-agent") {
+        attrs.push(str_attr("user_agent.original", truncate(ua, 512)));
+    }
+    let outcome = match &ex.response {
+        Some(resp) => {
+            attrs.push(int_attr("http.response.status_code", i64::from(resp.status)));
+            if resp.status >= 500 {
+                attrs.push(str_attr("error.type", resp.status.to_string()));
+                Outcome::Error(String::new())
+            } else {
+                Outcome::Unset
+            }
+        }
+        None => {
+            attrs.push(str_attr("error.type", "response_missing"));
+            Outcome::Error("the connection ended before a response was sent".into())
+        }
+    };
+    if ex.truncated {
+        attrs.push(str_attr("sonde.capture.truncated", "true"));
+    }
+    SpanParts {
+        ctx,
+        name: format!("{method} {route}"),
+        kind: Kind::Server,
+        start_unix_ns: clock.to_unix_ns(ex.request_first.ts_ns),
+        end_unix_ns: clock.to_unix_ns(end_ns(ex, fallback_end_ns)),
+        attributes: attrs,
+        outcome,
+    }
+}
+
+pub fn client_span(ex: &Exchange, conn: Endpoints, ctx: SpanContext, clock: &Clock, fallback_end_ns: u64) -> SpanParts {
+    let req = &ex.request;
+    let mut attrs = Vec::with_capacity(10);
+    let method = method_attrs(&req.method, &mut attrs);
+    let host_header = header_str(req, "host").map(split_host);
+    let server_host = host_header
+        .as_ref()
+        .map(|(h, _)| h.clone())
+        .or_else(|| conn.remote.map(|r| r.ip().to_string()))
+        .unwrap_or_default();
+    let server_port = host_header.as_ref().and_then(|(_, p)| *p).or(conn.remote.map(|r| r.port()));
+    if !server_host.is_empty() {
+        attrs.push(str_attr("server.address", server_host.clone()));
+    }
+    if let Some(p) = server_port {
+        attrs.push(int_attr("server.port", i64::from(p)));
+    }
+    let authority = match server_port {
+        Some(80) | None => server_host,
+        Some(p) => format!("{server_host}:{p}"),
+    };
+    attrs.push(str_attr("url.full", truncate(&redact::url_full("http", &authority, &req.target), 4096)));
+    attrs.push(str_attr("network.protocol.version", version(req.minor_version)));
+    if let Some(remote) = conn.remote {
+        attrs.push(str_attr("network.peer.address", remote.ip().to_string()));
+        attrs.push(int_attr("network.peer.port", i64::from(remote.port())));
+    }
+    let outcome = match &ex.response {
+        Some(resp) => {
+            attrs.push(int_attr("http.response.status_code", i64::from(resp.status)));
+            if resp.status >= 400 {
+                attrs.push(str_attr("error.type", resp.status.to_string()));
+                Outcome::Error(String::new())
+            } else {
+                Outcome::Unset
+            }
+        }
+        None => {
+            attrs.push(str_attr("error.type", "response_missing"));
+            Outcome::Error("the connection ended before a response arrived".into())
+        }
+    };
+    if ex.truncated {
+        attrs.push(str_attr("sonde.capture.truncated", "true"));
+    }
+    SpanParts {
+        ctx,
+        name: method.to_owned(),
+        kind: Kind::Client,
+        start_unix_ns: clock.to_unix_ns(ex.request_first.ts_ns),
+        end_unix_ns: clock.to_unix_ns(end_ns(ex, fallback_end_ns)),
+        attributes: attrs,
+        outcome,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_header_forms() {
+        assert_eq!(split_host("example.com:8080"), ("example.com".into(), Some(8080)));
+        assert_eq!(split_host("example.com"), ("example.com".into(), None));
+        assert_eq!(split_host("[::1]:80"), ("::1".into(), Some(80)));
+        assert_eq!(split_host("::1"), ("::1".into(), None));
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 5), "abc");
+    }
+}

@@ -1,0 +1,219 @@
+//! Resource attributes of a traced process: `service.name` by the order in REFERENCE.md (the
+//! process's own OTEL_SERVICE_NAME, then service.name in its OTEL_RESOURCE_ATTRIBUTES, then
+//! Kubernetes metadata when present, then the executable), process and host attributes.
+use std::collections::HashMap;
+
+use opentelemetry_proto::tonic::{common::v1::KeyValue, resource::v1::Resource};
+
+use super::span::{int_attr, str_attr};
+
+#[derive(Clone, Debug, Default)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub executable: String,
+    pub command_line: String,
+    pub service_name: String,
+    /// Other attributes from the process's OTEL_RESOURCE_ATTRIBUTES.
+    pub extra: Vec<(String, String)>,
+    pub container_id: Option<String>,
+}
+
+/// Parses `k=v,k2=v2` (values percent-decoded) as in OTEL_RESOURCE_ATTRIBUTES.
+pub fn parse_resource_attributes(s: &str) -> Vec<(String, String)> {
+    s.split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), percent_decode(v.trim())))
+        .filter(|(k, _)| !k.is_empty())
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Container id from /proc/<pid>/cgroup contents (containerd, CRI-O, docker, cgroup v1 kubepods).
+pub fn container_id_from_cgroup(cgroup: &str) -> Option<String> {
+    for line in cgroup.lines() {
+        let path = line.rsplit(':').next().unwrap_or("");
+        for seg in path.rsplit('/') {
+            let seg = seg.strip_suffix(".scope").unwrap_or(seg);
+            let id = seg
+                .strip_prefix("cri-containerd-")
+                .or_else(|| seg.strip_prefix("crio-"))
+                .or_else(|| seg.strip_prefix("docker-"))
+                .or_else(|| seg.strip_prefix("libpod-"))
+                .unwrap_or(seg);
+            if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Some(id.to_owned());
+            }
+        }
+    }
+    None
+}
+
+/// Reads what /proc says about `pid`. Missing pieces are left empty (the process may be gone).
+pub fn read_process(pid: u32) -> ProcessInfo {
+    let mut info = ProcessInfo { pid, ..Default::default() };
+    let proc_dir = format!("/proc/{pid}");
+    info.executable = std::fs::read_link(format!("{proc_dir}/exe"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .or_else(|| std::fs::read_to_string(format!("{proc_dir}/comm")).ok().map(|s| s.trim().to_owned()))
+        .unwrap_or_default();
+    info.command_line = std::fs::read(format!("{proc_dir}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect::<Vec<_>>().join(" ")
+        })
+        .unwrap_or_default();
+    let environ = std::fs::read(format!("{proc_dir}/environ")).unwrap_or_default();
+    let mut env_service = None;
+    let mut env_attrs = Vec::new();
+    for var in environ.split(|&c| c == 0) {
+        if let Some(v) = var.strip_prefix(b"OTEL_SERVICE_NAME=") {
+            let v = String::from_utf8_lossy(v).trim().to_owned();
+            if !v.is_empty() {
+                env_service = Some(v);
+            }
+        } else if let Some(v) = var.strip_prefix(b"OTEL_RESOURCE_ATTRIBUTES=") {
+            env_attrs = parse_resource_attributes(&String::from_utf8_lossy(v));
+        }
+    }
+    let attr_service = env_attrs.iter().find(|(k, _)| k == "service.name").map(|(_, v)| v.clone());
+    info.service_name = env_service.or(attr_service).unwrap_or_else(|| info.executable.clone());
+    info.extra = env_attrs.into_iter().filter(|(k, _)| k != "service.name").collect();
+    info.container_id = std::fs::read_to_string(format!("{proc_dir}/cgroup")).ok().and_then(|c| container_id_from_cgroup(&c));
+    info
+}
+
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buffer and its length.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Resources per pid, read once and kept until the process exits.
+#[derive(Default)]
+pub struct ResourceCache {
+    host: String,
+    by_pid: HashMap<u32, (ProcessInfo, Resource)>,
+}
+
+impl ResourceCache {
+    pub fn new() -> Self {
+        Self { host: host_name(), by_pid: HashMap::new() }
+    }
+
+    pub fn info(&mut self, pid: u32) -> &ProcessInfo {
+        &self.entry(pid).0
+    }
+
+    /// Like [`Self::info`], but when /proc no longer has the process (it was short-lived),
+    /// names it by `comm`, the command name the kernel reported.
+    pub fn info_or_comm(&mut self, pid: u32, comm: &str) -> &ProcessInfo {
+        let host = &self.host;
+        let entry = self.by_pid.entry(pid).or_insert_with(|| {
+            let mut info = read_process(pid);
+            if info.executable.is_empty() {
+                info.executable = comm.to_owned();
+            }
+            if info.service_name.is_empty() {
+                info.service_name = comm.to_owned();
+            }
+            let resource = to_resource(&info, host);
+            (info, resource)
+        });
+        &entry.0
+    }
+
+    pub fn resource(&mut self, pid: u32) -> Resource {
+        self.entry(pid).1.clone()
+    }
+
+    fn entry(&mut self, pid: u32) -> &(ProcessInfo, Resource) {
+        let host = &self.host;
+        self.by_pid.entry(pid).or_insert_with(|| {
+            let info = read_process(pid);
+            let resource = to_resource(&info, host);
+            (info, resource)
+        })
+    }
+
+    pub fn forget(&mut self, pid: u32) {
+        self.by_pid.remove(&pid);
+    }
+}
+
+pub fn to_resource(info: &ProcessInfo, host: &str) -> Resource {
+    let mut attributes: Vec<KeyValue> = vec![
+        str_attr("service.name", info.service_name.clone()),
+        str_attr("host.name", host),
+        int_attr("process.pid", i64::from(info.pid)),
+        str_attr("process.executable.name", info.executable.clone()),
+        str_attr("process.command_line", info.command_line.clone()),
+        str_attr("telemetry.distro.name", "sonde"),
+    ];
+    if let Some(id) = &info.container_id {
+        attributes.push(str_attr("container.id", id.clone()));
+    }
+    for (k, v) in &info.extra {
+        if !attributes.iter().any(|a| &a.key == k) {
+            attributes.push(str_attr(k, v.clone()));
+        }
+    }
+    Resource { attributes, ..Default::default() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_attributes_parse_and_decode() {
+        assert_eq!(
+            parse_resource_attributes("service.name=my%20api, deployment.environment=prod,bad,=x"),
+            vec![("service.name".into(), "my api".into()), ("deployment.environment".into(), "prod".into())]
+        );
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn container_ids_from_cgroup_paths() {
+        let id = "a".repeat(64);
+        for cg in [
+            format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"),
+            format!("0::/system.slice/crio-{id}.scope"),
+            format!("0::/system.slice/docker-{id}.scope"),
+            format!("12:memory:/kubepods/burstable/pod1234/{id}"),
+        ] {
+            assert_eq!(container_id_from_cgroup(&cg), Some(id.clone()), "{cg}");
+        }
+        assert_eq!(container_id_from_cgroup("0::/user.slice/session-1.scope"), None);
+    }
+
+    #[test]
+    fn service_name_of_this_process_falls_back_to_executable() {
+        let info = read_process(std::process::id());
+        assert!(!info.executable.is_empty());
+        assert!(!info.service_name.is_empty());
+    }
+}
