@@ -29,6 +29,9 @@
 //! - `response_last` of a close-delimited response is the Seen of the feed that carried its last
 //!   byte (not of the close), which is when the server finished sending it.
 //! - Response bytes with no request waiting are ignored and counted in [`Connection::desyncs`].
+//! - `seq` also counts requests whose head was lost, so a gap in `seq` means lost requests.
+//! - A new connection's direction is declared not HTTP only when a head fails to parse; while
+//!   resynchronising (`new_unsynced`, after a loss) non-matching feeds are skipped silently.
 //!
 //! Why not an existing crate: `httparse` (used here for heads) is not incremental across feeds and
 //! has no body framing or request/response matching; `hyper`/`h1` parsers own I/O and copy bodies;
