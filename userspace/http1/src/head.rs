@@ -44,6 +44,46 @@ fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<Header> {
 }
 
 pub(crate) fn parse_request(buf: &[u8]) -> Parsed<RequestHead> {
+    match parse_request_strict(buf) {
+        Parsed::Invalid => reparse_with_encoded_target(buf).unwrap_or(Parsed::Invalid),
+        other => other,
+    }
+}
+
+/// Some clients send raw non-UTF-8 bytes (e.g. Latin-1) in the target, which `httparse`
+/// rejects; percent-encode them in a copy of the request line and parse again.
+fn reparse_with_encoded_target(buf: &[u8]) -> Option<Parsed<RequestHead>> {
+    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    let (line, rest) = buf.split_at(line_end);
+    // Only the target may be fixed up: a method with such bytes is not HTTP.
+    let method_end = line.iter().position(|&b| b == b' ')?;
+    if line.iter().take(method_end).any(|&b| b >= 0x80) {
+        return None;
+    }
+    let high = line.iter().filter(|&&b| b >= 0x80).count();
+    if high == 0 {
+        return None;
+    }
+    let added = high.checked_mul(2)?;
+    let mut copy = Vec::with_capacity(buf.len().checked_add(added)?);
+    for &b in line {
+        if b >= 0x80 {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            copy.push(b'%');
+            copy.push(HEX[usize::from(b >> 4)]);
+            copy.push(HEX[usize::from(b & 0x0f)]);
+        } else {
+            copy.push(b);
+        }
+    }
+    copy.extend_from_slice(rest);
+    Some(match parse_request_strict(&copy) {
+        Parsed::Complete(head, len) => Parsed::Complete(head, len.checked_sub(added)?),
+        other => other,
+    })
+}
+
+fn parse_request_strict(buf: &[u8]) -> Parsed<RequestHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match config().parse_request(&mut req, buf) {
@@ -375,6 +415,26 @@ mod tests {
         assert!(!looks_like_response(b"HTTP/1.1 2x0 OK"));
         assert!(!looks_like_response(b"HTTP/2 200"));
         assert!(!looks_like_response(b"GET / HTTP/1.1"));
+    }
+
+    #[test]
+    fn non_utf8_target_is_percent_encoded() {
+        let buf = b"GET /caf\xe9?q=\xff HTTP/1.1\r\nHost: a\r\n\r\nrest";
+        let Parsed::Complete(head, len) = parse_request(buf) else {
+            panic!("not parsed");
+        };
+        assert_eq!(head.target, "/caf%E9?q=%FF");
+        assert_eq!(&buf[len..], b"rest");
+        assert!(matches!(parse_request(b"GET /caf\xe9"), Parsed::Partial));
+        let Parsed::Complete(head, _) = parse_request("GET /café HTTP/1.1\r\n\r\n".as_bytes())
+        else {
+            panic!("not parsed");
+        };
+        assert_eq!(head.target, "/café");
+        assert!(matches!(
+            parse_request(b"\xff\xfe / HTTP/1.1\r\n"),
+            Parsed::Invalid
+        ));
     }
 
     #[test]
