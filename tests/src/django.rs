@@ -2,7 +2,8 @@
 //! gunicorn (sync or gthread workers) or Django's runserver, on 127.0.0.1:<free port>.
 //!
 //! `start` creates the database, runs the committed migrations and the `seed` command, starts
-//! the server and returns once every worker has loaded the app and `/health` answers.
+//! the server and returns once every worker has loaded the app. It sends no request itself, so
+//! the first request a scenario sends is the first the app (and sonde) sees.
 //! The OpenTelemetry SDK is enabled only through [`DjangoOpts::otel`].
 
 use std::path::PathBuf;
@@ -12,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use crate::dirs::TestDir;
 use crate::error::{Error, Result};
-use crate::http::http_request;
 use crate::net::{free_port, localhost, wait_for_port};
 use crate::postgres::{Postgres, SUPERUSER};
 use crate::proc::{Proc, children_of};
@@ -174,6 +174,9 @@ pub struct Django {
     _dir: TestDir,
 }
 
+/// What gunicorn.conf.py's `post_worker_init` hook prints for each worker.
+const WORKER_READY: &str = "sonde-e2e: worker ready pid=";
+
 /// `tests/apps/djangoapp`.
 pub fn django_app_dir() -> PathBuf {
     apps_dir().join("djangoapp")
@@ -313,6 +316,8 @@ impl Django {
         Err(last_err.unwrap_or_else(|| Error::Setup("the Django app did not start".into())))
     }
 
+    /// Waits for the server's own readiness lines; sends no HTTP request, so neither sonde nor
+    /// an SDK exporter ever sees warm-up traffic.
     fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let alive = || {
@@ -330,48 +335,44 @@ impl Django {
                 })
             }
         };
-        wait_for_port(localhost(self.port), timeout, alive)?;
-        if self.opts.server == DjangoServer::Gunicorn {
-            let want = usize::try_from(self.opts.workers.max(1)).unwrap_or(1);
-            loop {
-                let ready = self
-                    .server
-                    .stdout()
-                    .matches("sonde-e2e: worker ready pid=")
-                    .count()
-                    + self
-                        .server
-                        .stderr()
-                        .matches("sonde-e2e: worker ready pid=")
-                        .count();
-                if ready >= want && self.worker_pids().len() >= want {
-                    break;
-                }
-                alive()?;
-                if Instant::now() >= deadline {
-                    return Err(Error::Timeout {
-                        what: format!("{want} gunicorn workers to load the app ({ready} did)"),
-                        timeout,
-                        details: self.server.logs_tail(50),
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        loop {
-            match http_request("GET", &self.url("/health"), &[], b"") {
-                Ok(r) if r.status == 200 => return Ok(()),
-                _ => {}
-            }
-            alive()?;
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout {
-                    what: "GET /health to answer 200".into(),
+        match self.opts.server {
+            DjangoServer::Gunicorn => {
+                self.server.wait_for_line(
+                    format!("Listening at: http://127.0.0.1:{}", self.port),
                     timeout,
-                    details: self.server.logs_tail(50),
-                });
+                )?;
+                let want = usize::try_from(self.opts.workers.max(1)).unwrap_or(1);
+                loop {
+                    // Printed by the post_worker_init hook once a worker has loaded the app.
+                    let ready = self.server.stdout().matches(WORKER_READY).count();
+                    if ready >= want && self.worker_pids().len() >= want {
+                        return Ok(());
+                    }
+                    alive()?;
+                    if Instant::now() >= deadline {
+                        return Err(Error::Timeout {
+                            what: format!("{want} gunicorn workers to load the app ({ready} did)"),
+                            timeout,
+                            details: self.server.logs_tail(50),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
-            std::thread::sleep(Duration::from_millis(100));
+            DjangoServer::Runserver => {
+                self.server.wait_for_line(
+                    format!(
+                        "Starting development server at http://127.0.0.1:{}/",
+                        self.port
+                    ),
+                    timeout,
+                )?;
+                wait_for_port(
+                    localhost(self.port),
+                    deadline.saturating_duration_since(Instant::now()),
+                    alive,
+                )
+            }
         }
     }
 
@@ -445,6 +446,10 @@ mod tests {
         let pids = dj.pids();
         assert_eq!(pids.len(), 3, "master + 2 workers: {pids:?}");
         assert_eq!(pids[0], dj.master_pid());
+        assert!(
+            !dj.proc().stdout().contains("HTTP/1.1\""),
+            "start-up must send no request"
+        );
 
         let (s, b) = http_get(&dj.url("/health"));
         assert_eq!(

@@ -1,5 +1,6 @@
 //! Harness shared by the end-to-end tests: real servers (PostgreSQL, a Django app under
-//! gunicorn, nginx, Python's http.server, our own HTTP/1.1 test server), the sonde daemon,
+//! gunicorn, nginx, Python's http.server, our own HTTP/1.1 test server, the Python OTLP sink),
+//! the sonde daemon,
 //! HTTP clients, and OTLP/JSON span parsing with span-tree assertions.
 //!
 //! Every server is a guard: it runs in its own process group with its output captured in its
@@ -25,6 +26,7 @@ pub mod nginx;
 pub mod postgres;
 pub mod proc;
 pub mod pyhttp;
+pub mod sink;
 pub mod sonde;
 pub mod span;
 pub mod test_server;
@@ -44,6 +46,7 @@ pub use nginx::{Nginx, NginxOpts};
 pub use postgres::Postgres;
 pub use proc::{LineMatch, Proc};
 pub use pyhttp::PyHttpServer;
+pub use sink::OtlpSink;
 pub use sonde::Sonde;
 pub use span::{
     AttrValue, Span, SpanEvent, SpanTree, assert_span_tree, assert_span_tree_with, dump_spans,
