@@ -14,7 +14,10 @@ pub struct Budget {
 impl Budget {
     /// A budget of `limit` bytes.
     pub fn new(limit: usize) -> Arc<Budget> {
-        Arc::new(Budget { used: AtomicUsize::new(0), limit })
+        Arc::new(Budget {
+            used: AtomicUsize::new(0),
+            limit,
+        })
     }
 
     /// Bytes currently reserved.
@@ -24,7 +27,10 @@ impl Budget {
 
     /// An empty reservation that can grow.
     pub fn reservation(self: &Arc<Self>) -> Reservation {
-        Reservation { budget: Arc::clone(self), held: 0 }
+        Reservation {
+            budget: Arc::clone(self),
+            held: 0,
+        }
     }
 }
 
@@ -42,11 +48,18 @@ impl Reservation {
     pub fn grow(&mut self, n: usize) -> bool {
         let mut current = self.budget.used.load(Ordering::Relaxed);
         loop {
-            let Some(next) = current.checked_add(n) else { return false };
+            let Some(next) = current.checked_add(n) else {
+                return false;
+            };
             if next > self.budget.limit && current != self.held {
                 return false;
             }
-            match self.budget.used.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
+            match self.budget.used.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => {
                     self.held = self.held.saturating_add(n);
                     return true;

@@ -36,7 +36,12 @@ pub struct Refused {
 impl Refused {
     /// A refusal without retry hint.
     pub fn new(kind: Refusal, code: Code, message: impl Into<String>) -> Refused {
-        Refused { kind, code, message: message.into(), retry_after: None }
+        Refused {
+            kind,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     /// An overload refusal: the client should retry after `after`.
@@ -121,32 +126,51 @@ impl Core {
         limit: usize,
         reservation: &mut Reservation,
     ) -> Result<Bytes, Refused> {
-        if let Some(len) = declared {
-            if !reservation.grow(len) {
-                return Err(Refused::overloaded("receiver memory budget exhausted", BUDGET_RETRY_AFTER));
-            }
+        if let Some(len) = declared
+            && !reservation.grow(len)
+        {
+            return Err(Refused::overloaded(
+                "receiver memory budget exhausted",
+                BUDGET_RETRY_AFTER,
+            ));
         }
         let mut buf = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
         let deadline = tokio::time::Instant::now() + self.limits.body_total_timeout;
         loop {
-            let wait = tokio::time::timeout_at(deadline, tokio::time::timeout(self.limits.body_idle_timeout, body.frame()));
+            let wait = tokio::time::timeout_at(
+                deadline,
+                tokio::time::timeout(self.limits.body_idle_timeout, body.frame()),
+            );
             let frame = match wait.await {
                 Ok(Ok(Some(Ok(frame)))) => frame,
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some(Err(e)))) => {
-                    return Err(Refused::new(Refusal::Invalid, Code::InvalidArgument, format!("reading body: {e}")));
+                    return Err(Refused::new(
+                        Refusal::Invalid,
+                        Code::InvalidArgument,
+                        format!("reading body: {e}"),
+                    ));
                 }
                 Ok(Err(_)) | Err(_) => {
-                    return Err(Refused::new(Refusal::Internal, Code::DeadlineExceeded, "timed out reading the body"));
+                    return Err(Refused::new(
+                        Refusal::Internal,
+                        Code::DeadlineExceeded,
+                        "timed out reading the body",
+                    ));
                 }
             };
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             let new_len = buf.len().saturating_add(data.len());
             if new_len > limit {
                 return Err(too_large(self.max_message_bytes));
             }
             if new_len > reservation.held() && !reservation.grow(new_len - reservation.held()) {
-                return Err(Refused::overloaded("receiver memory budget exhausted", BUDGET_RETRY_AFTER));
+                return Err(Refused::overloaded(
+                    "receiver memory budget exhausted",
+                    BUDGET_RETRY_AFTER,
+                ));
             }
             buf.extend_from_slice(&data);
         }
@@ -173,13 +197,20 @@ impl Core {
             || (encoding == Encoding::Gzip && body_len > BLOCKING_DECODE_BYTES / 8);
         let decoded = if large {
             tokio::task::spawn_blocking(work).await.map_err(|e| {
-                Refused::new(Refusal::Internal, Code::Internal, format!("decoder task failed: {e}"))
+                Refused::new(
+                    Refusal::Internal,
+                    Code::Internal,
+                    format!("decoder task failed: {e}"),
+                )
             })?
         } else {
             work()
         }?;
         if encoding == Encoding::Gzip && !reservation.grow(decoded.encoded_len) {
-            return Err(Refused::overloaded("receiver memory budget exhausted", BUDGET_RETRY_AFTER));
+            return Err(Refused::overloaded(
+                "receiver memory budget exhausted",
+                BUDGET_RETRY_AFTER,
+            ));
         }
         Ok(decoded)
     }
@@ -201,16 +232,20 @@ impl Core {
         match admit {
             Admit::Accepted => {
                 self.stats.delivered(signal, items, 0);
-                Ok(Delivered { rejected: 0, message: String::new() })
+                Ok(Delivered {
+                    rejected: 0,
+                    message: String::new(),
+                })
             }
             Admit::Partial { rejected, message } => {
                 let rejected_items = u64::try_from(rejected).unwrap_or(0);
                 self.stats.delivered(signal, items, rejected_items);
                 Ok(Delivered { rejected, message })
             }
-            Admit::Overloaded { retry_after } => {
-                Err(Refused::overloaded("receiver overloaded, retry later", retry_after))
-            }
+            Admit::Overloaded { retry_after } => Err(Refused::overloaded(
+                "receiver overloaded, retry later",
+                retry_after,
+            )),
         }
     }
 }

@@ -211,8 +211,9 @@ pub fn decode_http(
     let content_type = content_type.unwrap_or("");
     let format = Format::from_content_type(content_type)
         .ok_or_else(|| DecodeError::UnsupportedMediaType(truncate(content_type)))?;
-    let encoding = Encoding::parse(content_encoding)
-        .ok_or_else(|| DecodeError::UnsupportedEncoding(truncate(content_encoding.unwrap_or(""))))?;
+    let encoding = Encoding::parse(content_encoding).ok_or_else(|| {
+        DecodeError::UnsupportedEncoding(truncate(content_encoding.unwrap_or("")))
+    })?;
     let payload = decompress(signal, encoding, body, max_bytes)?;
     decode_payload(signal, format, &payload)
 }
@@ -239,7 +240,8 @@ fn inflate_capped(signal: Signal, body: &[u8], max_bytes: usize) -> Result<Vec<u
     const CHUNK: usize = 64 * 1024;
     let mut decoder = flate2::read::MultiGzDecoder::new(body);
     // Grow geometrically but never beyond the cap, so memory stays within max_bytes + a chunk.
-    let mut out: Vec<u8> = Vec::with_capacity(body.len().saturating_mul(4).clamp(CHUNK, max_bytes.max(1)));
+    let mut out: Vec<u8> =
+        Vec::with_capacity(body.len().saturating_mul(4).clamp(CHUNK, max_bytes.max(1)));
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = match decoder.read(&mut buf) {
@@ -253,7 +255,10 @@ fn inflate_capped(signal: Signal, body: &[u8], max_bytes: usize) -> Result<Vec<u
             return Err(DecodeError::TooLarge { limit: max_bytes });
         }
         if out.capacity() - out.len() < chunk.len() {
-            let want = out.capacity().saturating_mul(2).clamp(CHUNK, max_bytes.max(1));
+            let want = out
+                .capacity()
+                .saturating_mul(2)
+                .clamp(CHUNK, max_bytes.max(1));
             out.reserve_exact(want.saturating_sub(out.len()).max(chunk.len()));
         }
         out.extend_from_slice(chunk);
@@ -262,16 +267,23 @@ fn inflate_capped(signal: Signal, body: &[u8], max_bytes: usize) -> Result<Vec<u
 }
 
 /// Decodes an uncompressed payload of `signal` in `format` and validates it.
-pub fn decode_payload(signal: Signal, format: Format, payload: &[u8]) -> Result<Decoded, DecodeError> {
+pub fn decode_payload(
+    signal: Signal,
+    format: Format,
+    payload: &[u8],
+) -> Result<Decoded, DecodeError> {
     let request = match (signal, format) {
         (Signal::Traces, Format::Protobuf) => SignalRequest::Traces(
-            ExportTraceServiceRequest::decode(payload).map_err(|e| invalid(signal, e.to_string()))?,
+            ExportTraceServiceRequest::decode(payload)
+                .map_err(|e| invalid(signal, e.to_string()))?,
         ),
         (Signal::Metrics, Format::Protobuf) => SignalRequest::Metrics(
-            ExportMetricsServiceRequest::decode(payload).map_err(|e| invalid(signal, e.to_string()))?,
+            ExportMetricsServiceRequest::decode(payload)
+                .map_err(|e| invalid(signal, e.to_string()))?,
         ),
         (Signal::Logs, Format::Protobuf) => SignalRequest::Logs(
-            ExportLogsServiceRequest::decode(payload).map_err(|e| invalid(signal, e.to_string()))?,
+            ExportLogsServiceRequest::decode(payload)
+                .map_err(|e| invalid(signal, e.to_string()))?,
         ),
         (_, Format::Json) if payload.iter().all(u8::is_ascii_whitespace) => empty_request(signal),
         (Signal::Traces, Format::Json) => {
@@ -285,7 +297,12 @@ pub fn decode_payload(signal: Signal, format: Format, payload: &[u8]) -> Result<
         }
     };
     let items = validate(&request).map_err(|e| invalid(signal, e))?;
-    Ok(Decoded { request, format, encoded_len: payload.len(), items })
+    Ok(Decoded {
+        request,
+        format,
+        encoded_len: payload.len(),
+        items,
+    })
 }
 
 fn empty_request(signal: Signal) -> SignalRequest {
@@ -297,7 +314,10 @@ fn empty_request(signal: Signal) -> SignalRequest {
 }
 
 fn invalid(signal: Signal, reason: String) -> DecodeError {
-    DecodeError::Invalid { signal: signal.name(), reason }
+    DecodeError::Invalid {
+        signal: signal.name(),
+        reason,
+    }
 }
 
 fn truncate(value: &str) -> String {
@@ -330,7 +350,12 @@ pub fn validate(request: &SignalRequest) -> Result<u64, String> {
     let mut items: u64 = 0;
     match request {
         SignalRequest::Traces(req) => {
-            for span in req.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans) {
+            for span in req
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .flat_map(|s| &s.spans)
+            {
                 check_id("trace id", &span.trace_id, 16, false)?;
                 check_id("span id", &span.span_id, 8, false)?;
                 check_id("parent span id", &span.parent_span_id, 8, true)?;
@@ -342,12 +367,21 @@ pub fn validate(request: &SignalRequest) -> Result<u64, String> {
             }
         }
         SignalRequest::Metrics(req) => {
-            for metric in req.resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics) {
+            for metric in req
+                .resource_metrics
+                .iter()
+                .flat_map(|r| &r.scope_metrics)
+                .flat_map(|s| &s.metrics)
+            {
                 let points = match &metric.data {
                     None => 0,
-                    Some(Data::Gauge(g)) => check_points(g.data_points.iter().map(|p| &p.exemplars))?,
+                    Some(Data::Gauge(g)) => {
+                        check_points(g.data_points.iter().map(|p| &p.exemplars))?
+                    }
                     Some(Data::Sum(s)) => check_points(s.data_points.iter().map(|p| &p.exemplars))?,
-                    Some(Data::Histogram(h)) => check_points(h.data_points.iter().map(|p| &p.exemplars))?,
+                    Some(Data::Histogram(h)) => {
+                        check_points(h.data_points.iter().map(|p| &p.exemplars))?
+                    }
                     Some(Data::ExponentialHistogram(h)) => {
                         check_points(h.data_points.iter().map(|p| &p.exemplars))?
                     }
@@ -357,7 +391,12 @@ pub fn validate(request: &SignalRequest) -> Result<u64, String> {
             }
         }
         SignalRequest::Logs(req) => {
-            for record in req.resource_logs.iter().flat_map(|r| &r.scope_logs).flat_map(|s| &s.log_records) {
+            for record in req
+                .resource_logs
+                .iter()
+                .flat_map(|r| &r.scope_logs)
+                .flat_map(|s| &s.log_records)
+            {
                 check_id("log trace id", &record.trace_id, 16, true)?;
                 check_id("log span id", &record.span_id, 8, true)?;
                 items = items.saturating_add(1);
@@ -464,7 +503,14 @@ mod tests {
 
     #[test]
     fn spec_json_example_decodes() {
-        let d = decode_http(Signal::Traces, JSON, None, SPEC_TRACE_JSON.as_bytes(), 1 << 20).unwrap();
+        let d = decode_http(
+            Signal::Traces,
+            JSON,
+            None,
+            SPEC_TRACE_JSON.as_bytes(),
+            1 << 20,
+        )
+        .unwrap();
         assert_eq!(d.items, 1);
         assert_eq!(d.format, Format::Json);
         let req = traces(d);
@@ -483,7 +529,8 @@ mod tests {
             "trace_id":"5b8efff798038103d269b633813fc60c","span_id":"eee19b7ec3c1b174",
             "name":"s","kind":"SPAN_KIND_CLIENT","start_time_unix_nano":1,"end_time_unix_nano":2,
             "status":null}]}]}]}"#;
-        let req = traces(decode_http(Signal::Traces, JSON, None, body.as_bytes(), 1 << 20).unwrap());
+        let req =
+            traces(decode_http(Signal::Traces, JSON, None, body.as_bytes(), 1 << 20).unwrap());
         let span = &req.resource_spans[0].scope_spans[0].spans[0];
         assert_eq!(span.kind, 3);
         assert_eq!(span.end_time_unix_nano, 2);
@@ -505,14 +552,26 @@ mod tests {
         let d = decode_http(Signal::Logs, JSON, None, logs.as_bytes(), 1 << 20).unwrap();
         assert_eq!(d.items, 2);
         match d.request {
-            SignalRequest::Logs(r) => assert_eq!(r.resource_logs[0].scope_logs[0].log_records[1].severity_number, 17),
+            SignalRequest::Logs(r) => assert_eq!(
+                r.resource_logs[0].scope_logs[0].log_records[1].severity_number,
+                17
+            ),
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
     fn protobuf_round_trip_and_gzip() {
-        let req = traces(decode_http(Signal::Traces, JSON, None, SPEC_TRACE_JSON.as_bytes(), 1 << 20).unwrap());
+        let req = traces(
+            decode_http(
+                Signal::Traces,
+                JSON,
+                None,
+                SPEC_TRACE_JSON.as_bytes(),
+                1 << 20,
+            )
+            .unwrap(),
+        );
         let pb = req.encode_to_vec();
         let d = decode_http(Signal::Traces, PB, None, &pb, 1 << 20).unwrap();
         assert_eq!(d.encoded_len, pb.len());
@@ -528,27 +587,51 @@ mod tests {
             assert_eq!(d.items, 0);
         }
         let d = decode_http(Signal::Metrics, JSON, None, b"{}", 10).unwrap();
-        assert_eq!(d.request, SignalRequest::Metrics(ExportMetricsServiceRequest::default()));
+        assert_eq!(
+            d.request,
+            SignalRequest::Metrics(ExportMetricsServiceRequest::default())
+        );
     }
 
     #[test]
     fn refusals_map_to_the_right_errors() {
         let garbage = b"\xff\xff\xff\xff\x0f garbage";
-        assert!(matches!(decode_http(Signal::Traces, PB, None, garbage, 1 << 20), Err(DecodeError::Invalid { .. })));
-        let pb = traces(decode_http(Signal::Traces, JSON, None, SPEC_TRACE_JSON.as_bytes(), 1 << 20).unwrap())
-            .encode_to_vec();
+        assert!(matches!(
+            decode_http(Signal::Traces, PB, None, garbage, 1 << 20),
+            Err(DecodeError::Invalid { .. })
+        ));
+        let pb = traces(
+            decode_http(
+                Signal::Traces,
+                JSON,
+                None,
+                SPEC_TRACE_JSON.as_bytes(),
+                1 << 20,
+            )
+            .unwrap(),
+        )
+        .encode_to_vec();
         let truncated = pb.get(..pb.len() - 3).unwrap();
-        assert!(matches!(decode_http(Signal::Traces, PB, None, truncated, 1 << 20), Err(DecodeError::Invalid { .. })));
+        assert!(matches!(
+            decode_http(Signal::Traces, PB, None, truncated, 1 << 20),
+            Err(DecodeError::Invalid { .. })
+        ));
         assert!(matches!(
             decode_http(Signal::Traces, Some("text/plain"), None, &pb, 1 << 20),
             Err(DecodeError::UnsupportedMediaType(_))
         ));
-        assert!(matches!(decode_http(Signal::Traces, None, None, &pb, 1 << 20), Err(DecodeError::UnsupportedMediaType(_))));
+        assert!(matches!(
+            decode_http(Signal::Traces, None, None, &pb, 1 << 20),
+            Err(DecodeError::UnsupportedMediaType(_))
+        ));
         assert!(matches!(
             decode_http(Signal::Traces, PB, Some("br"), &pb, 1 << 20),
             Err(DecodeError::UnsupportedEncoding(_))
         ));
-        assert!(matches!(decode_http(Signal::Traces, PB, None, &pb, 10), Err(DecodeError::TooLarge { limit: 10 })));
+        assert!(matches!(
+            decode_http(Signal::Traces, PB, None, &pb, 10),
+            Err(DecodeError::TooLarge { limit: 10 })
+        ));
         assert!(matches!(
             decode_http(Signal::Traces, PB, Some("gzip"), b"not gzip", 1 << 20),
             Err(DecodeError::Invalid { .. })
@@ -583,7 +666,8 @@ mod tests {
         assert!(encode_response(Signal::Logs, Format::Protobuf, 0, "").is_empty());
         assert_eq!(encode_response(Signal::Metrics, Format::Json, 0, ""), b"{}");
         let json: serde_json::Value =
-            serde_json::from_slice(&encode_response(Signal::Metrics, Format::Json, 2, "x")).unwrap();
+            serde_json::from_slice(&encode_response(Signal::Metrics, Format::Json, 2, "x"))
+                .unwrap();
         assert_eq!(json["partialSuccess"]["errorMessage"], "x");
     }
 }

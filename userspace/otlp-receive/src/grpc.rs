@@ -53,7 +53,10 @@ impl hyper::body::Body for GrpcBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
         if let Some(data) = this.data.take() {
             return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -93,7 +96,9 @@ impl GrpcHandler {
         let pre = request.extensions().get::<Prevalidated>().copied();
         let remote = request.remote_addr();
         let message = request.into_inner();
-        let encoded_len = pre.map(|p| p.encoded_len).unwrap_or_else(|| message.encoded_len());
+        let encoded_len = pre
+            .map(|p| p.encoded_len)
+            .unwrap_or_else(|| message.encoded_len());
         let request = wrap(message);
         let signal = request.signal();
         let core = &self.core;
@@ -104,16 +109,23 @@ impl GrpcHandler {
                 core.stats.request(signal);
                 let items = validate(&request).map_err(|reason| {
                     core.stats.refused(signal, Refusal::Invalid);
-                    tonic::Status::invalid_argument(DecodeError::Invalid { signal: signal.name(), reason }.to_string())
+                    tonic::Status::invalid_argument(
+                        DecodeError::Invalid {
+                            signal: signal.name(),
+                            reason,
+                        }
+                        .to_string(),
+                    )
                 })?;
                 let peer = remote.unwrap_or_else(|| Peer::from(([0, 0, 0, 0], 0)));
                 (peer, items)
             }
         };
-        core.deliver(peer, request, encoded_len, items).map_err(|refused| {
-            core.stats.refused(signal, refused.kind);
-            status::tonic_status(refused.code, &refused.message, refused.retry_after)
-        })
+        core.deliver(peer, request, encoded_len, items)
+            .map_err(|refused| {
+                core.stats.refused(signal, refused.kind);
+                status::tonic_status(refused.code, &refused.message, refused.retry_after)
+            })
     }
 }
 
@@ -129,8 +141,10 @@ impl TraceService for GrpcHandler {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let d = self.export_any(request, SignalRequest::Traces)?;
         Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: partial(&d)
-                .then_some(ExportTracePartialSuccess { rejected_spans: d.rejected, error_message: d.message }),
+            partial_success: partial(&d).then_some(ExportTracePartialSuccess {
+                rejected_spans: d.rejected,
+                error_message: d.message,
+            }),
         }))
     }
 }
@@ -168,10 +182,17 @@ impl LogsService for GrpcHandler {
 }
 
 /// Answers one gRPC request.
-pub async fn handle(core: Arc<Core>, peer: Peer, req: Request<Incoming>) -> Result<Response<GrpcBody>, Infallible> {
+pub async fn handle(
+    core: Arc<Core>,
+    peer: Peer,
+    req: Request<Incoming>,
+) -> Result<Response<GrpcBody>, Infallible> {
     let Some(signal) = Signal::from_grpc_path(req.uri().path()) else {
         core.stats.unknown_path();
-        let msg = format!("unknown method {}", req.uri().path().chars().take(128).collect::<String>());
+        let msg = format!(
+            "unknown method {}",
+            req.uri().path().chars().take(128).collect::<String>()
+        );
         return Ok(tonic::Status::unimplemented(msg).into_http());
     };
     core.stats.request(signal);
@@ -180,9 +201,13 @@ pub async fn handle(core: Arc<Core>, peer: Peer, req: Request<Incoming>) -> Resu
         Err(refused) => {
             core.stats.refused(signal, refused.kind);
             let mut answer: Response<GrpcBody> =
-                status::tonic_status(refused.code, &refused.message, refused.retry_after).into_http();
+                status::tonic_status(refused.code, &refused.message, refused.retry_after)
+                    .into_http();
             if refused.code == Code::Unimplemented {
-                answer.headers_mut().insert(GRPC_ACCEPT_ENCODING, HeaderValue::from_static(ACCEPTED_ENCODINGS));
+                answer.headers_mut().insert(
+                    GRPC_ACCEPT_ENCODING,
+                    HeaderValue::from_static(ACCEPTED_ENCODINGS),
+                );
             }
             answer
         }
@@ -190,19 +215,35 @@ pub async fn handle(core: Arc<Core>, peer: Peer, req: Request<Incoming>) -> Resu
     Ok(answer)
 }
 
-async fn serve(core: &Arc<Core>, signal: Signal, peer: Peer, req: Request<Incoming>) -> Result<Response<GrpcBody>, Refused> {
-    let content_type = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+async fn serve(
+    core: &Arc<Core>,
+    signal: Signal,
+    peer: Peer,
+    req: Request<Incoming>,
+) -> Result<Response<GrpcBody>, Refused> {
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let media = content_type.split(';').next().unwrap_or("").trim();
-    if !(media.eq_ignore_ascii_case("application/grpc") || media.eq_ignore_ascii_case("application/grpc+proto")) {
+    if !(media.eq_ignore_ascii_case("application/grpc")
+        || media.eq_ignore_ascii_case("application/grpc+proto"))
+    {
         // The gRPC spec answers a non-gRPC content type with plain HTTP 415.
         core.stats.refused(signal, Refusal::Unsupported);
         let mut answer = Response::new(GrpcBody::default());
         *answer.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
         return Ok(answer);
     }
-    let encoding_header = req.headers().get(GRPC_ENCODING).and_then(|v| v.to_str().ok());
+    let encoding_header = req
+        .headers()
+        .get(GRPC_ENCODING)
+        .and_then(|v| v.to_str().ok());
     let encoding = Encoding::parse(encoding_header).ok_or_else(|| {
-        Refused::from(DecodeError::UnsupportedEncoding(encoding_header.unwrap_or("").chars().take(64).collect()))
+        Refused::from(DecodeError::UnsupportedEncoding(
+            encoding_header.unwrap_or("").chars().take(64).collect(),
+        ))
     })?;
     let limit = core.wire_limit(encoding).saturating_add(FRAME_HEADER);
     let declared = req
@@ -211,32 +252,53 @@ async fn serve(core: &Arc<Core>, signal: Signal, peer: Peer, req: Request<Incomi
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(DecodeError::TooLarge { limit: core.max_message_bytes }.into());
+        return Err(DecodeError::TooLarge {
+            limit: core.max_message_bytes,
+        }
+        .into());
     }
     let mut reservation = core.budget.reservation();
-    let body = core.read_body(req.into_body(), declared, limit, &mut reservation).await?;
+    let body = core
+        .read_body(req.into_body(), declared, limit, &mut reservation)
+        .await?;
     let (compressed, payload) = split_frame(signal, &body)?;
     let payload_encoding = if compressed {
         if encoding == Encoding::Identity {
-            return Err(Refused::new(Refusal::Internal, Code::Internal, "compressed message without grpc-encoding"));
+            return Err(Refused::new(
+                Refusal::Internal,
+                Code::Internal,
+                "compressed message without grpc-encoding",
+            ));
         }
         encoding
     } else {
         Encoding::Identity
     };
-    let decoded = core.decode(signal, Format::Protobuf, payload_encoding, payload, &mut reservation).await?;
-    let pre = Prevalidated { peer, encoded_len: decoded.encoded_len, items: decoded.items };
+    let decoded = core
+        .decode(
+            signal,
+            Format::Protobuf,
+            payload_encoding,
+            payload,
+            &mut reservation,
+        )
+        .await?;
+    let pre = Prevalidated {
+        peer,
+        encoded_len: decoded.encoded_len,
+        items: decoded.items,
+    };
     let handler = GrpcHandler::new(Arc::clone(core));
     let result = match decoded.request {
-        SignalRequest::Traces(r) => {
-            TraceService::export(&handler, with_ext(r, pre)).await.map(|r| r.into_inner().encode_to_vec())
-        }
-        SignalRequest::Metrics(r) => {
-            MetricsService::export(&handler, with_ext(r, pre)).await.map(|r| r.into_inner().encode_to_vec())
-        }
-        SignalRequest::Logs(r) => {
-            LogsService::export(&handler, with_ext(r, pre)).await.map(|r| r.into_inner().encode_to_vec())
-        }
+        SignalRequest::Traces(r) => TraceService::export(&handler, with_ext(r, pre))
+            .await
+            .map(|r| r.into_inner().encode_to_vec()),
+        SignalRequest::Metrics(r) => MetricsService::export(&handler, with_ext(r, pre))
+            .await
+            .map(|r| r.into_inner().encode_to_vec()),
+        SignalRequest::Logs(r) => LogsService::export(&handler, with_ext(r, pre))
+            .await
+            .map(|r| r.into_inner().encode_to_vec()),
     };
     drop(reservation);
     Ok(match result {
@@ -253,15 +315,24 @@ fn with_ext<T>(message: T, pre: Prevalidated) -> tonic::Request<T> {
 
 /// Splits a unary request body into (compressed flag, message). Exactly one message is allowed.
 fn split_frame(signal: Signal, body: &Bytes) -> Result<(bool, Bytes), Refused> {
-    let invalid = |reason: &str| Refused::from(DecodeError::Invalid { signal: signal.name(), reason: reason.to_owned() });
+    let invalid = |reason: &str| {
+        Refused::from(DecodeError::Invalid {
+            signal: signal.name(),
+            reason: reason.to_owned(),
+        })
+    };
     let (Some(&flag), Some(len)) = (body.first(), body.get(1..FRAME_HEADER)) else {
         return Err(invalid("truncated gRPC message header"));
     };
-    let len = <[u8; 4]>::try_from(len).map(u32::from_be_bytes).map_err(|_| invalid("truncated gRPC message header"))?;
+    let len = <[u8; 4]>::try_from(len)
+        .map(u32::from_be_bytes)
+        .map_err(|_| invalid("truncated gRPC message header"))?;
     let len = usize::try_from(len).map_err(|_| invalid("gRPC message length out of range"))?;
     let rest = body.len().saturating_sub(FRAME_HEADER);
     if len != rest {
-        return Err(invalid("gRPC message length does not match the body (one message per unary call)"));
+        return Err(invalid(
+            "gRPC message length does not match the body (one message per unary call)",
+        ));
     }
     let compressed = match flag {
         0 => false,
@@ -278,9 +349,17 @@ fn ok_response(message: &[u8]) -> Response<GrpcBody> {
     frame.extend_from_slice(message);
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
-    let mut answer = Response::new(GrpcBody { data: Some(frame.freeze()), trailers: Some(trailers) });
-    answer.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    answer.headers_mut().insert(GRPC_ACCEPT_ENCODING, HeaderValue::from_static(ACCEPTED_ENCODINGS));
+    let mut answer = Response::new(GrpcBody {
+        data: Some(frame.freeze()),
+        trailers: Some(trailers),
+    });
+    answer
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    answer.headers_mut().insert(
+        GRPC_ACCEPT_ENCODING,
+        HeaderValue::from_static(ACCEPTED_ENCODINGS),
+    );
     answer
 }
 
@@ -294,7 +373,13 @@ mod tests {
         assert!(split_frame(s, &Bytes::from_static(b"\0\0\0")).is_err());
         assert!(split_frame(s, &Bytes::from_static(b"\0\0\0\0\x02a")).is_err());
         assert!(split_frame(s, &Bytes::from_static(b"\x07\0\0\0\x01a")).is_err());
-        assert_eq!(split_frame(s, &Bytes::from_static(b"\0\0\0\0\x01a")).unwrap(), (false, Bytes::from_static(b"a")));
-        assert_eq!(split_frame(s, &Bytes::from_static(b"\x01\0\0\0\0")).unwrap(), (true, Bytes::new()));
+        assert_eq!(
+            split_frame(s, &Bytes::from_static(b"\0\0\0\0\x01a")).unwrap(),
+            (false, Bytes::from_static(b"a"))
+        );
+        assert_eq!(
+            split_frame(s, &Bytes::from_static(b"\x01\0\0\0\0")).unwrap(),
+            (true, Bytes::new())
+        );
     }
 }

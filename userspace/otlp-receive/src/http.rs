@@ -20,11 +20,19 @@ use crate::stats::Refusal;
 use crate::status::{self, Code};
 
 /// Answers one OTLP/HTTP request.
-pub async fn handle(core: Arc<Core>, peer: Peer, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+pub async fn handle(
+    core: Arc<Core>,
+    peer: Peer,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let format = header(&req, CONTENT_TYPE).and_then(Format::from_content_type);
     let Some(signal) = Signal::from_http_path(req.uri().path()) else {
         core.stats.unknown_path();
-        let refused = Refused::new(Refusal::Unsupported, Code::NotFound, "unknown path: use /v1/traces, /v1/metrics or /v1/logs");
+        let refused = Refused::new(
+            Refusal::Unsupported,
+            Code::NotFound,
+            "unknown path: use /v1/traces, /v1/metrics or /v1/logs",
+        );
         return Ok(refusal(format, &refused));
     };
     core.stats.request(signal);
@@ -46,9 +54,18 @@ async fn serve(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Refused> {
     if req.method() != Method::POST {
-        let mut answer = refusal(format, &Refused::new(Refusal::Unsupported, Code::Unimplemented, "method not allowed: use POST"));
+        let mut answer = refusal(
+            format,
+            &Refused::new(
+                Refusal::Unsupported,
+                Code::Unimplemented,
+                "method not allowed: use POST",
+            ),
+        );
         *answer.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-        answer.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+        answer
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
         core.stats.refused(signal, Refusal::Unsupported);
         return Ok(answer);
     }
@@ -61,22 +78,37 @@ async fn serve(
     };
     let encoding_header = header(&req, CONTENT_ENCODING);
     let encoding = Encoding::parse(encoding_header).ok_or_else(|| {
-        Refused::from(DecodeError::UnsupportedEncoding(encoding_header.unwrap_or("").chars().take(64).collect()))
+        Refused::from(DecodeError::UnsupportedEncoding(
+            encoding_header.unwrap_or("").chars().take(64).collect(),
+        ))
     })?;
     let limit = core.wire_limit(encoding);
     let declared = match header(&req, CONTENT_LENGTH) {
         None => None,
         Some(v) => match v.trim().parse::<u64>() {
             Ok(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
-            Err(_) => return Err(Refused::new(Refusal::Invalid, Code::InvalidArgument, "invalid Content-Length")),
+            Err(_) => {
+                return Err(Refused::new(
+                    Refusal::Invalid,
+                    Code::InvalidArgument,
+                    "invalid Content-Length",
+                ));
+            }
         },
     };
     if declared.is_some_and(|n| n > limit) {
-        return Err(DecodeError::TooLarge { limit: core.max_message_bytes }.into());
+        return Err(DecodeError::TooLarge {
+            limit: core.max_message_bytes,
+        }
+        .into());
     }
     let mut reservation = core.budget.reservation();
-    let body = core.read_body(req.into_body(), declared, limit, &mut reservation).await?;
-    let decoded = core.decode(signal, format, encoding, body, &mut reservation).await?;
+    let body = core
+        .read_body(req.into_body(), declared, limit, &mut reservation)
+        .await?;
+    let decoded = core
+        .decode(signal, format, encoding, body, &mut reservation)
+        .await?;
     let delivered = core.deliver(peer, decoded.request, decoded.encoded_len, decoded.items)?;
     drop(reservation);
     let body = decode::encode_response(signal, format, delivered.rejected, &delivered.message);
@@ -87,17 +119,24 @@ fn header<B>(req: &Request<B>, name: http::header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-fn response(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Full<Bytes>> {
+fn response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> Response<Full<Bytes>> {
     let mut answer = Response::new(Full::new(Bytes::from(body)));
     *answer.status_mut() = status;
-    answer.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    answer
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     answer
 }
 
 /// A refusal: `google.rpc.Status` in the request's encoding (plain text when it had none we
 /// speak), with Retry-After on overload.
 fn refusal(format: Option<Format>, refused: &Refused) -> Response<Full<Bytes>> {
-    let status = StatusCode::from_u16(refused.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(refused.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut answer = match format {
         Some(Format::Protobuf) => response(
             status,
@@ -109,12 +148,21 @@ fn refusal(format: Option<Format>, refused: &Refused) -> Response<Full<Bytes>> {
             Format::Json.content_type(),
             status::rpc_status_json(refused.code, &refused.message, refused.retry_after),
         ),
-        None => response(status, "text/plain; charset=utf-8", refused.message.clone().into_bytes()),
+        None => response(
+            status,
+            "text/plain; charset=utf-8",
+            refused.message.clone().into_bytes(),
+        ),
     };
     if let Some(after) = refused.retry_after {
         // Whole seconds, rounded up so a client never comes back early.
-        let secs = after.as_secs().saturating_add(u64::from(after.subsec_nanos() > 0)).max(1);
-        answer.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+        let secs = after
+            .as_secs()
+            .saturating_add(u64::from(after.subsec_nanos() > 0))
+            .max(1);
+        answer
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
     }
     answer
 }

@@ -13,7 +13,8 @@ const MAX_DEPTH: usize = 256;
 
 /// Parses and normalises an OTLP/JSON body into `T`.
 pub fn from_slice<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
-    let mut value: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    let mut value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
     if !value.is_object() {
         return Err("invalid OTLP/JSON: the body must be a JSON object".to_owned());
     }
@@ -31,7 +32,11 @@ fn normalize(value: &mut Value, depth: usize) -> Result<(), String> {
                 let old = std::mem::take(map);
                 let mut renamed = Map::with_capacity(old.len());
                 for (key, val) in old {
-                    let key = if key.contains('_') { snake_to_camel(&key) } else { key };
+                    let key = if key.contains('_') {
+                        snake_to_camel(&key)
+                    } else {
+                        key
+                    };
                     // A camelCase spelling wins over a snake_case duplicate.
                     renamed.entry(key).or_insert(val);
                 }
@@ -39,11 +44,11 @@ fn normalize(value: &mut Value, depth: usize) -> Result<(), String> {
             }
             map.retain(|_, v| !v.is_null());
             for (key, val) in map.iter_mut() {
-                if let Value::String(name) = val {
-                    if let Some(number) = enum_value(key, name) {
-                        *val = Value::from(number);
-                        continue;
-                    }
+                if let Value::String(name) = val
+                    && let Some(number) = enum_value(key, name)
+                {
+                    *val = Value::from(number);
+                    continue;
                 }
                 normalize(val, depth.saturating_add(1))?;
             }
@@ -123,7 +128,10 @@ fn enum_value(key: &str, name: &str) -> Option<i64> {
     if let Ok(n) = name.parse::<i64>() {
         return Some(n);
     }
-    table.iter().position(|n| *n == name).and_then(|i| i64::try_from(i).ok())
+    table
+        .iter()
+        .position(|n| *n == name)
+        .and_then(|i| i64::try_from(i).ok())
 }
 
 #[cfg(test)]

@@ -50,9 +50,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Default OTLP/gRPC listen address.
-pub const DEFAULT_GRPC_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 4317);
+pub const DEFAULT_GRPC_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 4317);
 /// Default OTLP/HTTP listen address.
-pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 4318);
+pub const DEFAULT_HTTP_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 4318);
 /// Default message limit after decompression (the OTLP spec asks for at least 64 MiB).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Default in-flight budget.
@@ -134,7 +136,12 @@ pub trait Sink: Send + Sync + 'static {
     /// A traces request; `encoded_len` is its protobuf/JSON size after decompression.
     fn traces(&self, peer: Peer, request: ExportTraceServiceRequest, encoded_len: usize) -> Admit;
     /// A metrics request.
-    fn metrics(&self, peer: Peer, request: ExportMetricsServiceRequest, encoded_len: usize) -> Admit;
+    fn metrics(
+        &self,
+        peer: Peer,
+        request: ExportMetricsServiceRequest,
+        encoded_len: usize,
+    ) -> Admit;
     /// A logs request.
     fn logs(&self, peer: Peer, request: ExportLogsServiceRequest, encoded_len: usize) -> Admit;
 }
@@ -189,10 +196,14 @@ impl Receiver {
         sink: Arc<dyn Sink>,
     ) -> Result<Self, ReceiveError> {
         if config.max_message_bytes == 0 {
-            return Err(ReceiveError::Config("max_message_bytes must be above 0".to_owned()));
+            return Err(ReceiveError::Config(
+                "max_message_bytes must be above 0".to_owned(),
+            ));
         }
         if config.max_inflight_bytes == 0 {
-            return Err(ReceiveError::Config("max_inflight_bytes must be above 0".to_owned()));
+            return Err(ReceiveError::Config(
+                "max_inflight_bytes must be above 0".to_owned(),
+            ));
         }
         let grpc = match config.grpc_addr {
             Some(addr) => Some(server::bind(addr, server::Protocol::Grpc).await?),
@@ -202,7 +213,8 @@ impl Receiver {
             Some(addr) => Some(server::bind(addr, server::Protocol::Http).await?),
             None => None,
         };
-        let local = |l: &Option<tokio::net::TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+        let local =
+            |l: &Option<tokio::net::TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
         let (grpc_local_addr, http_local_addr) = (local(&grpc), local(&http));
         let core = Arc::new(core::Core {
             sink,
@@ -213,9 +225,17 @@ impl Receiver {
         });
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
-        for (listener, protocol) in [(grpc, server::Protocol::Grpc), (http, server::Protocol::Http)] {
+        for (listener, protocol) in [
+            (grpc, server::Protocol::Grpc),
+            (http, server::Protocol::Http),
+        ] {
             if let Some(listener) = listener {
-                tasks.push(tokio::spawn(server::serve(listener, protocol, Arc::clone(&core), stopped.clone())));
+                tasks.push(tokio::spawn(server::serve(
+                    listener,
+                    protocol,
+                    Arc::clone(&core),
+                    stopped.clone(),
+                )));
             }
         }
         if let Some(addr) = grpc_local_addr {
@@ -224,7 +244,13 @@ impl Receiver {
         if let Some(addr) = http_local_addr {
             tracing::info!(%addr, "OTLP/HTTP receiver listening");
         }
-        Ok(Receiver { core, grpc_local_addr, http_local_addr, stop, tasks })
+        Ok(Receiver {
+            core,
+            grpc_local_addr,
+            http_local_addr,
+            stop,
+            tasks,
+        })
     }
 
     /// The bound gRPC address (useful with port 0).

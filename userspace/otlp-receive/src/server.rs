@@ -53,16 +53,29 @@ pub async fn bind(addr: SocketAddr, protocol: Protocol) -> Result<TcpListener, R
         let hint = if source.kind() == std::io::ErrorKind::AddrInUse {
             format!("address {addr} already in use: set {}", protocol.flag())
         } else {
-            format!("cannot listen on {addr} ({}): {source}; set {}", protocol.name(), protocol.flag())
+            format!(
+                "cannot listen on {addr} ({}): {source}; set {}",
+                protocol.name(),
+                protocol.flag()
+            )
         };
         ReceiveError::Bind { addr, hint, source }
     })
 }
 
 /// Serves `listener` until `shutdown` turns true, then waits for in-flight requests.
-pub async fn serve(listener: TcpListener, protocol: Protocol, core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    protocol: Protocol,
+    core: Arc<Core>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(core.limits.header_read_timeout).keep_alive(true);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(core.limits.header_read_timeout)
+        .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -100,7 +113,9 @@ pub async fn serve(listener: TcpListener, protocol: Protocol, core: Arc<Core>, m
             let core = Arc::clone(&core);
             route(protocol, core, peer, req)
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -110,8 +125,15 @@ pub async fn serve(listener: TcpListener, protocol: Protocol, core: Arc<Core>, m
         });
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
-        tracing::warn!("{}: in-flight requests still running after {:?}", protocol.name(), SHUTDOWN_GRACE);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "{}: in-flight requests still running after {:?}",
+            protocol.name(),
+            SHUTDOWN_GRACE
+        );
     }
 }
 
@@ -120,13 +142,21 @@ fn route(
     core: Arc<Core>,
     peer: Peer,
     req: hyper::Request<Incoming>,
-) -> std::pin::Pin<Box<dyn Future<Output = Result<hyper::Response<Body>, std::convert::Infallible>> + Send>> {
+) -> std::pin::Pin<
+    Box<dyn Future<Output = Result<hyper::Response<Body>, std::convert::Infallible>> + Send>,
+> {
     use http_body_util::BodyExt;
     match protocol {
         Protocol::Http => Box::pin(async move {
-            crate::http::handle(core, peer, req).await.map(|r| r.map(|b| b.map_err(|never| match never {}).boxed()))
+            crate::http::handle(core, peer, req)
+                .await
+                .map(|r| r.map(|b| b.map_err(|never| match never {}).boxed()))
         }),
-        Protocol::Grpc => Box::pin(async move { crate::grpc::handle(core, peer, req).await.map(|r| r.map(BodyExt::boxed)) }),
+        Protocol::Grpc => Box::pin(async move {
+            crate::grpc::handle(core, peer, req)
+                .await
+                .map(|r| r.map(BodyExt::boxed))
+        }),
     }
 }
 

@@ -97,10 +97,17 @@ pub fn rpc_status(code: Code, message: &str, retry_after: Option<Duration>) -> R
                     nanos: i32::try_from(delay.subsec_nanos()).unwrap_or(0),
                 }),
             };
-            vec![ProtoAny { type_url: RETRY_INFO_TYPE_URL.to_owned(), value: info.encode_to_vec() }]
+            vec![ProtoAny {
+                type_url: RETRY_INFO_TYPE_URL.to_owned(),
+                value: info.encode_to_vec(),
+            }]
         })
         .unwrap_or_default();
-    RpcStatus { code: code as i32, message: message.to_owned(), details }
+    RpcStatus {
+        code: code as i32,
+        message: message.to_owned(),
+        details,
+    }
 }
 
 /// The OTLP/JSON (proto3 JSON mapping) form of a status built by [`rpc_status`].
@@ -135,7 +142,13 @@ mod tests {
         assert_eq!(decoded.details.len(), 1);
         assert_eq!(decoded.details[0].type_url, RETRY_INFO_TYPE_URL);
         let info = RetryInfo::decode(decoded.details[0].value.as_slice()).unwrap();
-        assert_eq!(info.retry_delay, Some(ProtoDuration { seconds: 2, nanos: 500_000_000 }));
+        assert_eq!(
+            info.retry_delay,
+            Some(ProtoDuration {
+                seconds: 2,
+                nanos: 500_000_000
+            })
+        );
     }
 
     #[test]
@@ -143,7 +156,8 @@ mod tests {
         let status = rpc_status(Code::ResourceExhausted, "too big", None);
         assert!(status.details.is_empty());
         let json: serde_json::Value =
-            serde_json::from_slice(&rpc_status_json(Code::ResourceExhausted, "too big", None)).unwrap();
+            serde_json::from_slice(&rpc_status_json(Code::ResourceExhausted, "too big", None))
+                .unwrap();
         assert_eq!(json["code"], 8);
         assert!(json.get("details").is_none());
     }

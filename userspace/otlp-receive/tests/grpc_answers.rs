@@ -1,6 +1,9 @@
 //! OTLP/gRPC answers with the tonic client and raw HTTP/2 requests: one test per row of the
 //! "OTLP receiver answers" table; after each refusal a good request still succeeds.
 
+// Helpers outside #[test] fns unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -44,19 +47,38 @@ fn details(status: &tonic::Status) -> RpcStatus {
 async fn tonic_client_exports_all_signals_plain_and_gzip() {
     let (receiver, sink) = start(MIB, 8 * MIB).await;
     let addr = receiver.grpc_local_addr().unwrap();
-    let resp = client(&receiver).await.export(trace_request("plain", 2)).await.unwrap().into_inner();
+    let resp = client(&receiver)
+        .await
+        .export(trace_request("plain", 2))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(resp, ExportTraceServiceResponse::default());
-    let mut gz = client(&receiver).await.send_compressed(CompressionEncoding::Gzip);
+    let mut gz = client(&receiver)
+        .await
+        .send_compressed(CompressionEncoding::Gzip);
     gz.export(trace_request("gzip", 3)).await.unwrap();
-    assert_eq!(sink.span_names(), ["gzip-0", "gzip-1", "gzip-2", "plain-0", "plain-1"]);
+    assert_eq!(
+        sink.span_names(),
+        ["gzip-0", "gzip-1", "gzip-2", "plain-0", "plain-1"]
+    );
     let (peer, _, len) = sink.traces.lock().unwrap()[0].clone();
     assert!(peer.ip().is_loopback());
     assert_eq!(len, trace_request("plain", 2).encoded_len());
 
-    let mut metrics = MetricsServiceClient::connect(format!("http://{addr}")).await.unwrap();
-    metrics.export(ExportMetricsServiceRequest::default()).await.unwrap();
-    let mut logs = LogsServiceClient::connect(format!("http://{addr}")).await.unwrap();
-    logs.export(ExportLogsServiceRequest::default()).await.unwrap();
+    let mut metrics = MetricsServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    metrics
+        .export(ExportMetricsServiceRequest::default())
+        .await
+        .unwrap();
+    let mut logs = LogsServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    logs.export(ExportLogsServiceRequest::default())
+        .await
+        .unwrap();
     assert_eq!(sink.metrics.lock().unwrap().len(), 1);
     assert_eq!(sink.logs.lock().unwrap().len(), 1);
     assert_eq!(receiver.stats().traces.items, 5);
@@ -67,18 +89,44 @@ async fn tonic_client_exports_all_signals_plain_and_gzip() {
 async fn undecodable_is_invalid_argument() {
     let (receiver, sink) = start(MIB, 8 * MIB).await;
     let addr = receiver.grpc_local_addr().unwrap();
-    let answer = grpc_raw(addr, TRACE_PATH, &[], grpc_frame(false, b"\xff\xff\xff\xff\xff\x0fgarbage")).await;
+    let answer = grpc_raw(
+        addr,
+        TRACE_PATH,
+        &[],
+        grpc_frame(false, b"\xff\xff\xff\xff\xff\x0fgarbage"),
+    )
+    .await;
     assert_eq!(answer.status.code(), Code::InvalidArgument, "{answer:?}");
     still_serves(&receiver, &sink).await;
 
     let pb = trace_request("t", 4).encode_to_vec();
-    let answer = grpc_raw(addr, TRACE_PATH, &[], grpc_frame(false, &pb[..pb.len() - 5])).await;
-    assert_eq!(answer.status.code(), Code::InvalidArgument, "truncated protobuf");
+    let answer = grpc_raw(
+        addr,
+        TRACE_PATH,
+        &[],
+        grpc_frame(false, &pb[..pb.len() - 5]),
+    )
+    .await;
+    assert_eq!(
+        answer.status.code(),
+        Code::InvalidArgument,
+        "truncated protobuf"
+    );
     still_serves(&receiver, &sink).await;
 
     let answer = grpc_raw(addr, TRACE_PATH, &[], b"\0\0\0".to_vec()).await;
-    assert_eq!(answer.status.code(), Code::InvalidArgument, "truncated frame");
-    let answer = grpc_raw(addr, TRACE_PATH, &[("grpc-encoding", "gzip")], grpc_frame(true, b"not gzip")).await;
+    assert_eq!(
+        answer.status.code(),
+        Code::InvalidArgument,
+        "truncated frame"
+    );
+    let answer = grpc_raw(
+        addr,
+        TRACE_PATH,
+        &[("grpc-encoding", "gzip")],
+        grpc_frame(true, b"not gzip"),
+    )
+    .await;
     assert_eq!(answer.status.code(), Code::InvalidArgument, "bad gzip");
     still_serves(&receiver, &sink).await;
     receiver.shutdown().await;
@@ -90,12 +138,28 @@ async fn unsupported_encoding_and_unknown_method_are_unimplemented() {
     let addr = receiver.grpc_local_addr().unwrap();
     let pb = trace_request("t", 1).encode_to_vec();
     for encoding in ["snappy", "zstd", "deflate"] {
-        let answer = grpc_raw(addr, TRACE_PATH, &[("grpc-encoding", encoding)], grpc_frame(true, &pb)).await;
-        assert_eq!(answer.status.code(), Code::Unimplemented, "{encoding}: {answer:?}");
+        let answer = grpc_raw(
+            addr,
+            TRACE_PATH,
+            &[("grpc-encoding", encoding)],
+            grpc_frame(true, &pb),
+        )
+        .await;
+        assert_eq!(
+            answer.status.code(),
+            Code::Unimplemented,
+            "{encoding}: {answer:?}"
+        );
         assert!(answer.status.message().contains(encoding));
         still_serves(&receiver, &sink).await;
     }
-    let answer = grpc_raw(addr, "/opentelemetry.proto.collector.trace.v1.TraceService/Nope", &[], grpc_frame(false, &pb)).await;
+    let answer = grpc_raw(
+        addr,
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Nope",
+        &[],
+        grpc_frame(false, &pb),
+    )
+    .await;
     assert_eq!(answer.status.code(), Code::Unimplemented);
     still_serves(&receiver, &sink).await;
     assert_eq!(receiver.stats().traces.refused_unsupported, 3);
@@ -109,18 +173,40 @@ async fn oversized_and_gzip_bomb_are_resource_exhausted_without_retry_info() {
 
     let big = trace_request("big", 30_000);
     assert!(big.encoded_len() > MIB);
-    let status = client(&receiver).await.export(big.clone()).await.unwrap_err();
+    let status = client(&receiver)
+        .await
+        .export(big.clone())
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert!(details(&status).details.is_empty(), "no RetryInfo: clients must not retry");
+    assert!(
+        details(&status).details.is_empty(),
+        "no RetryInfo: clients must not retry"
+    );
     still_serves(&receiver, &sink).await;
 
-    let status = client(&receiver).await.send_compressed(CompressionEncoding::Gzip).export(big).await.unwrap_err();
-    assert_eq!(status.code(), Code::ResourceExhausted, "compressed but too large once inflated");
+    let status = client(&receiver)
+        .await
+        .send_compressed(CompressionEncoding::Gzip)
+        .export(big)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::ResourceExhausted,
+        "compressed but too large once inflated"
+    );
     still_serves(&receiver, &sink).await;
 
     let bomb = gzip(&vec![0u8; 10 * MIB]);
     let started = Instant::now();
-    let answer = grpc_raw(addr, TRACE_PATH, &[("grpc-encoding", "gzip")], grpc_frame(true, &bomb)).await;
+    let answer = grpc_raw(
+        addr,
+        TRACE_PATH,
+        &[("grpc-encoding", "gzip")],
+        grpc_frame(true, &bomb),
+    )
+    .await;
     assert_eq!(answer.status.code(), Code::ResourceExhausted);
     assert!(started.elapsed() < Duration::from_secs(2));
     still_serves(&receiver, &sink).await;
@@ -134,12 +220,23 @@ async fn empty_and_partial_success() {
     let addr = receiver.grpc_local_addr().unwrap();
     let answer = grpc_raw(addr, TRACE_PATH, &[], grpc_frame(false, b"")).await;
     assert_eq!((answer.http_status, answer.status.code()), (200, Code::Ok));
-    assert_eq!(ExportTraceServiceResponse::decode(answer.message.as_slice()).unwrap(), Default::default());
+    assert_eq!(
+        ExportTraceServiceResponse::decode(answer.message.as_slice()).unwrap(),
+        Default::default()
+    );
 
     sink.set_mode(Mode::Partial(1, "one span rejected".into()));
-    let resp = client(&receiver).await.export(trace_request("p", 2)).await.unwrap().into_inner();
+    let resp = client(&receiver)
+        .await
+        .export(trace_request("p", 2))
+        .await
+        .unwrap()
+        .into_inner();
     let partial = resp.partial_success.unwrap();
-    assert_eq!((partial.rejected_spans, partial.error_message.as_str()), (1, "one span rejected"));
+    assert_eq!(
+        (partial.rejected_spans, partial.error_message.as_str()),
+        (1, "one span rejected")
+    );
     sink.set_mode(Mode::Accept);
     still_serves(&receiver, &sink).await;
     assert_eq!(receiver.stats().traces.partial_rejected, 1);
@@ -150,7 +247,11 @@ async fn empty_and_partial_success() {
 async fn overload_is_unavailable_with_retry_info() {
     let (receiver, sink) = start(MIB, 8 * MIB).await;
     sink.set_mode(Mode::Overloaded(Duration::from_secs(4)));
-    let status = client(&receiver).await.export(trace_request("o", 1)).await.unwrap_err();
+    let status = client(&receiver)
+        .await
+        .export(trace_request("o", 1))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     let rpc = details(&status);
     assert_eq!(rpc.code, 14);
@@ -180,8 +281,19 @@ except grpc.RpcError as e:
     print(e.code().name)
 print(call(b"", timeout=5) == b"" and "EMPTY_OK")
 "#;
-    let out = tokio::process::Command::new("python3").arg("-c").arg(script).arg(addr.to_string()).output().await.unwrap();
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(addr.to_string())
+        .output()
+        .await
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.trim(), "INVALID_ARGUMENT\nEMPTY_OK", "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        stdout.trim(),
+        "INVALID_ARGUMENT\nEMPTY_OK",
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     receiver.shutdown().await;
 }

@@ -1,6 +1,9 @@
 //! OTLP/HTTP answers, one test per row of the "OTLP receiver answers" table, with raw requests;
 //! after each refusal the receiver must still accept a good request.
 
+// Helpers outside #[test] fns unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -16,7 +19,12 @@ const MIB: usize = 1024 * 1024;
 
 async fn still_serves(receiver: &Receiver, sink: &RecordingSink) {
     let before = sink.trace_requests();
-    let resp = post_pb(receiver.http_local_addr().unwrap(), "/v1/traces", &trace_request("ok", 2).encode_to_vec()).await;
+    let resp = post_pb(
+        receiver.http_local_addr().unwrap(),
+        "/v1/traces",
+        &trace_request("ok", 2).encode_to_vec(),
+    )
+    .await;
     assert_eq!(resp.status, 200, "good request after a bad one: {resp:?}");
     assert_eq!(sink.trace_requests(), before + 1);
 }
@@ -34,12 +42,20 @@ async fn accepts_protobuf_and_json_and_empty_requests() {
     let resp = post_pb(addr, "/v1/traces", &trace_request("pb", 3).encode_to_vec()).await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("content-type"), Some("application/x-protobuf"));
-    assert_eq!(ExportTraceServiceResponse::decode(resp.body.as_slice()).unwrap(), Default::default());
+    assert_eq!(
+        ExportTraceServiceResponse::decode(resp.body.as_slice()).unwrap(),
+        Default::default()
+    );
 
     let json = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"5b8efff798038103d269b633813fc60c",
         "spanId":"eee19b7ec3c1b174","name":"json-span","kind":2,"startTimeUnixNano":"1","endTimeUnixNano":"2",
         "attributes":[{"key":"http.route","value":{"stringValue":"/users/{id}"}}]}]}]}]}"#;
-    let req = http_request("POST", "/v1/traces", &[("Content-Type", "application/json")], json.as_bytes());
+    let req = http_request(
+        "POST",
+        "/v1/traces",
+        &[("Content-Type", "application/json")],
+        json.as_bytes(),
+    );
     let resp = http_raw(addr, &req).await;
     assert_eq!(resp.status, 200, "{resp:?}");
     assert_eq!(resp.header("content-type"), Some("application/json"));
@@ -49,18 +65,32 @@ async fn accepts_protobuf_and_json_and_empty_requests() {
     let req = http_request(
         "POST",
         "/v1/traces",
-        &[("Content-Type", "application/x-protobuf"), ("Content-Encoding", "gzip")],
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Encoding", "gzip"),
+        ],
         &gz,
     );
     assert_eq!(http_raw(addr, &req).await.status, 200);
 
     for path in ["/v1/traces", "/v1/metrics", "/v1/logs"] {
-        assert_eq!(post_pb(addr, path, b"").await.status, 200, "empty protobuf to {path}");
+        assert_eq!(
+            post_pb(addr, path, b"").await.status,
+            200,
+            "empty protobuf to {path}"
+        );
         let req = http_request("POST", path, &[("Content-Type", "application/json")], b"{}");
         let resp = http_raw(addr, &req).await;
-        assert_eq!((resp.status, resp.body.as_slice()), (200, b"{}".as_slice()), "empty JSON to {path}");
+        assert_eq!(
+            (resp.status, resp.body.as_slice()),
+            (200, b"{}".as_slice()),
+            "empty JSON to {path}"
+        );
     }
-    assert_eq!(sink.span_names(), ["gz-0", "gz-1", "json-span", "pb-0", "pb-1", "pb-2"]);
+    assert_eq!(
+        sink.span_names(),
+        ["gz-0", "gz-1", "json-span", "pb-0", "pb-1", "pb-2"]
+    );
     assert_eq!(sink.metrics.lock().unwrap().len(), 2);
     assert_eq!(sink.logs.lock().unwrap().len(), 2);
     let stats = receiver.stats();
@@ -84,7 +114,12 @@ async fn undecodable_payloads_are_400_with_status() {
     assert_eq!(resp.status, 400, "truncated protobuf");
     still_serves(&receiver, &sink).await;
 
-    let req = http_request("POST", "/v1/logs", &[("Content-Type", "application/json")], b"{\"resourceLogs\": [");
+    let req = http_request(
+        "POST",
+        "/v1/logs",
+        &[("Content-Type", "application/json")],
+        b"{\"resourceLogs\": [",
+    );
     let resp = http_raw(addr, &req).await;
     assert_eq!(resp.status, 400);
     assert_eq!(resp.header("content-type"), Some("application/json"));
@@ -95,7 +130,10 @@ async fn undecodable_payloads_are_400_with_status() {
     let req = http_request(
         "POST",
         "/v1/metrics",
-        &[("Content-Type", "application/x-protobuf"), ("Content-Encoding", "gzip")],
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Encoding", "gzip"),
+        ],
         b"definitely not gzip",
     );
     assert_eq!(http_raw(addr, &req).await.status, 400);
@@ -120,7 +158,12 @@ async fn wrong_method_path_media_type_and_encoding() {
     assert_eq!(post_pb(addr, "/", b"").await.status, 404);
     still_serves(&receiver, &sink).await;
 
-    let req = http_request("POST", "/v1/traces", &[("Content-Type", "text/plain")], b"hello");
+    let req = http_request(
+        "POST",
+        "/v1/traces",
+        &[("Content-Type", "text/plain")],
+        b"hello",
+    );
     assert_eq!(http_raw(addr, &req).await.status, 415);
     let req = http_request("POST", "/v1/traces", &[], b"hello");
     assert_eq!(http_raw(addr, &req).await.status, 415, "no content type");
@@ -129,7 +172,10 @@ async fn wrong_method_path_media_type_and_encoding() {
     let req = http_request(
         "POST",
         "/v1/traces",
-        &[("Content-Type", "application/x-protobuf"), ("Content-Encoding", "br")],
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Encoding", "br"),
+        ],
         b"xx",
     );
     let resp = http_raw(addr, &req).await;
@@ -151,15 +197,25 @@ async fn too_large_bodies_and_gzip_bombs_are_413() {
     let req = http_request(
         "POST",
         "/v1/traces",
-        &[("Content-Type", "application/x-protobuf"), ("Content-Encoding", "gzip")],
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Encoding", "gzip"),
+        ],
         &bomb,
     );
     let started = Instant::now();
     let resp = http_raw(addr, &req).await;
     assert_eq!(resp.status, 413);
     assert_eq!(rpc_status(&resp).code, 8);
-    assert!(rpc_status(&resp).details.is_empty(), "413 carries no RetryInfo");
-    assert!(started.elapsed() < Duration::from_secs(2), "bomb took {:?}", started.elapsed());
+    assert!(
+        rpc_status(&resp).details.is_empty(),
+        "413 carries no RetryInfo"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "bomb took {:?}",
+        started.elapsed()
+    );
     still_serves(&receiver, &sink).await;
 
     // A plain body over the limit.
@@ -173,7 +229,10 @@ async fn too_large_bodies_and_gzip_bombs_are_413() {
     let head = http_request(
         "POST",
         "/v1/traces",
-        &[("Content-Type", "application/x-protobuf"), ("Content-Length", "1000000000")],
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Length", "1000000000"),
+        ],
         b"",
     );
     stream.write_all(&head).await.unwrap();
@@ -208,13 +267,27 @@ async fn partial_success_is_200_with_rejected_count() {
     sink.set_mode(Mode::Partial(2, "2 spans had no name".into()));
     let resp = post_pb(addr, "/v1/traces", &trace_request("p", 3).encode_to_vec()).await;
     assert_eq!(resp.status, 200);
-    let partial = ExportTraceServiceResponse::decode(resp.body.as_slice()).unwrap().partial_success.unwrap();
-    assert_eq!((partial.rejected_spans, partial.error_message.as_str()), (2, "2 spans had no name"));
+    let partial = ExportTraceServiceResponse::decode(resp.body.as_slice())
+        .unwrap()
+        .partial_success
+        .unwrap();
+    assert_eq!(
+        (partial.rejected_spans, partial.error_message.as_str()),
+        (2, "2 spans had no name")
+    );
 
-    let req = http_request("POST", "/v1/logs", &[("Content-Type", "application/json")], b"{}");
+    let req = http_request(
+        "POST",
+        "/v1/logs",
+        &[("Content-Type", "application/json")],
+        b"{}",
+    );
     let resp = http_raw(addr, &req).await;
     let json: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
-    assert_eq!(json["partialSuccess"]["errorMessage"], "2 spans had no name");
+    assert_eq!(
+        json["partialSuccess"]["errorMessage"],
+        "2 spans had no name"
+    );
     sink.set_mode(Mode::Accept);
     still_serves(&receiver, &sink).await;
     assert_eq!(receiver.stats().traces.partial_rejected, 2);
@@ -235,7 +308,12 @@ async fn sink_overload_is_503_with_retry_after() {
     let info = RetryInfo::decode(status.details[0].value.as_slice()).unwrap();
     assert_eq!(info.retry_delay.unwrap().seconds, 2);
 
-    let req = http_request("POST", "/v1/metrics", &[("Content-Type", "application/json")], b"{}");
+    let req = http_request(
+        "POST",
+        "/v1/metrics",
+        &[("Content-Type", "application/json")],
+        b"{}",
+    );
     let resp = http_raw(addr, &req).await;
     assert_eq!(resp.status, 503);
     let json: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
@@ -255,7 +333,10 @@ async fn memory_budget_overload_is_503() {
     let head = http_request(
         "POST",
         "/v1/traces",
-        &[("Content-Type", "application/x-protobuf"), ("Content-Length", "60000")],
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Length", "60000"),
+        ],
         &[0u8; 1000],
     );
     slow.write_all(&head).await.unwrap();
@@ -265,11 +346,19 @@ async fn memory_budget_overload_is_503() {
     let resp = post_pb(addr, "/v1/traces", &body).await;
     assert_eq!(resp.status, 503, "{resp:?}");
     assert!(resp.header("retry-after").is_some());
-    assert_eq!(rpc_status(&resp).details.len(), 1, "RetryInfo in the status");
+    assert_eq!(
+        rpc_status(&resp).details.len(),
+        1,
+        "RetryInfo in the status"
+    );
     drop(slow);
     tokio::time::sleep(Duration::from_millis(200)).await;
     still_serves(&receiver, &sink).await;
-    assert_eq!(receiver.stats().inflight_bytes, 0, "budget released after the client left");
+    assert_eq!(
+        receiver.stats().inflight_bytes,
+        0,
+        "budget released after the client left"
+    );
     receiver.shutdown().await;
 }
 
@@ -277,9 +366,18 @@ async fn memory_budget_overload_is_503() {
 async fn bind_conflict_names_the_flag() {
     let (receiver, _sink) = start(MIB, 8 * MIB).await;
     let taken = receiver.grpc_local_addr().unwrap();
-    let config = sonde_otlp_receive::ReceiverConfig { grpc_addr: Some(taken), http_addr: None, ..Default::default() };
-    let err = Receiver::start(config, RecordingSink::new()).await.unwrap_err();
-    assert_eq!(err.to_string(), format!("address {taken} already in use: set --otlp-grpc-addr"));
+    let config = sonde_otlp_receive::ReceiverConfig {
+        grpc_addr: Some(taken),
+        http_addr: None,
+        ..Default::default()
+    };
+    let err = Receiver::start(config, RecordingSink::new())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("address {taken} already in use: set --otlp-grpc-addr")
+    );
     receiver.shutdown().await;
 }
 
@@ -288,9 +386,14 @@ async fn shutdown_finishes_in_flight_requests() {
     let (receiver, sink) = start(MIB, 8 * MIB).await;
     let addr = receiver.http_local_addr().unwrap();
     sink.set_mode(Mode::Slow(Duration::from_millis(500)));
-    let pending = tokio::spawn(async move { post_pb(addr, "/v1/traces", &trace_request("s", 1).encode_to_vec()).await });
+    let pending = tokio::spawn(async move {
+        post_pb(addr, "/v1/traces", &trace_request("s", 1).encode_to_vec()).await
+    });
     tokio::time::sleep(Duration::from_millis(150)).await;
     receiver.shutdown().await;
     assert_eq!(pending.await.unwrap().status, 200);
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener closed");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener closed"
+    );
 }

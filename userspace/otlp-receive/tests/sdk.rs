@@ -1,6 +1,9 @@
 //! The real OpenTelemetry Python SDK exports to the receiver over gRPC and HTTP/protobuf
 //! (plain and gzip); the test asserts what the recording sink got.
 
+// Helpers outside #[test] fns unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeSet;
@@ -14,7 +17,11 @@ use opentelemetry_proto::tonic::metrics::v1::number_data_point;
 const MIB: usize = 1024 * 1024;
 
 fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
-    attrs.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()).and_then(|v: &AnyValue| v.value.as_ref())
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v: &AnyValue| v.value.as_ref())
 }
 
 async fn export_with_sdk(protocol: &str, compression: &str) {
@@ -34,22 +41,46 @@ async fn export_with_sdk(protocol: &str, compression: &str) {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "python failed: {stderr}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "flushed", "stderr: {stderr}");
-    assert!(!stderr.contains("Failed to export"), "SDK reported an export failure: {stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "flushed",
+        "stderr: {stderr}"
+    );
+    assert!(
+        !stderr.contains("Failed to export"),
+        "SDK reported an export failure: {stderr}"
+    );
 
     // Traces.
     assert_eq!(sink.span_names(), ["POST /checkout", "SELECT orders"]);
-    let traces = sink.traces.lock().unwrap();
+    let traces = sink.traces.lock().unwrap().clone();
     let rs = &traces[0].1.resource_spans[0];
     let resource = rs.resource.as_ref().unwrap();
-    assert_eq!(attr(&resource.attributes, "service.name"), Some(&Value::StringValue(service.clone())));
+    assert_eq!(
+        attr(&resource.attributes, "service.name"),
+        Some(&Value::StringValue(service.clone()))
+    );
     let scope = &rs.scope_spans[0];
     assert_eq!(scope.scope.as_ref().unwrap().version, "1.2.3");
-    let server = scope.spans.iter().find(|s| s.name == "POST /checkout").unwrap();
-    let client = scope.spans.iter().find(|s| s.name == "SELECT orders").unwrap();
+    let server = scope
+        .spans
+        .iter()
+        .find(|s| s.name == "POST /checkout")
+        .unwrap();
+    let client = scope
+        .spans
+        .iter()
+        .find(|s| s.name == "SELECT orders")
+        .unwrap();
     assert_eq!((server.kind, client.kind), (2, 3));
-    assert_eq!(attr(&server.attributes, "order.id"), Some(&Value::IntValue(42)));
-    assert_eq!(attr(&server.attributes, "http.route"), Some(&Value::StringValue("/checkout".into())));
+    assert_eq!(
+        attr(&server.attributes, "order.id"),
+        Some(&Value::IntValue(42))
+    );
+    assert_eq!(
+        attr(&server.attributes, "http.route"),
+        Some(&Value::StringValue("/checkout".into()))
+    );
     assert_eq!(client.parent_span_id, server.span_id);
     assert_eq!(client.trace_id, server.trace_id);
     assert_eq!(client.status.as_ref().unwrap().code, 2);
@@ -57,7 +88,7 @@ async fn export_with_sdk(protocol: &str, compression: &str) {
     drop(traces);
 
     // Metrics.
-    let metrics = sink.metrics.lock().unwrap();
+    let metrics = sink.metrics.lock().unwrap().clone();
     let all: Vec<_> = metrics
         .iter()
         .flat_map(|(_, r, _)| &r.resource_metrics)
@@ -67,13 +98,26 @@ async fn export_with_sdk(protocol: &str, compression: &str) {
     let names: BTreeSet<&str> = all.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, BTreeSet::from(["latency", "orders"]));
     let orders = all.iter().find(|m| m.name == "orders").unwrap();
-    let Some(Data::Sum(sum)) = &orders.data else { panic!("orders is not a sum: {orders:?}") };
+    let Some(Data::Sum(sum)) = &orders.data else {
+        panic!("orders is not a sum: {orders:?}")
+    };
     assert!(sum.is_monotonic);
-    assert_eq!(sum.data_points[0].value, Some(number_data_point::Value::AsInt(3)));
-    assert_eq!(attr(&sum.data_points[0].attributes, "route"), Some(&Value::StringValue("/checkout".into())));
+    assert_eq!(
+        sum.data_points[0].value,
+        Some(number_data_point::Value::AsInt(3))
+    );
+    assert_eq!(
+        attr(&sum.data_points[0].attributes, "route"),
+        Some(&Value::StringValue("/checkout".into()))
+    );
     let latency = all.iter().find(|m| m.name == "latency").unwrap();
-    let Some(Data::Histogram(h)) = &latency.data else { panic!("latency is not a histogram") };
-    assert_eq!((h.data_points[0].count, h.data_points[0].sum), (1, Some(0.25)));
+    let Some(Data::Histogram(h)) = &latency.data else {
+        panic!("latency is not a histogram")
+    };
+    assert_eq!(
+        (h.data_points[0].count, h.data_points[0].sum),
+        (1, Some(0.25))
+    );
     // force_flush and shutdown may each export the cumulative points: count what arrived.
     let points: usize = all
         .iter()
@@ -87,7 +131,7 @@ async fn export_with_sdk(protocol: &str, compression: &str) {
     drop(metrics);
 
     // Logs.
-    let logs = sink.logs.lock().unwrap();
+    let logs = sink.logs.lock().unwrap().clone();
     let records: Vec<_> = logs
         .iter()
         .flat_map(|(_, r, _)| &r.resource_logs)
@@ -96,9 +140,15 @@ async fn export_with_sdk(protocol: &str, compression: &str) {
         .collect();
     assert_eq!(records.len(), 1);
     let record = records[0];
-    assert_eq!(record.body.as_ref().and_then(|b| b.value.as_ref()), Some(&Value::StringValue("hello from python".into())));
+    assert_eq!(
+        record.body.as_ref().and_then(|b| b.value.as_ref()),
+        Some(&Value::StringValue("hello from python".into()))
+    );
     assert_eq!(record.severity_number, 13, "WARN");
-    assert_eq!(attr(&record.attributes, "user.id"), Some(&Value::StringValue("u1".into())));
+    assert_eq!(
+        attr(&record.attributes, "user.id"),
+        Some(&Value::StringValue("u1".into()))
+    );
     drop(logs);
 
     let stats = receiver.stats();

@@ -1,6 +1,9 @@
 //! Slow-loris clients: headers or bodies trickled in, or never finished, must not pin memory
 //! or connections; the receiver keeps serving others meanwhile.
 
+// Helpers outside #[test] fns unwrap too: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -25,7 +28,9 @@ async fn start_fast_timeouts() -> (Receiver, std::sync::Arc<RecordingSink>) {
         body_total_timeout: Duration::from_secs(2),
         max_connections: 64,
     };
-    let receiver = Receiver::start_with_limits(config, limits, sink.clone()).await.unwrap();
+    let receiver = Receiver::start_with_limits(config, limits, sink.clone())
+        .await
+        .unwrap();
     (receiver, sink)
 }
 
@@ -43,10 +48,18 @@ async fn unfinished_headers_are_cut_off() {
     let (receiver, sink) = start_fast_timeouts().await;
     let addr = receiver.http_local_addr().unwrap();
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Ty").await.unwrap();
+    stream
+        .write_all(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        .await
+        .unwrap();
     let (_, took) = wait_closed(&mut stream).await;
     assert!(took < Duration::from_secs(3), "closed after {took:?}");
-    let resp = post_pb(addr, "/v1/traces", &trace_request("after", 1).encode_to_vec()).await;
+    let resp = post_pb(
+        addr,
+        "/v1/traces",
+        &trace_request("after", 1).encode_to_vec(),
+    )
+    .await;
     assert_eq!(resp.status, 200);
     assert_eq!(sink.span_names(), ["after-0"]);
     receiver.shutdown().await;
@@ -62,7 +75,10 @@ async fn stalled_and_trickled_bodies_time_out_and_release_the_budget() {
     let head = http_request(
         "POST",
         "/v1/traces",
-        &[("Content-Type", "application/x-protobuf"), ("Content-Length", "1000")],
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Length", "1000"),
+        ],
         &[0u8; 500],
     );
     stalled.write_all(&head).await.unwrap();
@@ -72,7 +88,10 @@ async fn stalled_and_trickled_bodies_time_out_and_release_the_budget() {
     let head = http_request(
         "POST",
         "/v1/traces",
-        &[("Content-Type", "application/x-protobuf"), ("Content-Length", "100")],
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Length", "100"),
+        ],
         b"",
     );
     trickle.write_all(&head).await.unwrap();
@@ -89,14 +108,27 @@ async fn stalled_and_trickled_bodies_time_out_and_release_the_budget() {
     });
 
     // Meanwhile others are served.
-    let resp = post_pb(addr, "/v1/traces", &trace_request("meanwhile", 1).encode_to_vec()).await;
+    let resp = post_pb(
+        addr,
+        "/v1/traces",
+        &trace_request("meanwhile", 1).encode_to_vec(),
+    )
+    .await;
     assert_eq!(resp.status, 200);
 
     let (answer, took) = wait_closed(&mut stalled).await;
-    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&answer));
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
     assert!(took < Duration::from_secs(3));
     let answer = trickler.await.unwrap();
-    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&answer));
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
     assert_eq!(receiver.stats().inflight_bytes, 0);
     assert_eq!(receiver.stats().traces.refused_internal, 2);
     assert_eq!(sink.span_names(), ["meanwhile-0"]);

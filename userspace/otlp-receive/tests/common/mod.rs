@@ -1,7 +1,7 @@
 //! Shared test helpers: a recording sink, a receiver on 127.0.0.1 port 0, request builders and
 //! raw HTTP/1.1 and HTTP/2 (gRPC) clients that can send what real SDKs never would.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -13,8 +13,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use sonde_otlp_receive::{
-    Admit, ExportLogsServiceRequest, ExportMetricsServiceRequest, ExportTraceServiceRequest, Peer, Receiver,
-    ReceiverConfig, Sink,
+    Admit, ExportLogsServiceRequest, ExportMetricsServiceRequest, ExportTraceServiceRequest, Peer,
+    Receiver, ReceiverConfig, Sink,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -86,14 +86,25 @@ impl Sink for RecordingSink {
     fn traces(&self, peer: Peer, request: ExportTraceServiceRequest, encoded_len: usize) -> Admit {
         let admit = self.admit();
         if !matches!(admit, Admit::Overloaded { .. }) {
-            self.traces.lock().unwrap().push((peer, request, encoded_len));
+            self.traces
+                .lock()
+                .unwrap()
+                .push((peer, request, encoded_len));
         }
         admit
     }
-    fn metrics(&self, peer: Peer, request: ExportMetricsServiceRequest, encoded_len: usize) -> Admit {
+    fn metrics(
+        &self,
+        peer: Peer,
+        request: ExportMetricsServiceRequest,
+        encoded_len: usize,
+    ) -> Admit {
         let admit = self.admit();
         if !matches!(admit, Admit::Overloaded { .. }) {
-            self.metrics.lock().unwrap().push((peer, request, encoded_len));
+            self.metrics
+                .lock()
+                .unwrap()
+                .push((peer, request, encoded_len));
         }
         admit
     }
@@ -106,7 +117,10 @@ impl Sink for RecordingSink {
     }
 }
 
-pub async fn start(max_message_bytes: usize, max_inflight_bytes: usize) -> (Receiver, Arc<RecordingSink>) {
+pub async fn start(
+    max_message_bytes: usize,
+    max_inflight_bytes: usize,
+) -> (Receiver, Arc<RecordingSink>) {
     let sink = RecordingSink::new();
     let config = ReceiverConfig {
         grpc_addr: Some("127.0.0.1:0".parse().unwrap()),
@@ -119,7 +133,11 @@ pub async fn start(max_message_bytes: usize, max_inflight_bytes: usize) -> (Rece
 }
 
 pub fn attr(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
 }
 
 /// A traces request with `n` spans named `{prefix}-{i}`, each with one attribute.
@@ -132,14 +150,21 @@ pub fn trace_request(prefix: &str, n: usize) -> ExportTraceServiceRequest {
             kind: 2,
             start_time_unix_nano: 1_000,
             end_time_unix_nano: 2_000,
-            attributes: vec![attr("http.request.method", any_value::Value::StringValue("GET".into()))],
+            attributes: vec![attr(
+                "http.request.method",
+                any_value::Value::StringValue("GET".into()),
+            )],
             ..Default::default()
         })
         .collect();
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: None,
-            scope_spans: vec![ScopeSpans { scope: None, spans, schema_url: String::new() }],
+            scope_spans: vec![ScopeSpans {
+                scope: None,
+                spans,
+                schema_url: String::new(),
+            }],
             schema_url: String::new(),
         }],
     }
@@ -161,7 +186,10 @@ pub struct RawResponse {
 
 impl RawResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -206,7 +234,9 @@ pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
             }
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), read).await.expect("no answer within 10 s");
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("no answer within 10 s");
     parse_response(&buf)
 }
 
@@ -239,7 +269,12 @@ fn parse_response(buf: &[u8]) -> RawResponse {
         headers: resp
             .headers
             .iter()
-            .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+            .map(|h| {
+                (
+                    h.name.to_owned(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
             .collect(),
         body: buf[n..].to_vec(),
     }
@@ -247,7 +282,16 @@ fn parse_response(buf: &[u8]) -> RawResponse {
 
 /// A protobuf OTLP/HTTP POST.
 pub async fn post_pb(addr: SocketAddr, path: &str, body: &[u8]) -> RawResponse {
-    http_raw(addr, &http_request("POST", path, &[("Content-Type", "application/x-protobuf")], body)).await
+    http_raw(
+        addr,
+        &http_request(
+            "POST",
+            path,
+            &[("Content-Type", "application/x-protobuf")],
+            body,
+        ),
+    )
+    .await
 }
 
 /// What a gRPC call answered.
@@ -259,11 +303,17 @@ pub struct GrpcAnswer {
 }
 
 /// Sends one raw gRPC request body (already framed) over HTTP/2.
-pub async fn grpc_raw(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> GrpcAnswer {
+pub async fn grpc_raw(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> GrpcAnswer {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let mut req = http::Request::post(format!("http://{addr}{path}"))
         .header("content-type", "application/grpc")
@@ -282,10 +332,20 @@ pub async fn grpc_raw(addr: SocketAddr, path: &str, headers: &[(&str, &str)], bo
         let status = tonic::Status::from_header_map(&head)
             .or_else(|| trailers.as_ref().and_then(tonic::Status::from_header_map))
             .unwrap_or_else(|| tonic::Status::unknown("no grpc-status"));
-        let message = if data.len() >= 5 { data[5..].to_vec() } else { Vec::new() };
-        GrpcAnswer { http_status, status, message }
+        let message = if data.len() >= 5 {
+            data[5..].to_vec()
+        } else {
+            Vec::new()
+        };
+        GrpcAnswer {
+            http_status,
+            status,
+            message,
+        }
     };
-    tokio::time::timeout(Duration::from_secs(10), call).await.expect("no gRPC answer within 10 s")
+    tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("no gRPC answer within 10 s")
 }
 
 /// Frames a gRPC message.
