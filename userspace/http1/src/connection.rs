@@ -21,6 +21,15 @@ enum Body {
     Chunked(Chunked),
     /// Response bodies with no length: the connection close ends them.
     UntilClose,
+    /// A chunked body whose framing was lost (uncaptured or malformed bytes). It ends at a feed
+    /// that ends with the last-chunk marker, at a feed that starts like the next message, or at
+    /// the close. Its bytes are counted raw.
+    Unframed,
+}
+
+/// Whether a feed ends with the last chunk and an empty trailer section.
+fn ends_chunked_body(data: &[u8]) -> bool {
+    data == b"0\r\n\r\n" || data.ends_with(b"\r\n0\r\n\r\n")
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,7 +156,7 @@ enum BodyStep {
         done: bool,
     },
     /// The framing is broken; the position in the stream is lost.
-    Broken { counted: u64 },
+    Broken,
 }
 
 fn body_step(body: &mut Body, data: &[u8]) -> BodyStep {
@@ -168,12 +177,17 @@ fn body_step(body: &mut Body, data: &[u8]) -> BodyStep {
                 counted: p.data_bytes,
                 done: p.done,
             },
-            Err(_) => BodyStep::Broken { counted: 0 },
+            Err(_) => BodyStep::Broken,
         },
         Body::UntilClose => BodyStep::Progress {
             consumed: data.len(),
             counted: data.len() as u64,
             done: false,
+        },
+        Body::Unframed => BodyStep::Progress {
+            consumed: data.len(),
+            counted: data.len() as u64,
+            done: ends_chunked_body(data),
         },
     }
 }
@@ -209,7 +223,7 @@ fn body_lost(body: &mut Body, n: u64) -> LostStep {
             Some(_) => LostStep::Inside { done: false },
             None => LostStep::Broken,
         },
-        Body::UntilClose => LostStep::Inside { done: false },
+        Body::UntilClose | Body::Unframed => LostStep::Inside { done: false },
     }
 }
 
@@ -320,9 +334,11 @@ impl Connection {
         let _ = seen;
         if self.status == Status::Active {
             let cut_head = self.resp.stage == Stage::Head && !self.resp.buf.is_empty();
-            if self.resp.stage == Stage::Body(Body::UntilClose)
-                && let Some(entry) = self.target_entry()
-            {
+            let open_ended = matches!(
+                self.resp.stage,
+                Stage::Body(Body::UntilClose | Body::Unframed)
+            );
+            if open_ended && let Some(entry) = self.target_entry() {
                 entry.response_done = true;
             } else if cut_head && let Some(entry) = self.target_entry() {
                 entry.truncated = true;
@@ -355,6 +371,12 @@ impl Connection {
                     Some(n) => n,
                     None => return,
                 },
+                Stage::Body(Body::Unframed) if at_start && head::looks_like_request(rest) => {
+                    // The lost body ended before this new request; its last byte came earlier.
+                    let last = self.pending.back().map_or(seen, |e| e.request_last);
+                    self.request_complete(last, false, out);
+                    0
+                }
                 Stage::Body(body) => match body_step(body, rest) {
                     BodyStep::Progress {
                         consumed,
@@ -371,9 +393,12 @@ impl Connection {
                         }
                         consumed
                     }
-                    BodyStep::Broken { counted } => {
-                        self.request_broken(counted, seen, out);
-                        return;
+                    BodyStep::Broken => {
+                        if let Some(entry) = self.pending.back_mut() {
+                            entry.truncated = true;
+                        }
+                        self.req.stage = Stage::Body(Body::Unframed);
+                        0
                     }
                 },
             };
@@ -535,14 +560,6 @@ impl Connection {
         self.flush(out);
     }
 
-    fn request_broken(&mut self, counted: u64, seen: Seen, out: &mut Vec<Event>) {
-        if let Some(entry) = self.pending.back_mut() {
-            entry.request_body_bytes = entry.request_body_bytes.saturating_add(counted);
-            entry.truncated = true;
-        }
-        self.request_complete(seen, true, out);
-    }
-
     /// The head being read cannot be completed: keep what is readable, then resynchronise.
     fn request_head_lost(&mut self, seen: Seen, out: &mut Vec<Event>) {
         let salvaged = head::salvage_request(&self.req.buf);
@@ -586,7 +603,7 @@ impl Connection {
                     self.request_lost(rest, seen, out);
                 }
             }
-            LostStep::Broken => self.request_complete(seen, true, out),
+            LostStep::Broken => self.req.stage = Stage::Body(Body::Unframed),
         }
     }
 
@@ -636,6 +653,15 @@ impl Connection {
                     Some(n) => n,
                     None => return,
                 },
+                Stage::Body(Body::Unframed) if at_start && head::looks_like_response(rest) => {
+                    // The lost body ended before this new response; its last byte came earlier.
+                    let last = self
+                        .target_entry()
+                        .and_then(|e| e.response_last)
+                        .unwrap_or(seen);
+                    self.response_complete(last, false, out);
+                    0
+                }
                 Stage::Body(body) => match body_step(body, rest) {
                     BodyStep::Progress {
                         consumed,
@@ -648,11 +674,10 @@ impl Connection {
                         }
                         consumed
                     }
-                    BodyStep::Broken { counted } => {
-                        self.count_response_body(counted, seen);
+                    BodyStep::Broken => {
                         self.mark_response_truncated();
-                        self.response_complete(seen, true, out);
-                        return;
+                        self.resp.stage = Stage::Body(Body::Unframed);
+                        0
                     }
                 },
             };
@@ -870,7 +895,7 @@ impl Connection {
                 self.response_complete(seen, false, out);
                 self.response_lost(rest, seen, out);
             }
-            LostStep::Broken => self.response_complete(seen, true, out),
+            LostStep::Broken => self.resp.stage = Stage::Body(Body::Unframed),
         }
     }
 
@@ -1394,6 +1419,65 @@ mod tests {
         assert_eq!(x.response_body_bytes, 4096);
         assert!(x.truncated);
         assert_eq!(x.response_last, Some(at(3)));
+    }
+
+    #[test]
+    fn chunked_framing_lost_ends_at_last_chunk_marker() {
+        let mut c = Connection::new();
+        let ev = run(
+            &mut c,
+            &[
+                (Req, b"GET /a HTTP/1.1\r\n\r\n", 0),
+                // Capture stops inside the first chunk; the write also held later chunks.
+                (
+                    Resp,
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123",
+                    100,
+                ),
+                (Resp, b"5\r\nabcde\r\n", 0),
+                (Resp, b"0\r\n\r\n", 0),
+                (Req, b"GET /b HTTP/1.1\r\n\r\n", 0),
+                (Resp, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx", 0),
+            ],
+            false,
+        );
+        let xs = exchanges(&ev);
+        assert_eq!(xs.len(), 2);
+        assert!(xs[0].truncated);
+        assert_eq!(xs[0].response_last, Some(at(4)));
+        assert!(xs[0].response_body_bytes >= 16);
+        assert_eq!(xs[1].request.target, "/b");
+        assert_eq!(xs[1].response_body_bytes, 1);
+        assert!(!xs[1].truncated);
+    }
+
+    #[test]
+    fn chunked_framing_lost_ends_at_next_response() {
+        let mut c = Connection::new();
+        let ev = run(
+            &mut c,
+            &[
+                (Req, b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n", 0),
+                (
+                    Resp,
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n",
+                    0,
+                ),
+                (Resp, b"more", 0),
+                (
+                    Resp,
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+                    0,
+                ),
+            ],
+            true,
+        );
+        let xs = exchanges(&ev);
+        assert_eq!(xs.len(), 2);
+        assert!(xs[0].truncated);
+        assert_eq!(xs[0].response_last, Some(at(3)));
+        assert_eq!(status(&xs[1]), Some(404));
+        assert!(c.is_http());
     }
 
     #[test]

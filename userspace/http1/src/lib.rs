@@ -26,6 +26,9 @@
 //!   complete header lines before the cut are kept and the exchange is `truncated`. The direction
 //!   then resynchronises at the next feed that starts like a new message. A request head lost whole
 //!   leaves a placeholder so the next response is not matched to the wrong request.
+//! - A chunked body whose framing is lost (uncaptured bytes past the current chunk, or malformed
+//!   framing) is followed loosely: it ends at a feed ending with `0\r\n\r\n`, at a feed that
+//!   starts like the next message, or at the close; its bytes are then counted raw (`truncated`).
 //! - `response_last` of a close-delimited response is the Seen of the feed that carried its last
 //!   byte (not of the close), which is when the server finished sending it.
 //! - Response bytes with no request waiting are ignored and counted in [`Connection::desyncs`].
