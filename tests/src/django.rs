@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::dirs::TestDir;
 use crate::error::{Error, Result};
-use crate::net::{free_port, localhost, wait_for_port};
+use crate::net::{free_port, wait_for_listen};
 use crate::postgres::{Postgres, SUPERUSER};
 use crate::proc::{Proc, children_of};
 use crate::{apps_dir, python, run_command};
@@ -367,8 +367,8 @@ impl Django {
                     ),
                     timeout,
                 )?;
-                wait_for_port(
-                    localhost(self.port),
+                wait_for_listen(
+                    self.port,
                     deadline.saturating_duration_since(Instant::now()),
                     alive,
                 )

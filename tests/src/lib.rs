@@ -10,6 +10,12 @@
 //! the servers' logs. Tests run as root in parallel; nothing here uses a fixed port or path.
 //! Do not keep these guards in `static`s: statics are never dropped, so their processes leak.
 //!
+//! Readiness is read from the servers' own log lines and `/proc/net/tcp`, never probed with a
+//! request, so the first request a scenario sends is the first a server (and sonde) sees.
+//! Set-up that does talk: `Django::start` runs `migrate` and `seed` against PostgreSQL over TCP
+//! (start sonde afterwards unless the test wants those spans); `Postgres::psql` and
+//! `create_database` use the unix socket (`psql_tcp` goes over TCP on purpose).
+//!
 //! Why no crates for process control or HTTP: `std::process` with `process_group(0)` plus
 //! `libc::kill` is all the group handling needs (crates like `command-group` add async and
 //! Windows layers we don't use), and the HTTP client must expose connection-level control

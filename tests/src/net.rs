@@ -35,6 +35,49 @@ pub fn port_open(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
+/// Whether some socket listens on TCP `port` (any address), read from /proc/net/tcp{,6}:
+/// a readiness check that sends no traffic a tracer could see.
+pub fn is_listening(port: u16) -> bool {
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+        std::fs::read_to_string(f).is_ok_and(|text| {
+            text.lines().skip(1).any(|line| {
+                let mut cols = line.split_whitespace();
+                let local = cols.nth(1);
+                let state = cols.nth(1);
+                state == Some("0A")
+                    && local
+                        .and_then(|l| l.rsplit_once(':'))
+                        .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                        == Some(port)
+            })
+        })
+    })
+}
+
+/// Polls [`is_listening`] until `port` listens; `alive` is asked between attempts and may abort
+/// the wait with an error (typically: the server process exited).
+pub fn wait_for_listen(
+    port: u16,
+    timeout: Duration,
+    mut alive: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if is_listening(port) {
+            return Ok(());
+        }
+        alive()?;
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout {
+                what: format!("something to listen on port {port}"),
+                timeout,
+                details: String::new(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Polls until a TCP connection to `addr` succeeds; `alive` is asked between attempts and may
 /// abort the wait with an error (typically: the server process exited).
 pub fn wait_for_port(
@@ -68,7 +111,10 @@ mod tests {
         let a = free_port();
         let b = free_port();
         assert_ne!(a, b);
+        assert!(!is_listening(a));
         let l = TcpListener::bind(localhost(a)).unwrap();
+        assert!(is_listening(a));
+        wait_for_listen(a, Duration::from_secs(1), || Ok(())).unwrap();
         assert!(port_open(localhost(a)));
         drop(l);
         let err = wait_for_port(localhost(b), Duration::from_millis(300), || Ok(())).unwrap_err();

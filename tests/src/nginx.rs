@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::dirs::TestDir;
 use crate::error::{Error, IoContext, Result};
-use crate::http::http_request;
-use crate::net::{free_port, localhost, wait_for_port};
+use crate::net::{free_port, wait_for_listen};
 use crate::proc::{Proc, children_of};
 use crate::pyhttp::write_pattern_file;
 
@@ -200,23 +199,25 @@ impl Nginx {
                 })
             }
         };
-        wait_for_port(localhost(self.port), timeout, alive)?;
-        loop {
-            if matches!(http_request("GET", &self.url("/"), &[], b""), Ok(r) if r.status == 200)
-                && !self.worker_pids().is_empty()
-            {
-                return Ok(());
-            }
+        // The master binds before it forks the worker, which logs "start worker process".
+        self.proc.wait_for_line("start worker process", timeout)?;
+        wait_for_listen(
+            self.port,
+            deadline.saturating_duration_since(Instant::now()),
+            alive,
+        )?;
+        while self.worker_pids().is_empty() {
             alive()?;
             if Instant::now() >= deadline {
                 return Err(Error::Timeout {
-                    what: "nginx to answer GET /".into(),
+                    what: "the nginx worker".into(),
                     timeout,
                     details: self.proc.logs_tail(50),
                 });
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     /// The listening port.
@@ -258,7 +259,7 @@ impl Nginx {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::http_get;
+    use crate::http::{http_get, http_request};
     use crate::test_server::TestServer;
 
     #[test]
@@ -269,6 +270,7 @@ mod tests {
                 .static_file("big.bin", 100_000)
                 .proxy_to(&upstream.base_url()),
         );
+        assert_eq!(ng.proc().stdout(), "", "start-up must send no request");
         assert_eq!(http_get(&ng.url("/")), (200, "hello\n".to_string()));
         let r = http_request("GET", &ng.url("/static/big.bin"), &[], b"").unwrap();
         assert_eq!((r.status, r.body.len()), (200, 100_000));

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::dirs::TestDir;
 use crate::error::{Error, IoContext, Result};
-use crate::http::http_request;
-use crate::net::{free_port, localhost, wait_for_port};
+use crate::net::{free_port, wait_for_listen};
 use crate::proc::Proc;
 use crate::python;
 
@@ -94,19 +93,13 @@ impl PyHttpServer {
                 })
             }
         };
-        wait_for_port(localhost(self.port), timeout, alive)?;
-        while !matches!(http_request("GET", &self.url("/"), &[], b""), Ok(r) if r.status == 200) {
-            alive()?;
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout {
-                    what: "http.server to answer".into(),
-                    timeout,
-                    details: self.proc.logs_tail(50),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(())
+        // Printed right after the socket is bound.
+        self.proc.wait_for_line("Serving HTTP on", timeout)?;
+        wait_for_listen(
+            self.port,
+            deadline.saturating_duration_since(Instant::now()),
+            alive,
+        )
     }
 
     /// The listening port.
@@ -143,10 +136,15 @@ impl PyHttpServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::http_request;
 
     #[test]
     fn serves_generated_files() {
         let srv = PyHttpServer::start(&[("a.txt", 10), ("big.bin", 70_000)]);
+        assert!(
+            !srv.proc().stderr().contains("GET"),
+            "start-up must send no request"
+        );
         let r = http_request("GET", &srv.url("/a.txt"), &[], b"").unwrap();
         assert_eq!((r.status, r.text().as_str()), (200, "abcdefghij"));
         assert_eq!(
