@@ -53,12 +53,23 @@ pub(crate) struct Framer {
     buf: Vec<u8>,
     /// Total size (header included) of the message being buffered, once its header is known.
     need: usize,
-    /// Whether the body of the message being buffered is wanted.
-    keep: bool,
+    /// How many bytes (header included) of the message being buffered are kept.
+    limit: usize,
     /// Bytes still to discard (the rest of a message delivered early).
     skip: u64,
     first: Seen,
     pub synced: bool,
+}
+
+/// How much of a message's body the state machine reads: bodies are bounded by what is
+/// needed (statement and portal names sit at the start of Bind; SQL text may be long).
+fn body_limit(frontend: bool, tag: u8) -> usize {
+    match (frontend, tag) {
+        (true, b'Q' | b'P') => MAX_MESSAGE,
+        (true, 0) => 10_000,
+        (false, b'E') => 16 * 1024,
+        _ => 1024,
+    }
 }
 
 /// Message types whose body the state machine reads.
@@ -171,11 +182,17 @@ impl Framer {
             mode,
             buf: Vec::new(),
             need: 0,
-            keep: true,
+            limit: 0,
             skip: 0,
             first: Seen::default(),
             synced,
         }
+    }
+
+    /// Bytes currently held for a message split across feeds.
+    #[cfg(test)]
+    pub(crate) fn buffered(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Forgets partial state and waits for a plausible message at the start of a later feed.
@@ -197,9 +214,9 @@ impl Framer {
     }
 
     /// Feeds one syscall's captured bytes followed by `lost` uncaptured ones. `on_msg` gets
-    /// each message; it returns false to stop (connection given up), and may change `mode`
-    /// through the returned value of `mode_after`. Returns `Err(())` when the stream lost
-    /// its message boundaries (bad header or bytes lost across a boundary).
+    /// each message and may return the mode for what follows (startup phase, SSL answer).
+    /// Returns `Err(Framed::Bad)` when the stream lost its message boundaries (implausible
+    /// header, or bytes lost across a boundary); the framer then waits to resynchronise.
     pub(crate) fn feed(
         &mut self,
         data: &[u8],
@@ -236,7 +253,7 @@ impl Framer {
             let hl = header_len(self.mode);
             let Some((tag, len)) = header(self.mode, d) else {
                 // Header split across feeds.
-                self.start_partial(d, 0, seen);
+                self.start_partial(d, 0, 0, seen);
                 d = &[];
                 continue;
             };
@@ -279,11 +296,12 @@ impl Framer {
                 }
                 self.skip = total.saturating_sub(d.len()) as u64;
                 d = &[];
-            } else if d.len() >= MAX_MESSAGE {
-                // Oversized: deliver what the bound allows, skip the rest by length.
+            } else if d.len() >= body_limit(self.frontend, tag).saturating_add(hl) {
+                // Longer than what is read: deliver the bounded prefix, skip the rest by length.
+                let limit = body_limit(self.frontend, tag).saturating_add(hl);
                 let next = on_msg(Msg {
                     tag,
-                    body: d.get(hl..MAX_MESSAGE).unwrap_or_default(),
+                    body: d.get(hl..limit).unwrap_or_default(),
                     complete: false,
                     first: seen,
                 });
@@ -293,7 +311,8 @@ impl Framer {
                 self.skip = total.saturating_sub(d.len()) as u64;
                 d = &[];
             } else {
-                self.start_partial(d, total, seen);
+                let limit = total.min(body_limit(self.frontend, tag).saturating_add(hl));
+                self.start_partial(d, total, limit, seen);
                 d = &[];
             }
         }
@@ -307,10 +326,10 @@ impl Framer {
         Ok(())
     }
 
-    fn start_partial(&mut self, d: &[u8], total: usize, seen: Seen) {
+    fn start_partial(&mut self, d: &[u8], total: usize, limit: usize, seen: Seen) {
         self.first = seen;
         self.need = total;
-        self.keep = true;
+        self.limit = limit;
         self.buf.clear();
         self.buf.extend_from_slice(d);
     }
@@ -336,6 +355,9 @@ impl Framer {
                 return &[];
             }
             self.need = (len as usize).saturating_add(hl - 4);
+            self.limit = self
+                .need
+                .min(body_limit(self.frontend, tag).saturating_add(hl));
             if !keeps_body(self.frontend, tag) {
                 let first = self.first;
                 let next = on_msg(Msg {
@@ -357,7 +379,7 @@ impl Framer {
             }
             return rest;
         }
-        let limit = self.need.min(MAX_MESSAGE);
+        let limit = self.limit.min(self.need);
         let want = limit.saturating_sub(self.buf.len()).min(d.len());
         let (part, rest) = d.split_at(want);
         self.buf.extend_from_slice(part);
@@ -382,7 +404,7 @@ impl Framer {
             let next = on_msg(Msg {
                 tag,
                 body: buf.get(hl..).unwrap_or_default(),
-                complete: complete && self.keep,
+                complete,
                 first: self.first,
             });
             if let Some(mode) = next {
@@ -395,7 +417,7 @@ impl Framer {
             self.buf = Vec::new();
         }
         self.need = 0;
-        self.keep = true;
+        self.limit = 0;
     }
 
     /// `lost` bytes after this feed were not captured.

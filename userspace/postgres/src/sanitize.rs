@@ -351,7 +351,11 @@ impl Sanitizer {
                     && self.depth == v.depth
                 {
                     if v.phase == ValuesPhase::AfterRow {
-                        v.comma = if tok.space_before { pos - 1 } else { pos };
+                        v.comma = if tok.space_before {
+                            pos.saturating_sub(1)
+                        } else {
+                            pos
+                        };
                         v.phase = ValuesPhase::AwaitRow;
                     } else {
                         self.values = None;

@@ -772,3 +772,28 @@ proptest::proptest! {
         proptest::prop_assert_eq!(started, done);
     }
 }
+
+#[test]
+fn large_bind_parameters_are_not_buffered() {
+    let mut r = Run::new(Connection::new_unsynced());
+    r.fe(&cat(&[
+        parse("s2", "INSERT INTO blobs (data) VALUES ($1)"),
+        sync(),
+    ]));
+    r.be(&cat(&[msg(b'1', &[]), ready()]));
+    let mut b = b"\0s2\0\0\0\0\x01".to_vec();
+    b.extend_from_slice(&(3_000_000u32).to_be_bytes());
+    b.extend(std::iter::repeat_n(b'S', 3_000_000));
+    b.extend_from_slice(&[0, 0]);
+    let bytes = cat(&[msg(b'B', &b), execute(""), sync()]);
+    for part in bytes.chunks(64 * 1024) {
+        r.fe(part);
+        assert!(r.c.fe.buffered() <= 64 * 1024);
+    }
+    r.be(&cat(&[msg(b'2', &[]), complete("INSERT 0 1"), ready()]));
+    let ops = r.ops();
+    assert_eq!(ops.len(), 1);
+    assert_eq!(ops[0].query_text, "INSERT INTO blobs (data) VALUES ($1)");
+    assert_eq!(ops[0].command_tag.as_deref(), Some("INSERT 0 1"));
+    assert!(!ops[0].truncated);
+}
