@@ -458,7 +458,7 @@ impl Connection {
             Parsed::Complete(head, len) if len > prev => {
                 self.req.reset_buf();
                 self.start_request(head, seen, out);
-                Some(skipped.saturating_add(len - prev))
+                Some(skipped.saturating_add(len.saturating_sub(prev)))
             }
             Parsed::TooManyHeaders => {
                 self.request_head_lost(seen, out);
@@ -748,7 +748,7 @@ impl Connection {
             Parsed::Complete(head, len) if len > prev => {
                 self.resp.reset_buf();
                 self.response_head_done(head, seen, out);
-                Some(skipped.saturating_add(len - prev))
+                Some(skipped.saturating_add(len.saturating_sub(prev)))
             }
             Parsed::TooManyHeaders => {
                 self.response_head_lost(seen, out);
