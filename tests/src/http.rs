@@ -435,6 +435,8 @@ impl RawHttpClient {
 /// What a `curl` run printed.
 #[derive(Debug, Clone)]
 pub struct CurlOutput {
+    /// curl's exit status.
+    pub status: std::process::ExitStatus,
     /// Whether curl exited 0.
     pub success: bool,
     /// curl's exit code (-1 if killed by a signal).
@@ -456,6 +458,7 @@ pub fn curl(args: &[&str]) -> CurlOutput {
         Err(e) => panic!("cannot run curl (apt-get install curl): {e}"),
     };
     CurlOutput {
+        status: out.status,
         success: out.status.success(),
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

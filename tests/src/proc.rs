@@ -72,6 +72,8 @@ pub struct Proc {
     status: Mutex<Option<ExitStatus>>,
     stdout_path: PathBuf,
     stderr_path: PathBuf,
+    /// Whether a panicking drop prints stdout too (off for machine-readable output).
+    dump_stdout: std::sync::atomic::AtomicBool,
 }
 
 impl Proc {
@@ -106,6 +108,7 @@ impl Proc {
             status: Mutex::new(None),
             stdout_path,
             stderr_path,
+            dump_stdout: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -195,30 +198,27 @@ impl Proc {
 
     /// The last `n` lines of stdout and of stderr, with headers naming the process and files.
     pub fn logs_tail(&self, n: usize) -> String {
-        let mut s = String::new();
-        for (label, path) in [("stdout", &self.stdout_path), ("stderr", &self.stderr_path)] {
-            let text = read_lossy(path);
-            let lines: Vec<&str> = text.lines().collect();
-            let skip = lines.len().saturating_sub(n);
-            s.push_str(&format!(
-                "----- {} (pid {}) {label}, last {} of {} lines: {} -----\n",
-                self.name,
-                self.pid,
-                lines.len().saturating_sub(skip),
-                lines.len(),
-                path.display()
-            ));
-            for l in lines.iter().skip(skip) {
-                s.push_str(l);
-                s.push('\n');
-            }
-        }
+        let mut s = tail_of(&self.name, self.pid, "stdout", &self.stdout_path, n);
+        s.push_str(&tail_of(
+            &self.name,
+            self.pid,
+            "stderr",
+            &self.stderr_path,
+            n,
+        ));
         s
     }
 
     /// Prints the last 50 lines of stdout and stderr to the test's stderr.
     pub fn dump_logs(&self) {
         eprintln!("{}", self.logs_tail(PANIC_TAIL_LINES));
+    }
+
+    /// Makes a panicking drop print only stderr (for processes whose stdout is data that the
+    /// owner prints more readably itself, like sonde's OTLP/JSON).
+    pub fn skip_stdout_on_panic(&self) {
+        self.dump_stdout
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sends `signal` to the process (the group leader only).
@@ -322,7 +322,20 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.dump_logs();
+            if self.dump_stdout.load(std::sync::atomic::Ordering::Relaxed) {
+                self.dump_logs();
+            } else {
+                eprintln!(
+                    "{}",
+                    tail_of(
+                        &self.name,
+                        self.pid,
+                        "stderr",
+                        &self.stderr_path,
+                        PANIC_TAIL_LINES
+                    )
+                );
+            }
         }
         self.terminate_group();
     }
@@ -401,6 +414,24 @@ pub fn pid_alive(pid: u32) -> bool {
 
 fn pid_t(pid: u32) -> Result<libc::pid_t> {
     libc::pid_t::try_from(pid).map_err(|_| Error::Setup(format!("pid {pid} out of range")))
+}
+
+/// The last `n` lines of a log file under a header naming the process and the file.
+fn tail_of(name: &str, pid: u32, label: &str, path: &Path, n: usize) -> String {
+    let text = read_lossy(path);
+    let lines: Vec<&str> = text.lines().collect();
+    let skip = lines.len().saturating_sub(n);
+    let mut s = format!(
+        "----- {name} (pid {pid}) {label}, last {} of {} lines: {} -----\n",
+        lines.len().saturating_sub(skip),
+        lines.len(),
+        path.display()
+    );
+    for l in lines.iter().skip(skip) {
+        s.push_str(l);
+        s.push('\n');
+    }
+    s
 }
 
 fn read_lossy(path: &Path) -> String {

@@ -16,6 +16,8 @@ use crate::span::{Span, dump_spans, parse_json_lines};
 
 /// How long [`Sonde::start`] waits for `sonde: ready`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many lines of the span dump a panicking test prints.
+pub const PANIC_SPAN_LINES: usize = 300;
 /// How long [`Sonde::stop`] waits for the daemon to flush and exit after SIGTERM.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(40);
 
@@ -54,6 +56,8 @@ impl Sonde {
             cmd.env(k, v);
         }
         let proc = Proc::spawn("sonde", cmd, dir.path())?;
+        // On a panic the spans are printed as a tree by Sonde's drop, not as raw JSON.
+        proc.skip_stdout_on_panic();
         proc.wait_for_line("sonde: ready", READY_TIMEOUT)?;
         Ok(Sonde {
             proc,
@@ -150,13 +154,25 @@ impl Sonde {
 
 impl Drop for Sonde {
     fn drop(&mut self) {
-        // Proc's own drop kills the group; nothing else to release.
-        if std::thread::panicking() && self.exit.is_none() {
-            // Be explicit about which daemon the logs below belong to.
-            eprintln!(
-                "sonde-e2e: test panicked while sonde (pid {}) was running",
-                self.proc.pid()
-            );
+        // Proc's own drop kills the group and prints stderr; here: the spans, readably.
+        if std::thread::panicking() {
+            match self.try_spans() {
+                Ok(spans) => {
+                    let text = dump_spans(&spans);
+                    let lines: Vec<&str> = text.lines().collect();
+                    let skip = lines.len().saturating_sub(PANIC_SPAN_LINES);
+                    eprintln!(
+                        "----- sonde (pid {}) spans printed so far (last {} of {} lines) -----",
+                        self.proc.pid(),
+                        lines.len().saturating_sub(skip),
+                        lines.len()
+                    );
+                    for l in lines.iter().skip(skip) {
+                        eprintln!("{l}");
+                    }
+                }
+                Err(e) => eprintln!("----- sonde stdout is not valid OTLP/JSON: {e}"),
+            }
         }
     }
 }

@@ -461,8 +461,9 @@ fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
 }
 
 /// Parses every complete line of `text` that is an OTLP/JSON `ExportTraceServiceRequest`
-/// (a JSON object with `resourceSpans`); other lines (logs, metrics) are skipped, but a line
-/// that starts with `{` and is not valid JSON is an error.
+/// (a JSON object with `resourceSpans`) or wraps one as `{"signal": "traces", "request": {..}}`;
+/// other lines (logs, metrics) are skipped, but a line that starts with `{` and is not valid
+/// JSON is an error.
 pub fn parse_json_lines(text: &str) -> Result<Vec<Span>> {
     let mut out = Vec::new();
     for (i, line) in complete_lines(text).enumerate() {
@@ -478,6 +479,11 @@ pub fn parse_json_lines(text: &str) -> Result<Vec<Span>> {
         })?;
         if field(&v, "resourceSpans", "resource_spans").is_some() {
             out.extend(parse_export_request(&v)?);
+        } else if v.get("signal").and_then(Value::as_str) == Some("traces") {
+            // sonde's `--output json`: {"signal":"traces","request":{...}}
+            if let Some(req) = v.get("request") {
+                out.extend(parse_export_request(req)?);
+            }
         }
     }
     Ok(out)
@@ -810,6 +816,17 @@ mod tests {
             ("ERROR", "boom")
         );
         assert_eq!(spans[2].status_code, "OK");
+    }
+
+    #[test]
+    fn wrapped_requests_are_parsed_and_other_signals_skipped() {
+        let one = SONDE_LINE.replace('\n', "");
+        let text = format!(
+            "{{\"signal\":\"traces\",\"request\":{one}}}\n{{\"signal\":\"metrics\",\"request\":{{\"resourceMetrics\":[]}}}}\n"
+        );
+        let spans = parse_json_lines(&text).unwrap();
+        assert_eq!(spans.len(), 3);
+        assert_eq!(spans[0].name, "GET /samples/");
     }
 
     #[test]
