@@ -237,7 +237,8 @@ pub fn looks_like_startup(data: &[u8]) -> bool {
     };
     match code {
         SSL_REQUEST | GSSENC_REQUEST => len == 8,
-        CANCEL_REQUEST => len == 16,
+        // Protocol 3.2 (PostgreSQL 18) allows cancel keys up to 256 bytes.
+        CANCEL_REQUEST => (16..=264).contains(&len),
         c if c >> 16 == 3 => {
             (9..=10_000).contains(&len)
                 && data
@@ -520,7 +521,14 @@ impl Proto {
                 let stmt = Arc::new(Prepared::parse(sql, !named || !ended));
                 if let Some(slot) = self.stmts.get_mut(name) {
                     *slot = stmt;
-                } else if self.stmts.len() < MAX_STATEMENTS {
+                } else {
+                    if self.stmts.len() >= MAX_STATEMENTS {
+                        // Statements deallocated by SQL (DEALLOCATE) are never seen: make room.
+                        let victim = self.stmts.keys().next().cloned();
+                        if let Some(k) = victim {
+                            self.stmts.remove(&k);
+                        }
+                    }
                     self.stmts.insert(name.into(), stmt);
                 }
                 self.push(Expect::Parse, seen, out);

@@ -140,7 +140,7 @@ fn fixed_len(frontend: bool, tag: u8) -> Option<u32> {
         match tag {
             b'1' | b'2' | b'3' | b'n' | b'I' | b'c' => Some(4),
             b'Z' => Some(5),
-            b'K' => Some(12),
+            // BackendKeyData is longer from protocol 3.2 on (variable-length cancel key).
             _ => None,
         }
     }

@@ -15,7 +15,10 @@
 //!   does the same).
 //! - In a pipelined batch, the Execute an ErrorResponse belongs to gets the error (also when
 //!   the failing message was its Parse or Bind); the later Executes of the batch, which the
-//!   server skips, end at ReadyForQuery with `truncated = true`, `error = None` and no tag.
+//!   server skips, end right there (or at ReadyForQuery when sent after the error) with
+//!   `truncated = true`, `error = None` and no tag.
+//! - Operations are reported in `seq` order; every `OperationStarted` is followed by exactly
+//!   one `Operation` with the same `seq` (at the latest on [`Connection::close`]).
 //! - An Execute of a statement prepared before tracing began has `query_text = "EXECUTE
 //!   <name>"`, `summary = "EXECUTE"` and `operation_name` taken from the CommandComplete tag.
 //! - `summary` is empty when no statement was recognised (the caller names the span

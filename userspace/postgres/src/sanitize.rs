@@ -1,6 +1,6 @@
 //! SQL sanitizer and summarizer: literals become `?` before any text leaves this crate, and a
 //! low-cardinality `db.query.summary` ("SELECT auth_user") is derived from keywords and table
-//! names only. Both run in one pass of [`crate::lexer::Lexer`] and never fail.
+//! names only. Both run in one pass of the crate's lexer and never fail.
 
 use crate::lexer::{Kind, Lexer, Tok};
 

@@ -768,8 +768,12 @@ proptest::proptest! {
         }
         c.close(Seen::default(), &mut out);
         let started = out.iter().filter(|e| matches!(e, Event::OperationStarted { .. })).count();
-        let done = out.iter().filter(|e| matches!(e, Event::Operation(_))).count();
-        proptest::prop_assert_eq!(started, done);
+        let seqs: Vec<u64> = out
+            .iter()
+            .filter_map(|e| if let Event::Operation(o) = e { Some(o.seq) } else { None })
+            .collect();
+        proptest::prop_assert_eq!(started, seqs.len());
+        proptest::prop_assert!(seqs.iter().enumerate().all(|(i, s)| *s == i as u64));
     }
 }
 
