@@ -244,10 +244,13 @@ fn normalized(events: &[Event]) -> Vec<Event> {
         .collect()
 }
 
-const FIXTURES: [&str; 3] = [
+const FIXTURES: [&str; 6] = [
     "psycopg2_simple",
     "psycopg2_ssl_prefer",
     "psycopg3_extended",
+    "django_psycopg3",
+    "django_server_binding",
+    "pgbench_prepared",
 ];
 
 /// Splits each direction's chunk at the given cut points (positions modulo the chunk length).
@@ -312,4 +315,130 @@ proptest::proptest! {
         let done = out.iter().filter(|e| matches!(e, Event::Operation(_))).count();
         proptest::prop_assert_eq!(started, done);
     }
+}
+
+const DJANGO_SUMMARIES: [&str; 16] = [
+    "SELECT",
+    "INSERT auth_user",
+    "SELECT auth_user",
+    "SELECT auth_user",
+    "SELECT auth_user",
+    "SELECT auth_user",
+    "UPDATE auth_user",
+    "BEGIN",
+    "INSERT auth_user",
+    "COMMIT",
+    "SELECT auth_user",
+    "BEGIN",
+    "DELETE auth_user_groups",
+    "DELETE auth_user_user_permissions",
+    "DELETE auth_user",
+    "COMMIT",
+];
+
+const DJANGO_USER_COLUMNS: &str = "SELECT \"auth_user\".\"id\", \"auth_user\".\"password\", \"auth_user\".\"last_login\", \"auth_user\".\"is_superuser\", \"auth_user\".\"username\", \"auth_user\".\"first_name\", \"auth_user\".\"last_name\", \"auth_user\".\"email\", \"auth_user\".\"is_staff\", \"auth_user\".\"is_active\", \"auth_user\".\"date_joined\" FROM \"auth_user\"";
+
+#[test]
+fn django_orm_with_client_side_binding() {
+    let events = replay(&load("django_psycopg3"));
+    let ops = ops(&events);
+    assert_eq!(summary_of(&ops), DJANGO_SUMMARIES);
+    assert!(
+        ops.iter()
+            .all(|o| !o.prepared && !o.truncated && o.error.is_none())
+    );
+    assert!(ops[1].query_text.ends_with(
+        "VALUES (?, NULL, ?, ?, ?, ?, ?, ?, ?, ?::timestamptz) RETURNING \"auth_user\".\"id\""
+    ));
+    assert_eq!(ops[1].returned_rows, Some(1));
+    assert_eq!(
+        ops[2].query_text,
+        format!(
+            "{DJANGO_USER_COLUMNS} WHERE \"auth_user\".\"username\" = ? ORDER BY \"auth_user\".\"id\" ASC LIMIT ?"
+        )
+    );
+    assert_eq!(
+        ops[3].query_text,
+        format!("{DJANGO_USER_COLUMNS} WHERE \"auth_user\".\"username\" = ? LIMIT ?")
+    );
+    assert_eq!(
+        ops[4].query_text,
+        format!("{DJANGO_USER_COLUMNS} WHERE \"auth_user\".\"id\" IN (?)")
+    );
+    assert_eq!(
+        ops[5].query_text,
+        "SELECT COUNT(*) AS \"__count\" FROM \"auth_user\""
+    );
+    assert_eq!(
+        ops[6].query_text,
+        "UPDATE \"auth_user\" SET \"email\" = ? WHERE \"auth_user\".\"username\" = ?"
+    );
+    assert_eq!(ops[8].command_tag.as_deref(), Some("INSERT 0 3"));
+    assert_eq!(ops[8].returned_rows, Some(3));
+    assert_eq!(ops[14].command_tag.as_deref(), Some("DELETE 4"));
+    // Nothing the application sent as a value survives.
+    let all = format!("{events:?}");
+    for value in ["admin", "example.com", "b@example", "admin0"] {
+        assert!(!all.contains(value), "{value} leaked");
+    }
+}
+
+#[test]
+fn django_orm_with_server_side_binding() {
+    let events = replay(&load("django_server_binding"));
+    let ops = ops(&events);
+    assert_eq!(summary_of(&ops), DJANGO_SUMMARIES);
+    assert!(ops.iter().all(|o| !o.truncated && o.error.is_none()));
+    // psycopg sends queries without parameters as simple queries, the rest with Parse/Bind.
+    for o in &ops {
+        assert_eq!(o.prepared, o.query_text.contains('$'), "{o:?}");
+    }
+    assert_eq!(ops.iter().filter(|o| o.prepared).count(), 11);
+    assert_eq!(
+        ops[3].query_text,
+        format!("{DJANGO_USER_COLUMNS} WHERE \"auth_user\".\"username\" = $1 LIMIT ?")
+    );
+    assert_eq!(
+        ops[6].query_text,
+        "UPDATE \"auth_user\" SET \"email\" = $1 WHERE \"auth_user\".\"username\" = $2"
+    );
+    assert_eq!(
+        ops[14].query_text,
+        "DELETE FROM \"auth_user\" WHERE \"auth_user\".\"id\" IN ($1, $2, $3, $4)"
+    );
+    // Bind parameter values ("sso", "b@example.com") are never kept.
+    let all = format!("{events:?}");
+    assert!(!all.contains("sso") && !all.contains("example.com"));
+}
+
+#[test]
+fn pgbench_named_prepared_statements() {
+    let events = replay(&load("pgbench_prepared"));
+    assert!(matches!(
+        events.first(),
+        Some(Event::Startup { application_name: Some(a), .. }) if a == "pgbench"
+    ));
+    let ops = ops(&events);
+    let one = [
+        "BEGIN",
+        "UPDATE pgbench_accounts",
+        "SELECT pgbench_accounts",
+        "UPDATE pgbench_tellers",
+        "UPDATE pgbench_branches",
+        "INSERT pgbench_history",
+        "END",
+    ];
+    assert_eq!(summary_of(&ops), [one, one].concat());
+    assert!(
+        ops.iter()
+            .all(|o| o.prepared && !o.truncated && o.error.is_none())
+    );
+    // The second transaction runs the statements prepared in the first one, by name.
+    assert_eq!(
+        ops[8].query_text,
+        "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2;"
+    );
+    assert_eq!(ops[8].query_text, ops[1].query_text);
+    assert_eq!(ops[9].returned_rows, Some(1));
+    assert_eq!(ops[13].command_tag.as_deref(), Some("COMMIT"));
 }

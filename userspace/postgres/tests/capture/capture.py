@@ -88,7 +88,10 @@ class Recorder:
         return conns
 
 
-def write(name, comment, conns):
+def write(name, comment, conns, largest=False):
+    if largest:
+        # e.g. pgbench first opens a connection of its own to check the tables.
+        conns = [max(conns, key=len)]
     assert len(conns) == 1, f"{name}: expected one connection, got {len(conns)}"
     path = os.path.join(OUT, f"{name}.txt")
     with open(path, "w") as f:
@@ -178,6 +181,51 @@ def psycopg3_session(port):
     conn.close()
 
 
+def django_session(port, direct_port, server_side_binding):
+    """Django ORM over psycopg 3 (client-side binding by default, or server-side binding)."""
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        db = {"ENGINE": "django.db.backends.postgresql", "NAME": "shop", "USER": "postgres",
+              "HOST": "127.0.0.1"}
+        settings.configure(
+            INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth"],
+            DATABASES={
+                "default": dict(db, PORT=port),
+                "bound": dict(db, PORT=port, OPTIONS={"server_side_binding": True}),
+                "direct": dict(db, PORT=direct_port),
+            },
+            USE_TZ=True,
+            PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
+        )
+        django.setup()
+        from django.core.management import call_command
+        call_command("migrate", database="direct", verbosity=0)
+    from django.contrib.auth.models import User
+    from django.db import connections, transaction
+
+    alias = "bound" if server_side_binding else "default"
+    users = User.objects.using(alias)
+    name = "sso" if server_side_binding else "admin"
+    users.create(username=name, password="x", email="a@example.com")
+    users.filter(username=name).first()
+    users.get(username=name)
+    list(users.filter(id__in=[1, 2, 3]))
+    users.count()
+    users.filter(username=name).update(email="b@example.com")
+    with transaction.atomic(using=alias):
+        users.bulk_create([User(username=f"{name}{i}", password="x") for i in range(3)])
+    users.filter(username__startswith=name).delete()
+    connections[alias].close()
+
+
+def pgbench(port):
+    subprocess.run([f"{PG_BIN}/pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+                    "-M", "prepared", "-t", "2", "-c", "1", "-n", "shop"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="sonde-pg-")
@@ -221,6 +269,28 @@ def main():
             pipeline INSERT, UPDATE, SELECT before one Sync; pipeline SELECT, duplicate
             INSERT (23505), DELETE skipped by the server.
         """, rec.take())
+
+        django_session(rec.port, port, server_side_binding=False)
+        write("django_psycopg3", """
+            Django 5 ORM on psycopg 3 with client-side binding (simple query protocol): create
+            user, filter().first(), get(), filter(id__in=[1, 2, 3]), count(), update(),
+            atomic() around bulk_create of 3 users, delete() of 4 users.
+        """, rec.take())
+
+        django_session(rec.port, port, server_side_binding=True)
+        write("django_server_binding", """
+            The same Django ORM calls with OPTIONS server_side_binding=True (extended protocol,
+            unnamed statements, $n placeholders).
+        """, rec.take())
+
+        subprocess.run([f"{PG_BIN}/pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+                        "-i", "-s", "1", "-q", "shop"], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        pgbench(rec.port)
+        write("pgbench_prepared", """
+            pgbench -M prepared -t 2 -c 1 -n (libpq, named prepared statements P_0..P_6):
+            two TPC-B-like transactions: BEGIN, UPDATE, SELECT, UPDATE, UPDATE, INSERT, END.
+        """, rec.take(), largest=True)
     finally:
         subprocess.run(as_pg + [f"{PG_BIN}/pg_ctl", "-D", data, "-m", "immediate", "stop"],
                        stdout=subprocess.DEVNULL)
