@@ -89,9 +89,7 @@ impl OtlpEndpoint {
 
     /// Like [`OtlpEndpoint::from_env`], but signals with different per-signal settings become
     /// separate endpoints (each with only its signals' URLs set). Empty when no endpoint is set.
-    pub fn all_from_env(
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<Vec<Self>, ConfigError> {
+    pub fn all_from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Vec<Self>, ConfigError> {
         let get = |name: &str| {
             lookup(name)
                 .map(|v| v.trim().to_string())
@@ -310,7 +308,9 @@ impl ExporterConfig {
             ));
         }
         if !(r.jitter.is_finite() && (0.0..=1.0).contains(&r.jitter)) {
-            return Err(ConfigError::Invalid("retry.jitter must be in [0, 1]".into()));
+            return Err(ConfigError::Invalid(
+                "retry.jitter must be in [0, 1]".into(),
+            ));
         }
         for output in &self.outputs {
             if let Output::Otlp(e) = output {
@@ -427,7 +427,10 @@ pub(crate) fn parse_headers(var: &str, v: &str) -> Result<Vec<(String, String)>,
             return Err(bad(
                 var,
                 "<redacted>",
-                &format!("header entry without '=' (entry {} chars long)", entry.len()),
+                &format!(
+                    "header entry without '=' (entry {} chars long)",
+                    entry.len()
+                ),
             ));
         };
         let decode = |s: &str| {
@@ -445,7 +448,9 @@ pub(crate) fn parse_headers(var: &str, v: &str) -> Result<Vec<(String, String)>,
             bad(
                 var,
                 "<redacted>",
-                &format!("{key:?} is not a valid header name, or its value is not a valid header value"),
+                &format!(
+                    "{key:?} is not a valid header name, or its value is not a valid header value"
+                ),
             )
         })?;
         out.push((key, value));
@@ -466,9 +471,7 @@ fn check_header(k: &str, v: &str) -> Result<(), ConfigError> {
 }
 
 fn check_url(var: &str, v: &str) -> Result<(), ConfigError> {
-    let uri: hyper::Uri = v
-        .parse()
-        .map_err(|_| bad(var, v, "not a valid URL"))?;
+    let uri: hyper::Uri = v.parse().map_err(|_| bad(var, v, "not a valid URL"))?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
         _ => return Err(bad(var, v, "URL scheme must be http or https")),

@@ -126,11 +126,9 @@ impl HttpTransport {
         let request = builder
             .body(Full::new(body.bytes.clone()))
             .map_err(|e| AttemptError::permanent(format!("building request: {e}")))?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| AttemptError::retryable(format!("POST {uri}: {}", error_chain(&e)), None))?;
+        let response = self.client.request(request).await.map_err(|e| {
+            AttemptError::retryable(format!("POST {uri}: {}", error_chain(&e)), None)
+        })?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -203,7 +201,8 @@ fn rejected_items(signal: Signal, body: &[u8], is_json: bool) -> u64 {
                     Signal::Logs => "rejectedLogRecords",
                 };
                 let r = ps.get(key)?;
-                r.as_i64().or_else(|| r.as_str().and_then(|s| s.parse().ok()))
+                r.as_i64()
+                    .or_else(|| r.as_str().and_then(|s| s.parse().ok()))
             })
             .unwrap_or(0)
     } else {

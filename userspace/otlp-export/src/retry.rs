@@ -120,10 +120,7 @@ mod tests {
     #[test]
     fn retry_after_forms() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_470);
-        assert_eq!(
-            parse_retry_after(" 7 ", now),
-            Some(Duration::from_secs(7))
-        );
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
         // 2015-10-21T07:28:00Z is 1_445_412_480.
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
@@ -146,7 +143,9 @@ mod tests {
             jitter: 0.0,
         };
         let mut b = Backoff::new(policy);
-        let waits: Vec<u64> = (0..7).map(|_| b.next_wait(None).as_millis() as u64).collect();
+        let waits: Vec<u64> = (0..7)
+            .map(|_| b.next_wait(None).as_millis() as u64)
+            .collect();
         assert_eq!(waits, vec![5000, 7500, 11250, 16875, 25312, 30000, 30000]);
         assert_eq!(
             b.next_wait(Some(Duration::from_secs(120))),
@@ -175,7 +174,10 @@ mod tests {
             assert!(!http_status_is_retryable(s));
         }
         assert!(grpc_code_is_retryable(tonic::Code::Unavailable, false));
-        assert!(!grpc_code_is_retryable(tonic::Code::ResourceExhausted, false));
+        assert!(!grpc_code_is_retryable(
+            tonic::Code::ResourceExhausted,
+            false
+        ));
         assert!(grpc_code_is_retryable(tonic::Code::ResourceExhausted, true));
         assert!(!grpc_code_is_retryable(tonic::Code::InvalidArgument, true));
     }

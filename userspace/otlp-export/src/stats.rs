@@ -36,8 +36,12 @@ impl SignalStats {
     }
 
     fn add(&mut self, o: &SignalStats) {
-        self.exported_items_total = self.exported_items_total.saturating_add(o.exported_items_total);
-        self.exported_bytes_total = self.exported_bytes_total.saturating_add(o.exported_bytes_total);
+        self.exported_items_total = self
+            .exported_items_total
+            .saturating_add(o.exported_items_total);
+        self.exported_bytes_total = self
+            .exported_bytes_total
+            .saturating_add(o.exported_bytes_total);
         self.exported_requests_total = self
             .exported_requests_total
             .saturating_add(o.exported_requests_total);
@@ -49,7 +53,9 @@ impl SignalStats {
             .dropped_retry_exhausted_items_total
             .saturating_add(o.dropped_retry_exhausted_items_total);
         self.retries_total = self.retries_total.saturating_add(o.retries_total);
-        self.rejected_items_total = self.rejected_items_total.saturating_add(o.rejected_items_total);
+        self.rejected_items_total = self
+            .rejected_items_total
+            .saturating_add(o.rejected_items_total);
     }
 }
 

@@ -44,7 +44,10 @@ pub fn format_spans(spans: &[ResourceSpans], out: &mut String) {
                 out.push(' ');
                 out.push_str(if s.name.is_empty() { "-" } else { &s.name });
                 out.push(' ');
-                push_duration(out, s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano));
+                push_duration(
+                    out,
+                    s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano),
+                );
                 let (code, message) = match &s.status {
                     Some(st) => (st.code, st.message.as_str()),
                     None => (0, ""),
@@ -382,7 +385,10 @@ mod tests {
     fn span_line() {
         let spans = vec![ResourceSpans {
             resource: Some(Resource {
-                attributes: vec![kv("service.name", any_value::Value::StringValue("web".into()))],
+                attributes: vec![kv(
+                    "service.name",
+                    any_value::Value::StringValue("web".into()),
+                )],
                 ..Resource::default()
             }),
             scope_spans: vec![ScopeSpans {
@@ -401,7 +407,10 @@ mod tests {
                         kv("zeta", any_value::Value::BoolValue(true)),
                         kv("url.path", any_value::Value::StringValue("/users/7".into())),
                         kv("http.response.status_code", any_value::Value::IntValue(200)),
-                        kv("user_agent.original", any_value::Value::StringValue("curl/8 x".into())),
+                        kv(
+                            "user_agent.original",
+                            any_value::Value::StringValue("curl/8 x".into()),
+                        ),
                         kv(
                             "tags",
                             any_value::Value::ArrayValue(ArrayValue {

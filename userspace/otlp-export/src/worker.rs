@@ -26,7 +26,7 @@ const STDOUT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) enum Transport {
     Grpc(GrpcTransport),
-    Http(HttpTransport),
+    Http(Box<HttpTransport>),
     Text,
     Json,
 }
@@ -43,7 +43,7 @@ impl Transport {
             Output::Otlp(e) => match e.protocol {
                 Protocol::Grpc => Transport::Grpc(GrpcTransport::new(e)?),
                 Protocol::HttpProtobuf | Protocol::HttpJson => {
-                    Transport::Http(HttpTransport::new(e)?)
+                    Transport::Http(Box::new(HttpTransport::new(e)?))
                 }
             },
             Output::Text => Transport::Text,
@@ -146,10 +146,18 @@ pub(crate) struct OutputShared {
 }
 
 impl OutputShared {
-    pub(crate) fn new(index: usize, output: &Output, queue_max_bytes: usize) -> Result<Self, ConfigError> {
+    pub(crate) fn new(
+        index: usize,
+        output: &Output,
+        queue_max_bytes: usize,
+    ) -> Result<Self, ConfigError> {
         let (accepts, target) = match output {
             Output::Otlp(e) => (
-                [e.traces_url.is_some(), e.metrics_url.is_some(), e.logs_url.is_some()],
+                [
+                    e.traces_url.is_some(),
+                    e.metrics_url.is_some(),
+                    e.logs_url.is_some(),
+                ],
                 e.traces_url
                     .clone()
                     .or_else(|| e.metrics_url.clone())
@@ -312,7 +320,16 @@ pub(crate) async fn run_lane(
                 bytes = bytes.saturating_add(e.bytes);
                 if let Err(other) = payload.append(e.payload) {
                     // Cannot happen (one lane holds one signal); do not lose it anyway.
-                    deliver(&out, signal, other, e.items, e.bytes, &settings, &mut shutdown).await;
+                    deliver(
+                        &out,
+                        signal,
+                        other,
+                        e.items,
+                        e.bytes,
+                        &settings,
+                        &mut shutdown,
+                    )
+                    .await;
                 }
                 continue;
             }
@@ -325,7 +342,16 @@ pub(crate) async fn run_lane(
                 _ = shutdown.begun() => {}
             }
         }
-        deliver(&out, signal, payload, items, bytes, &settings, &mut shutdown).await;
+        deliver(
+            &out,
+            signal,
+            payload,
+            items,
+            bytes,
+            &settings,
+            &mut shutdown,
+        )
+        .await;
     }
 }
 
@@ -380,7 +406,8 @@ async fn attempt_all(
             }
             attempt_timeout = attempt_timeout.min(left);
         }
-        let sent = tokio::time::timeout(attempt_timeout, out.transport.send(signal, &prepared)).await;
+        let sent =
+            tokio::time::timeout(attempt_timeout, out.transport.send(signal, &prepared)).await;
         let err = match sent {
             Ok(Ok(rejected)) => {
                 let rejected = rejected.min(items);
@@ -389,7 +416,12 @@ async fn attempt_all(
                 bump(&c.exported_bytes, prepared.raw_len as u64);
                 bump(&c.exported_requests, 1);
                 if rejected > 0 {
-                    tracing::debug!(output = out.kind, signal = what, rejected, "partial success");
+                    tracing::debug!(
+                        output = out.kind,
+                        signal = what,
+                        rejected,
+                        "partial success"
+                    );
                 }
                 return;
             }
@@ -406,7 +438,8 @@ async fn attempt_all(
         }
         let mut wait = backoff.next_wait(err.retry_after);
         let now = Instant::now();
-        if now.saturating_duration_since(started).saturating_add(wait) > settings.retry.max_elapsed {
+        if now.saturating_duration_since(started).saturating_add(wait) > settings.retry.max_elapsed
+        {
             bump(&c.dropped_retry_exhausted_items, items);
             tracing::warn!(output = out.kind, target = %out.target, signal = what, items, error = %err, "gave up retrying; batch dropped");
             return;

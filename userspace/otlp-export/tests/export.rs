@@ -22,13 +22,28 @@ async fn round_trip(protocol: Protocol, compression: Compression, tag: u8) {
     assert_eq!(got.len(), 250, "{protocol:?} {compression:?}");
     assert_eq!(indexes(&got), (0..250).collect::<Vec<i64>>());
     let lines = sink.lines();
-    let transport = if protocol == Protocol::Grpc { "grpc" } else { "http" };
-    assert!(lines.iter().all(|l| l["transport"] == transport && l["signal"] == "traces"));
-    assert!(lines.len() >= 3, "batched into >= 3 requests, got {}", lines.len());
+    let transport = if protocol == Protocol::Grpc {
+        "grpc"
+    } else {
+        "http"
+    };
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["transport"] == transport && l["signal"] == "traces")
+    );
+    assert!(
+        lines.len() >= 3,
+        "batched into >= 3 requests, got {}",
+        lines.len()
+    );
     for l in &lines {
         let rs = &l["request"]["resourceSpans"];
         assert_eq!(rs[0]["resource"]["attributes"][0]["key"], "service.name");
-        assert_eq!(rs[0]["resource"]["attributes"][0]["value"]["stringValue"], "web");
+        assert_eq!(
+            rs[0]["resource"]["attributes"][0]["value"]["stringValue"],
+            "web"
+        );
     }
     // One span in full.
     let s7 = got
@@ -42,7 +57,10 @@ async fn round_trip(protocol: Protocol, compression: Compression, tag: u8) {
     assert_eq!(s7["endTimeUnixNano"], "1795619045135300007");
     assert_eq!(s7["status"]["code"], 1);
     assert!(s7.get("parentSpanId").is_none());
-    let s8 = got.iter().find(|s| s["spanId"] == hex(&span_id(8))).expect("span 8");
+    let s8 = got
+        .iter()
+        .find(|s| s["spanId"] == hex(&span_id(8)))
+        .expect("span 8");
     assert_eq!(s8["parentSpanId"], hex(&span_id(1_000_008)));
     let attrs = s7["attributes"].as_array().expect("attributes");
     let attr = |k: &str| {
@@ -59,7 +77,10 @@ async fn round_trip(protocol: Protocol, compression: Compression, tag: u8) {
     assert_eq!(attr("sonde.test.flag")["boolValue"], true);
     assert_eq!(attrs.len(), 7);
 
-    wait_until(Duration::from_secs(5), || exporter.stats().traces.exported_items_total == 250).await;
+    wait_until(Duration::from_secs(5), || {
+        exporter.stats().traces.exported_items_total == 250
+    })
+    .await;
     let stats = exporter.stats();
     assert_eq!(stats.traces.exported_items_total, 250);
     assert_eq!(stats.traces.exported_requests_total, lines.len() as u64);
@@ -114,7 +135,10 @@ async fn metrics_and_logs_every_protocol() {
         exporter.send_logs(logs()).expect("room");
         let lines = sink.wait_lines(2, Duration::from_secs(10)).await;
         assert_eq!(lines.len(), 2, "{protocol:?}: {lines:?}");
-        let m = lines.iter().find(|l| l["signal"] == "metrics").expect("metrics line");
+        let m = lines
+            .iter()
+            .find(|l| l["signal"] == "metrics")
+            .expect("metrics line");
         let ms = &m["request"]["resourceMetrics"][0]["scopeMetrics"][0]["metrics"];
         assert_eq!(ms[0]["name"], "process.cpu.time");
         assert_eq!(ms[0]["sum"]["dataPoints"][0]["asDouble"], 1.25);
@@ -126,7 +150,10 @@ async fn metrics_and_logs_every_protocol() {
         assert_eq!(h["sum"], 0.75);
         assert_eq!(h["bucketCounts"], serde_json::json!(["1", "2", "0"]));
         assert_eq!(h["explicitBounds"], serde_json::json!([0.1, 0.5]));
-        let l = lines.iter().find(|l| l["signal"] == "logs").expect("logs line");
+        let l = lines
+            .iter()
+            .find(|l| l["signal"] == "logs")
+            .expect("logs line");
         let rec = &l["request"]["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0];
         assert_eq!(rec["body"]["stringValue"], "user 7 logged in");
         assert_eq!(rec["severityText"], "INFO");
@@ -165,9 +192,14 @@ async fn two_outputs_both_receive_everything() {
     assert_eq!(indexes(&got_b), (0..200).collect::<Vec<i64>>());
     assert_eq!(got_a.len(), 200);
     assert_eq!(got_b.len(), 200);
-    let la = a.wait_lines(a.lines().len() + 1, Duration::from_secs(2)).await;
+    let la = a
+        .wait_lines(a.lines().len() + 1, Duration::from_secs(2))
+        .await;
     assert!(la.iter().any(|l| l["signal"] == "logs"));
-    wait_until(Duration::from_secs(5), || exporter.stats().traces.exported_items_total == 400).await;
+    wait_until(Duration::from_secs(5), || {
+        exporter.stats().traces.exported_items_total == 400
+    })
+    .await;
     let st = exporter.stats();
     assert_eq!(st.outputs.len(), 2);
     assert_eq!(st.outputs[0].traces.exported_items_total, 200);

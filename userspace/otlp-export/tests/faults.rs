@@ -21,15 +21,24 @@ async fn destination_down_then_back_loses_nothing() {
         assert_eq!(sink.wait_spans(10, Duration::from_secs(10)).await.len(), 10);
         sink.control(r#"{"listen": false}"#);
         for k in 1..30 {
-            exporter.send_traces(spans(20, k * 10, 10)).expect("room while down");
+            exporter
+                .send_traces(spans(20, k * 10, 10))
+                .expect("room while down");
         }
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let during = exporter.stats();
-        assert!(during.traces.retries_total > 0, "{protocol:?}: retried while down");
+        assert!(
+            during.traces.retries_total > 0,
+            "{protocol:?}: retried while down"
+        );
         assert!(during.queue_bytes > 0, "{protocol:?}: data held while down");
         sink.control(r#"{"listen": true}"#);
         let got = sink.wait_spans(300, Duration::from_secs(15)).await;
-        assert_eq!(indexes(&got), (0..300).collect::<Vec<i64>>(), "{protocol:?}");
+        assert_eq!(
+            indexes(&got),
+            (0..300).collect::<Vec<i64>>(),
+            "{protocol:?}"
+        );
         exporter.shutdown(Duration::from_secs(5)).await;
         let st = exporter.stats();
         assert_eq!(st.traces.exported_items_total, 300, "{protocol:?}");
@@ -58,7 +67,9 @@ async fn destination_restart_window() {
 async fn retry_after_is_honoured(protocol: Protocol, fault: &str) {
     let sink = Sink::start();
     sink.control(fault);
-    let mut cfg = config(vec![Output::Otlp(sink.endpoint(protocol, Compression::None))]);
+    let mut cfg = config(vec![Output::Otlp(
+        sink.endpoint(protocol, Compression::None),
+    )]);
     // Own backoff 100 ms; the server's hint (2 s) is below the cap and must win.
     cfg.retry.max_interval = Duration::from_secs(5);
     let exporter = Exporter::start(cfg).expect("start");
@@ -67,9 +78,15 @@ async fn retry_after_is_honoured(protocol: Protocol, fault: &str) {
     let got = sink.wait_spans(5, Duration::from_secs(10)).await;
     let took = t0.elapsed();
     assert_eq!(got.len(), 5, "{protocol:?}");
-    wait_until(Duration::from_secs(5), || exporter.stats().traces.exported_items_total == 5).await;
+    wait_until(Duration::from_secs(5), || {
+        exporter.stats().traces.exported_items_total == 5
+    })
+    .await;
     // Our own backoff would retry after ~100 ms; the server asked for 2 s.
-    assert!(took >= Duration::from_millis(1900), "{protocol:?}: retried after {took:?}");
+    assert!(
+        took >= Duration::from_millis(1900),
+        "{protocol:?}: retried after {took:?}"
+    );
     assert!(took < Duration::from_secs(6), "{protocol:?}: {took:?}");
     let st = exporter.stats();
     assert_eq!(st.traces.retries_total, 1, "{protocol:?}");
@@ -132,7 +149,10 @@ async fn http_429_is_retried_with_backoff() {
     exporter.send_traces(spans(24, 0, 5)).expect("room");
     let got = sink.wait_spans(5, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 5);
-    wait_until(Duration::from_secs(5), || exporter.stats().traces.exported_items_total == 5).await;
+    wait_until(Duration::from_secs(5), || {
+        exporter.stats().traces.exported_items_total == 5
+    })
+    .await;
     let st = exporter.stats();
     assert_eq!(st.traces.retries_total, 2);
     assert_eq!(st.traces.exported_items_total, 5);
@@ -145,19 +165,26 @@ async fn permanent_400_is_dropped_and_counted() {
     for protocol in [Protocol::HttpProtobuf, Protocol::HttpJson, Protocol::Grpc] {
         let sink = Sink::start();
         sink.control(r#"{"status": 400, "count": 1}"#);
-        let mut cfg = config(vec![Output::Otlp(sink.endpoint(protocol, Compression::None))]);
+        let mut cfg = config(vec![Output::Otlp(
+            sink.endpoint(protocol, Compression::None),
+        )]);
         cfg.batch_timeout = Duration::from_millis(10);
         let exporter = Exporter::start(cfg).expect("start");
         exporter.send_traces(spans(25, 0, 7)).expect("room");
         // Wait until the first batch was refused before sending the next one.
         let t0 = Instant::now();
-        while exporter.stats().traces.failed_items_total == 0 && t0.elapsed() < Duration::from_secs(5) {
+        while exporter.stats().traces.failed_items_total == 0
+            && t0.elapsed() < Duration::from_secs(5)
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         exporter.send_traces(spans(25, 100, 3)).expect("room");
         let got = sink.wait_spans(3, Duration::from_secs(10)).await;
         assert_eq!(indexes(&got), vec![100, 101, 102], "{protocol:?}");
-        wait_until(Duration::from_secs(5), || exporter.stats().traces.exported_items_total == 3).await;
+        wait_until(Duration::from_secs(5), || {
+            exporter.stats().traces.exported_items_total == 3
+        })
+        .await;
         let st = exporter.stats();
         assert_eq!(st.traces.failed_items_total, 7, "{protocol:?}");
         assert_eq!(st.traces.retries_total, 0, "{protocol:?}");
@@ -177,7 +204,9 @@ async fn slow_destination_times_out_then_succeeds() {
         let t0 = Instant::now();
         exporter.send_traces(spans(26, 0, 5)).expect("room");
         let t = Instant::now();
-        while exporter.stats().traces.exported_items_total < 5 && t.elapsed() < Duration::from_secs(10) {
+        while exporter.stats().traces.exported_items_total < 5
+            && t.elapsed() < Duration::from_secs(10)
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let took = t0.elapsed();
@@ -202,7 +231,9 @@ async fn full_queue_drops_newest_and_counts() {
         use prost::Message;
         one.iter().map(|r| r.encoded_len() + 3).sum()
     };
-    let mut cfg = config(vec![Output::Otlp(sink.endpoint(Protocol::HttpProtobuf, Compression::None))]);
+    let mut cfg = config(vec![Output::Otlp(
+        sink.endpoint(Protocol::HttpProtobuf, Compression::None),
+    )]);
     cfg.queue_max_bytes = one_bytes * 5;
     let exporter = Exporter::start(cfg).expect("start");
     let mut accepted = Vec::new();
@@ -236,7 +267,9 @@ async fn full_queue_drops_newest_and_counts() {
     while !exporter.has_room(one_bytes) && t.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    exporter.send_traces(spans(27, 500, 10)).expect("room after drain");
+    exporter
+        .send_traces(spans(27, 500, 10))
+        .expect("room after drain");
     exporter.shutdown(Duration::from_secs(5)).await;
     assert_eq!(sink.spans().len(), want.len() + 10);
 }
@@ -244,7 +277,9 @@ async fn full_queue_drops_newest_and_counts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_flushes_within_deadline() {
     let sink = Sink::start();
-    let mut cfg = config(vec![Output::Otlp(sink.endpoint(Protocol::Grpc, Compression::Gzip))]);
+    let mut cfg = config(vec![Output::Otlp(
+        sink.endpoint(Protocol::Grpc, Compression::Gzip),
+    )]);
     // Nothing would leave on its own for a minute.
     cfg.batch_timeout = Duration::from_secs(60);
     cfg.batch_max_items = 10_000;
@@ -275,7 +310,9 @@ async fn shutdown_flushes_within_deadline() {
 async fn shutdown_deadline_bounds_a_dead_destination() {
     let sink = Sink::start();
     sink.control(r#"{"listen": false}"#);
-    let mut cfg = config(vec![Output::Otlp(sink.endpoint(Protocol::HttpProtobuf, Compression::None))]);
+    let mut cfg = config(vec![Output::Otlp(
+        sink.endpoint(Protocol::HttpProtobuf, Compression::None),
+    )]);
     cfg.retry = RetryPolicy {
         initial: Duration::from_secs(5),
         ..cfg.retry
@@ -288,7 +325,10 @@ async fn shutdown_deadline_bounds_a_dead_destination() {
     let t0 = Instant::now();
     exporter.shutdown(Duration::from_secs(1)).await;
     let took = t0.elapsed();
-    assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(2500), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
     let st = exporter.stats();
     assert_eq!(st.traces.exported_items_total, 0);
     assert_eq!(st.traces.dropped_retry_exhausted_items_total, 50);
@@ -299,7 +339,9 @@ async fn shutdown_deadline_bounds_a_dead_destination() {
 async fn gives_up_after_max_elapsed() {
     let sink = Sink::start();
     sink.control(r#"{"status": 503}"#);
-    let mut cfg = config(vec![Output::Otlp(sink.endpoint(Protocol::HttpProtobuf, Compression::None))]);
+    let mut cfg = config(vec![Output::Otlp(
+        sink.endpoint(Protocol::HttpProtobuf, Compression::None),
+    )]);
     cfg.retry = RetryPolicy {
         initial: Duration::from_millis(100),
         multiplier: 2.0,
@@ -345,7 +387,10 @@ async fn outputs_are_independent() {
     assert_eq!(sent, 400, "the healthy output keeps accepting");
     let got = alive.wait_spans(400, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 400);
-    wait_until(Duration::from_secs(5), || exporter.stats().outputs[1].traces.exported_items_total == 400).await;
+    wait_until(Duration::from_secs(5), || {
+        exporter.stats().outputs[1].traces.exported_items_total == 400
+    })
+    .await;
     let st = exporter.stats();
     assert!(st.outputs[0].traces.dropped_queue_full_items_total > 0);
     assert_eq!(st.outputs[1].traces.dropped_items_total(), 0);

@@ -16,11 +16,11 @@ use opentelemetry_proto::tonic::metrics::v1::{
     Sum, metric, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, status};
-use serde_json::Value;
-use sonde_otlp_export::{
-    Compression, ExporterConfig, OtlpEndpoint, Output, Protocol, RetryPolicy,
+use opentelemetry_proto::tonic::trace::v1::{
+    ResourceSpans, ScopeSpans, Span, Status, span, status,
 };
+use serde_json::Value;
+use sonde_otlp_export::{Compression, ExporterConfig, OtlpEndpoint, Output, Protocol, RetryPolicy};
 
 pub struct Sink {
     child: Child,
@@ -43,7 +43,8 @@ impl Sink {
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/sink/otlp_sink.py");
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/sink/otlp_sink.py");
         let out = std::env::temp_dir().join(format!(
             "sonde-otlp-export-test-{}-{}.jsonl",
             std::process::id(),
@@ -52,7 +53,15 @@ impl Sink {
         let _ = std::fs::remove_file(&out);
         let mut child = Command::new("python3")
             .arg(&script)
-            .args(["--grpc-port", "0", "--http-port", "0", "--control-port", "0", "--out"])
+            .args([
+                "--grpc-port",
+                "0",
+                "--http-port",
+                "0",
+                "--control-port",
+                "0",
+                "--out",
+            ])
             .arg(&out)
             .args(extra)
             .stdout(Stdio::piped())
@@ -125,8 +134,14 @@ impl Sink {
         s.write_all(req.as_bytes()).expect("write control");
         let mut resp = String::new();
         s.read_to_string(&mut resp).expect("read control");
-        assert!(resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200"), "{resp}");
-        resp.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()
+        assert!(
+            resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200"),
+            "{resp}"
+        );
+        resp.split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// POST /control with a JSON command.
@@ -154,7 +169,11 @@ impl Sink {
             if line["signal"] != "traces" {
                 continue;
             }
-            for rs in line["request"]["resourceSpans"].as_array().cloned().unwrap_or_default() {
+            for rs in line["request"]["resourceSpans"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+            {
                 for ss in rs["scopeSpans"].as_array().cloned().unwrap_or_default() {
                     for s in ss["spans"].as_array().cloned().unwrap_or_default() {
                         out.push(s);
@@ -254,7 +273,9 @@ pub fn resource(service: &str) -> Option<Resource> {
 
 /// Trace id of span `i` in test `tag`: distinct and recognisable.
 pub fn trace_id(tag: u8, i: u32) -> Vec<u8> {
-    let mut id = vec![0x4b, tag, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92];
+    let mut id = vec![
+        0x4b, tag, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92,
+    ];
     id.extend_from_slice(&i.to_be_bytes());
     id
 }
@@ -269,7 +290,11 @@ pub fn server_span(tag: u8, i: u32) -> Span {
     Span {
         trace_id: trace_id(tag, i),
         span_id: span_id(i),
-        parent_span_id: if i % 2 == 0 { span_id(i + 1_000_000) } else { Vec::new() },
+        parent_span_id: if i.is_multiple_of(2) {
+            span_id(i + 1_000_000)
+        } else {
+            Vec::new()
+        },
         name: "GET /users/{id}".into(),
         kind: span::SpanKind::Server as i32,
         start_time_unix_nano: 1_795_619_045_123_000_000 + u64::from(i),
