@@ -442,3 +442,79 @@ fn pgbench_named_prepared_statements() {
     assert_eq!(ops[9].returned_rows, Some(1));
     assert_eq!(ops[13].command_tag.as_deref(), Some("COMMIT"));
 }
+
+/// Replays with the kernel's per-syscall capture limit: each chunk cut to `cap` bytes, the
+/// rest reported as lost.
+fn replay_capped(chunks: &[Chunk], cap: usize) -> Vec<Event> {
+    let mut c = Connection::new();
+    let mut out = Vec::new();
+    for (d, bytes) in chunks {
+        let n = bytes.len().min(cap);
+        let lost = (bytes.len() - n) as u64;
+        c.feed(*d, &bytes[..n], lost, Seen::default(), &mut out);
+    }
+    c.close(Seen::default(), &mut out);
+    out
+}
+
+#[test]
+fn capture_limit_cuts_text_but_keeps_every_simple_query() {
+    let chunks = load("psycopg2_simple");
+    let full = replay(&chunks);
+    let full_ops = ops(&full);
+    let capped = replay_capped(&chunks, 40);
+    let capped_ops = ops(&capped);
+    assert_eq!(capped_ops.len(), full_ops.len());
+    assert!(capped_ops.iter().any(|o| o.truncated));
+    for (c, f) in capped_ops.iter().zip(&full_ops) {
+        assert_eq!(c.seq, f.seq);
+        // Same statement kind; long texts are cut and say so.
+        assert_eq!(c.operation_name, f.operation_name, "{c:?}");
+        if c.query_text != f.query_text {
+            assert!(c.truncated, "{c:?}");
+            let prefix = c.query_text.trim_end_matches('?');
+            assert!(
+                f.query_text.starts_with(prefix.trim_end()),
+                "{} vs {}",
+                c.query_text,
+                f.query_text
+            );
+        }
+    }
+    // A limit above every chunk changes nothing.
+    assert_eq!(
+        normalized(&replay_capped(&chunks, 1 << 20)),
+        normalized(&full)
+    );
+}
+
+#[test]
+fn unsynced_start_at_any_chunk_finds_every_later_query() {
+    let chunks = load("psycopg2_simple");
+    for k in 1..chunks.len() {
+        let mut c = Connection::new_unsynced();
+        let mut out = Vec::new();
+        for (d, b) in &chunks[k..] {
+            c.feed(*d, b, 0, Seen::default(), &mut out);
+        }
+        c.close(Seen::default(), &mut out);
+        let queries = chunks[k..]
+            .iter()
+            .filter(|(d, b)| *d == Direction::Frontend && b.first() == Some(&b'Q'))
+            .count();
+        let got = ops(&out);
+        assert_eq!(got.len(), queries, "starting at chunk {k}");
+        assert!(got.iter().all(|o| !o.truncated), "starting at chunk {k}");
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_capture_limit_never_panics_and_ends_every_operation(cap in 1usize..400) {
+        for name in FIXTURES {
+            let out = replay_capped(&load(name), cap);
+            let started = out.iter().filter(|e| matches!(e, Event::OperationStarted { .. })).count();
+            proptest::prop_assert_eq!(started, ops(&out).len());
+        }
+    }
+}

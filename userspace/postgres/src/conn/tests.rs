@@ -801,3 +801,10 @@ fn large_bind_parameters_are_not_buffered() {
     assert_eq!(ops[0].command_tag.as_deref(), Some("INSERT 0 1"));
     assert!(!ops[0].truncated);
 }
+
+#[test]
+fn connection_moves_between_threads() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<Connection>();
+    send_sync::<Event>();
+}
