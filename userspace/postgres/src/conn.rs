@@ -90,6 +90,8 @@ struct OpBuild {
     tag: Option<String>,
     error: Option<PgError>,
     truncated: bool,
+    /// Frontend round (request burst) that sent it; see `Proto::backend_resynced`.
+    round: u64,
 }
 
 impl OpBuild {
@@ -194,6 +196,11 @@ struct Proto {
     /// A mode the backend framer must switch to (after SSLRequest/GSSENCRequest).
     be_mode: Option<Mode>,
     unsynced_feeds: u32,
+    /// Counts request bursts: incremented by a frontend feed that follows a backend one.
+    round: u64,
+    last_was_backend: bool,
+    /// When backend bytes were last seen (ends operations whose answer was lost).
+    last_backend_seen: Seen,
 }
 
 /// The PostgreSQL protocol state of one client connection.
@@ -368,6 +375,10 @@ impl Connection {
         let p = &mut self.p;
         match direction {
             Direction::Frontend => {
+                if p.last_was_backend {
+                    p.round = p.round.saturating_add(1);
+                    p.last_was_backend = false;
+                }
                 if !self.fe.synced {
                     if looks_like_startup(data) {
                         self.fe.synced = true;
@@ -400,9 +411,12 @@ impl Connection {
                 }
             }
             Direction::Backend => {
+                p.last_was_backend = true;
+                let previous = std::mem::replace(&mut p.last_backend_seen, seen);
                 if !self.be.synced {
                     if looks_like_backend_message(data) {
                         self.be.synced = true;
+                        p.backend_resynced(previous, out);
                     } else {
                         return;
                     }
@@ -443,6 +457,9 @@ impl Proto {
             is_pg: false,
             be_mode: None,
             unsynced_feeds: 0,
+            round: 0,
+            last_was_backend: false,
+            last_backend_seen: Seen::default(),
         }
     }
 
@@ -477,6 +494,7 @@ impl Proto {
             tag: None,
             error: None,
             truncated: cut,
+            round: self.round,
         })
     }
 
@@ -795,6 +813,26 @@ impl Proto {
                 }
                 Expect::Sync | Expect::FunctionCall => return,
                 Expect::Parse | Expect::Bind | Expect::Close | Expect::Describe => {}
+            }
+        }
+    }
+
+    /// The backend stream is readable again after lost bytes (or for the first time on a
+    /// connection opened before tracing). Responses to requests of earlier rounds were lost
+    /// with the gap: a client that is not pipelining sends a new request only after the
+    /// previous answer ended. Without this, every later answer would be matched to the
+    /// request before its own.
+    fn backend_resynced(&mut self, seen: Seen, out: &mut Vec<Event>) {
+        loop {
+            match self.pending.front() {
+                Some(Expect::Simple(op) | Expect::Execute(op)) if op.round >= self.round => return,
+                None => return,
+                Some(_) => {}
+            }
+            if let Some(Expect::Simple(mut op) | Expect::Execute(mut op)) = self.pending.pop_front()
+            {
+                op.truncated = true;
+                out.push(Event::Operation(op.into_operation(seen)));
             }
         }
     }

@@ -808,3 +808,55 @@ fn connection_moves_between_threads() {
     send_sync::<Connection>();
     send_sync::<Event>();
 }
+
+#[test]
+fn lost_answer_does_not_shift_later_answers() {
+    let mut c = Connection::new_unsynced();
+    let mut out = Vec::new();
+    c.feed(
+        Direction::Frontend,
+        &q("SELECT * FROM big"),
+        0,
+        at(1),
+        &mut out,
+    );
+    // The start of a large answer, then a read that starts mid-row: its end (C, Z) is unseen.
+    let mut first = cat(&[row_desc(), row()]);
+    first.extend_from_slice(&msg(b'D', &[b'x'; 300])[..100]);
+    c.feed(Direction::Backend, &first, 400, at(2), &mut out);
+    c.feed(Direction::Backend, &[b'x'; 50], 0, at(3), &mut out);
+    // The next round trip is seen whole and must be matched with its own request.
+    c.feed(
+        Direction::Frontend,
+        &q("UPDATE t SET a = 1"),
+        0,
+        at(4),
+        &mut out,
+    );
+    c.feed(
+        Direction::Backend,
+        &cat(&[complete("UPDATE 1"), ready()]),
+        0,
+        at(5),
+        &mut out,
+    );
+    let ops: Vec<&Operation> = out
+        .iter()
+        .filter_map(|e| {
+            if let Event::Operation(o) = e {
+                Some(o)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(ops.len(), 2);
+    assert_eq!(
+        (ops[0].summary.as_str(), ops[0].truncated),
+        ("SELECT big", true)
+    );
+    assert_eq!((ops[0].command_tag.as_deref(), ops[0].last), (None, at(3)));
+    assert_eq!(ops[1].summary, "UPDATE t");
+    assert_eq!(ops[1].command_tag.as_deref(), Some("UPDATE 1"));
+    assert_eq!((ops[1].truncated, ops[1].last), (false, at(5)));
+}
