@@ -12,7 +12,9 @@ use sonde_otlp_receive::{DecodeError, Signal, decode_http};
 const MAX: usize = 256 * 1024;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, body)) = data.split_first() else { return };
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
     let signal = match selector % 3 {
         0 => Signal::Traces,
         1 => Signal::Metrics,
