@@ -5,7 +5,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::ResourceLogs;
-use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, metric};
+use opentelemetry_proto::tonic::metrics::v1::{Metric, ResourceMetrics, metric};
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use prost::Message;
 
@@ -73,18 +73,21 @@ pub fn count_data_points(metrics: &[ResourceMetrics]) -> u64 {
         .iter()
         .flat_map(|r| &r.scope_metrics)
         .flat_map(|s| &s.metrics)
-        .map(|m| {
-            let n = match &m.data {
-                Some(metric::Data::Gauge(g)) => g.data_points.len(),
-                Some(metric::Data::Sum(s)) => s.data_points.len(),
-                Some(metric::Data::Histogram(h)) => h.data_points.len(),
-                Some(metric::Data::ExponentialHistogram(h)) => h.data_points.len(),
-                Some(metric::Data::Summary(s)) => s.data_points.len(),
-                None => 0,
-            };
-            n.max(1) as u64
-        })
+        .map(count_data_points_of)
         .sum()
+}
+
+/// Data points of one metric (at least one, so that an empty metric still counts).
+fn count_data_points_of(m: &Metric) -> u64 {
+    let n = match &m.data {
+        Some(metric::Data::Gauge(g)) => g.data_points.len(),
+        Some(metric::Data::Sum(s)) => s.data_points.len(),
+        Some(metric::Data::Histogram(h)) => h.data_points.len(),
+        Some(metric::Data::ExponentialHistogram(h)) => h.data_points.len(),
+        Some(metric::Data::Summary(s)) => s.data_points.len(),
+        None => 0,
+    };
+    n.max(1) as u64
 }
 
 /// Log records in `logs`.
@@ -95,7 +98,90 @@ pub fn count_log_records(logs: &[ResourceLogs]) -> u64 {
         .sum()
 }
 
+/// Moves up to `max` leaf items (a leaf weighs `weight(leaf)`, at least one leaf is always taken)
+/// from the front of a resource -> scope -> leaf tree into a new tree; resource and scope
+/// headers are copied into the part taken.
+macro_rules! take_front {
+    ($v:expr, $max:expr, $scopes:ident, $leaves:ident, $weight:expr) => {{
+        let weight = $weight;
+        let max: u64 = $max;
+        let v = $v;
+        let mut out = Vec::new();
+        let mut taken: u64 = 0;
+        while taken < max {
+            let Some(first) = v.first_mut() else { break };
+            let total: u64 = first
+                .$scopes
+                .iter()
+                .flat_map(|s| s.$leaves.iter())
+                .map(&weight)
+                .sum();
+            if taken.saturating_add(total) <= max {
+                out.extend(v.drain(..1));
+                taken = taken.saturating_add(total);
+                continue;
+            }
+            // Clone the resource header only, not its scopes.
+            let scopes = std::mem::take(&mut first.$scopes);
+            let mut part = first.clone();
+            first.$scopes = scopes;
+            while taken < max {
+                let Some(scope) = first.$scopes.first_mut() else {
+                    break;
+                };
+                let n: u64 = scope.$leaves.iter().map(&weight).sum();
+                if taken.saturating_add(n) <= max {
+                    part.$scopes.extend(first.$scopes.drain(..1));
+                    taken = taken.saturating_add(n);
+                    continue;
+                }
+                let mut k = 0usize;
+                for leaf in &scope.$leaves {
+                    let w = weight(leaf);
+                    if taken.saturating_add(w) > max && !(taken == 0 && k == 0) {
+                        break;
+                    }
+                    taken = taken.saturating_add(w);
+                    k = k.saturating_add(1);
+                }
+                let leaves = std::mem::take(&mut scope.$leaves);
+                let mut head = scope.clone();
+                scope.$leaves = leaves;
+                head.$leaves = scope.$leaves.drain(..k).collect();
+                part.$scopes.push(head);
+                break;
+            }
+            out.push(part);
+            break;
+        }
+        out
+    }};
+}
+
 impl Payload {
+    /// Splits off the first `max_items` items (at least one leaf), leaving the rest in `self`.
+    pub(crate) fn split_front(&mut self, max_items: u64) -> Payload {
+        match self {
+            Payload::Traces(v) => {
+                Payload::Traces(take_front!(v, max_items, scope_spans, spans, |_: &_| 1u64))
+            }
+            Payload::Metrics(v) => Payload::Metrics(take_front!(
+                v,
+                max_items,
+                scope_metrics,
+                metrics,
+                count_data_points_of
+            )),
+            Payload::Logs(v) => Payload::Logs(take_front!(
+                v,
+                max_items,
+                scope_logs,
+                log_records,
+                |_: &_| 1u64
+            )),
+        }
+    }
+
     pub(crate) fn signal(&self) -> Signal {
         match self {
             Payload::Traces(_) => Signal::Traces,
@@ -221,6 +307,69 @@ mod tests {
         assert_eq!(p.items(), 203);
         let req = Request::from(p);
         assert_eq!(req.encode_protobuf().len(), expected);
+    }
+
+    #[test]
+    fn split_front_keeps_order_headers_and_counts() {
+        let mut v = spans(3);
+        v.extend(spans(5));
+        v[0].schema_url = "r0".into();
+        v[1].scope_spans[0].schema_url = "s1".into();
+        let total: Vec<String> = v
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+            .map(|s| s.name.clone())
+            .collect();
+        let mut p = Payload::Traces(v);
+        let mut parts = Vec::new();
+        while !p.is_empty() && p.items() > 0 {
+            let head = p.split_front(2);
+            assert!(head.items() <= 2 && head.items() >= 1);
+            parts.push(head);
+        }
+        assert_eq!(parts.len(), 4);
+        let mut names = Vec::new();
+        for part in &parts {
+            let Payload::Traces(rs) = part else {
+                panic!("traces")
+            };
+            for r in rs {
+                for s in &r.scope_spans {
+                    names.extend(s.spans.iter().map(|s| s.name.clone()));
+                }
+            }
+        }
+        assert_eq!(names, total);
+        // The second part straddles both resources: it keeps each resource's header.
+        let Payload::Traces(second) = &parts[1] else {
+            panic!("traces")
+        };
+        assert_eq!(second.len(), 2);
+        assert_eq!(second[0].schema_url, "r0");
+        assert_eq!(second[1].scope_spans[0].schema_url, "s1");
+    }
+
+    #[test]
+    fn split_front_takes_one_oversized_leaf() {
+        use opentelemetry_proto::tonic::metrics::v1::{Gauge, NumberDataPoint, ScopeMetrics};
+        let metric = |points: usize| Metric {
+            name: format!("m{points}"),
+            data: Some(metric::Data::Gauge(Gauge {
+                data_points: vec![NumberDataPoint::default(); points],
+            })),
+            ..Metric::default()
+        };
+        let mut p = Payload::Metrics(vec![ResourceMetrics {
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![metric(5), metric(1), metric(1)],
+                ..ScopeMetrics::default()
+            }],
+            ..ResourceMetrics::default()
+        }]);
+        assert_eq!(p.split_front(2).items(), 5);
+        assert_eq!(p.split_front(2).items(), 2);
+        assert_eq!(p.items(), 0);
     }
 
     #[test]

@@ -93,6 +93,13 @@ impl Lane {
         self.notify.notify_one();
     }
 
+    /// Puts back the unsent remainder of a split entry, ahead of everything else.
+    pub(crate) fn push_front(&self, entry: Entry) {
+        if let Ok(mut q) = self.entries.lock() {
+            q.push_front(entry);
+        }
+    }
+
     /// Pops the front entry if `fits(entry)` says it may join the current batch.
     pub(crate) fn pop_if(&self, fits: impl FnOnce(&Entry) -> bool) -> Option<Entry> {
         let mut q = self.entries.lock().ok()?;

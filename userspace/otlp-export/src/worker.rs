@@ -306,6 +306,7 @@ pub(crate) async fn run_lane(
                 _ = shutdown.begun() => {}
             }
         };
+        let first = split_oversized(&out, lane, first, max_items, max_bytes);
         let mut payload = first.payload;
         let mut items = first.items;
         let mut bytes = first.bytes;
@@ -353,6 +354,46 @@ pub(crate) async fn run_lane(
         )
         .await;
     }
+}
+
+/// An entry above the batch bounds (say an SDK request of 10 000 spans) is cut: the head
+/// becomes this batch, the rest goes back to the front of the lane.
+fn split_oversized(
+    out: &OutputShared,
+    lane: &Lane,
+    mut entry: Entry,
+    max_items: u64,
+    max_bytes: usize,
+) -> Entry {
+    let too_many = entry.items > max_items;
+    let too_big = entry.bytes > max_bytes && entry.items > 1;
+    if !too_many && !too_big {
+        return entry;
+    }
+    let by_bytes = if too_big {
+        let share = u128::from(entry.items) * max_bytes as u128 / (entry.bytes as u128).max(1);
+        u64::try_from(share).unwrap_or(u64::MAX)
+    } else {
+        u64::MAX
+    };
+    let take = max_items.min(by_bytes).max(1);
+    let head = entry.payload.split_front(take);
+    let head_items = head.items();
+    let head_bytes = head.encoded_len().min(entry.bytes);
+    let rest = Entry {
+        items: entry.items.saturating_sub(head_items),
+        bytes: entry.bytes.saturating_sub(head_bytes),
+        payload: entry.payload,
+    };
+    if rest.payload.is_empty() {
+        out.budget.release(rest.bytes);
+    } else {
+        lane.push_front(rest);
+    }
+    entry.payload = head;
+    entry.items = head_items;
+    entry.bytes = head_bytes;
+    entry
 }
 
 /// Sends one batch, retrying transient failures; always accounts for every item and releases

@@ -241,3 +241,40 @@ async fn headers_reach_the_destination() {
     e.headers = vec![("bad header".into(), "v".into())];
     assert!(Exporter::start(config(vec![Output::Otlp(e)])).is_err());
 }
+
+/// One huge `send_traces` (an SDK request of 1050 spans) leaves in batches of at most
+/// `batch_max_items`, in order, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_send_is_split_into_bounded_batches() {
+    let sink = Sink::start();
+    let exporter = Exporter::start(config(vec![Output::Otlp(
+        sink.endpoint(Protocol::HttpProtobuf, Compression::None),
+    )]))
+    .expect("start");
+    let mut big = spans(13, 0, 600);
+    big.extend(spans(13, 600, 450));
+    exporter.send_traces(big).expect("room");
+    let got = sink.wait_spans(1050, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1050);
+    assert_eq!(indexes(&got), (0..1050).collect::<Vec<i64>>());
+    let lines = sink.lines();
+    assert_eq!(lines.len(), 11);
+    for l in &lines {
+        let n: usize = l["request"]["resourceSpans"]
+            .as_array()
+            .expect("resourceSpans")
+            .iter()
+            .flat_map(|r| r["scopeSpans"].as_array().cloned().unwrap_or_default())
+            .map(|s| s["spans"].as_array().map_or(0, Vec::len))
+            .sum();
+        assert!(n <= 100, "{n}");
+        // Every part keeps its resource.
+        assert_eq!(
+            l["request"]["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"],
+            "web"
+        );
+    }
+    exporter.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(exporter.stats().queue_bytes, 0);
+    assert_eq!(exporter.stats().traces.exported_items_total, 1050);
+}

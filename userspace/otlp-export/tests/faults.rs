@@ -396,3 +396,38 @@ async fn outputs_are_independent() {
     assert_eq!(st.outputs[1].traces.dropped_items_total(), 0);
     exporter.shutdown(Duration::from_millis(500)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_retry_after_as_http_date() {
+    let at = std::time::SystemTime::now() + Duration::from_secs(4);
+    let date = httpdate::fmt_http_date(at);
+    retry_after_is_honoured(
+        Protocol::HttpJson,
+        &format!(r#"{{"status": 503, "retry_after": "{date}", "count": 1}}"#),
+    )
+    .await;
+}
+
+/// A server asking for 30 s is capped by `max_interval`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_capped_by_max_interval() {
+    for protocol in [Protocol::HttpProtobuf, Protocol::Grpc] {
+        let sink = Sink::start();
+        sink.control(r#"{"status": 503, "retry_after": 30, "count": 1}"#);
+        let mut cfg = config(vec![Output::Otlp(
+            sink.endpoint(protocol, Compression::None),
+        )]);
+        cfg.retry.max_interval = Duration::from_millis(700);
+        let exporter = Exporter::start(cfg).expect("start");
+        let t0 = Instant::now();
+        exporter.send_traces(spans(32, 0, 2)).expect("room");
+        let got = sink.wait_spans(2, Duration::from_secs(10)).await;
+        assert_eq!(got.len(), 2, "{protocol:?}");
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(650) && took < Duration::from_secs(3),
+            "{protocol:?}: {took:?}"
+        );
+        exporter.shutdown(Duration::from_secs(2)).await;
+    }
+}
