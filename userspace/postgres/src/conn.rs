@@ -300,6 +300,27 @@ fn looks_like_backend_message(data: &[u8]) -> bool {
     framer::plausible(false, tag, len)
 }
 
+/// When a backend feed that is out of sync ends with ReadyForQuery (always the last message
+/// of an answer), the tail starting at it, or at the CommandComplete right before it.
+fn answer_tail(data: &[u8], lost_after: u64) -> Option<&[u8]> {
+    if lost_after > 0 || data.len() < 6 {
+        return None;
+    }
+    let z_at = data.len() - 6;
+    let z = data.get(z_at..)?;
+    if !(z.starts_with(b"Z\0\0\0\x05") && matches!(z.get(5), Some(b'I' | b'T' | b'E'))) {
+        return None;
+    }
+    // CommandComplete: 'C', length, a short NUL-terminated tag, ending where Z starts.
+    let from = z_at.saturating_sub(80);
+    let c_at = (from..z_at.saturating_sub(5)).find(|&i| {
+        data.get(i) == Some(&b'C')
+            && data.get(i + 1..).and_then(be32).map(|l| l as usize + 1) == Some(z_at - i)
+            && data.get(z_at.saturating_sub(1)) == Some(&0)
+    });
+    data.get(c_at.unwrap_or(z_at)..)
+}
+
 fn parse_error(body: &[u8]) -> PgError {
     let mut sqlstate = String::new();
     let mut severity = None;
@@ -413,10 +434,18 @@ impl Connection {
             Direction::Backend => {
                 p.last_was_backend = true;
                 let previous = std::mem::replace(&mut p.last_backend_seen, seen);
+                let mut data = data;
                 if !self.be.synced {
                     if looks_like_backend_message(data) {
                         self.be.synced = true;
                         p.backend_resynced(previous, out);
+                    } else if let Some(tail) = answer_tail(data, lost_after) {
+                        // The end of an answer whose start was lost: CommandComplete and
+                        // ReadyForQuery still end the current operation.
+                        self.be.synced = true;
+                        p.backend_resynced(previous, out);
+                        p.backend_lost();
+                        data = tail;
                     } else {
                         return;
                     }

@@ -860,3 +860,58 @@ fn lost_answer_does_not_shift_later_answers() {
     assert_eq!(ops[1].command_tag.as_deref(), Some("UPDATE 1"));
     assert_eq!((ops[1].truncated, ops[1].last), (false, at(5)));
 }
+
+#[test]
+fn end_of_a_large_answer_after_a_gap_still_completes_it() {
+    let mut c = Connection::new();
+    let mut out = Vec::new();
+    c.feed(
+        Direction::Frontend,
+        &startup("u", Some("d")),
+        0,
+        at(1),
+        &mut out,
+    );
+    c.feed(Direction::Backend, &ready(), 0, at(2), &mut out);
+    c.feed(
+        Direction::Frontend,
+        &q("SELECT * FROM big"),
+        0,
+        at(3),
+        &mut out,
+    );
+    // Many rows per read; the kernel captured only the first bytes of each read.
+    let rows: Vec<u8> = (0..1000).flat_map(|_| row()).collect();
+    let mut answer = cat(&[row_desc(), rows.clone(), rows.clone()]);
+    answer.extend_from_slice(&cat(&[complete("SELECT 2000"), ready()]));
+    let reads: Vec<&[u8]> = answer.chunks(5000).collect();
+    let mut reads_iter = reads.iter().peekable();
+    let mut ts = 4;
+    while let Some(read) = reads_iter.next() {
+        let last = reads_iter.peek().is_none();
+        let cap = if last { read.len() } else { 100 };
+        c.feed(
+            Direction::Backend,
+            &read[..cap],
+            (read.len() - cap) as u64,
+            at(ts),
+            &mut out,
+        );
+        ts += 1;
+    }
+    let ops: Vec<&Operation> = out
+        .iter()
+        .filter_map(|e| {
+            if let Event::Operation(o) = e {
+                Some(o)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(ops.len(), 1);
+    assert_eq!(ops[0].command_tag.as_deref(), Some("SELECT 2000"));
+    assert_eq!(ops[0].returned_rows, Some(2000));
+    assert!(ops[0].truncated);
+    assert_eq!(ops[0].last, at(ts - 1));
+}
