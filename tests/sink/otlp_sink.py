@@ -21,6 +21,7 @@ Serves, on 127.0.0.1 (or --host):
       GET  /stats     {"received": n, "accepted": n, "failed": n, "listening": bool,
                        "items": {"traces": spans, "metrics": points, "logs": records}}
       GET  /health    200 "ok"
+  * --tls-cert/--tls-key serve both gRPC and HTTP over TLS (the control port stays plain).
   * --fail-mode sets the initial fault with the same JSON (or the short form
     "status=503,retry_after=2,count=3,delay_s=0.5").
 
@@ -43,6 +44,7 @@ import gzip
 import json
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -273,7 +275,13 @@ class Sink:
                     make_servicer(self.state, "metrics", metrics_service_pb2_grpc.MetricsServiceServicer), server)
                 logs_service_pb2_grpc.add_LogsServiceServicer_to_server(
                     make_servicer(self.state, "logs", logs_service_pb2_grpc.LogsServiceServicer), server)
-                port = server.add_insecure_port(f"{self.args.host}:{self.grpc_port}")
+                addr = f"{self.args.host}:{self.grpc_port}"
+                if self.args.tls_cert:
+                    with open(self.args.tls_key, "rb") as k, open(self.args.tls_cert, "rb") as c:
+                        creds = grpc.ssl_server_credentials(((k.read(), c.read()),))
+                    port = server.add_secure_port(addr, creds)
+                else:
+                    port = server.add_insecure_port(addr)
                 if port == 0:
                     raise OSError(f"cannot listen on gRPC port {self.grpc_port}")
                 self.grpc_port = port
@@ -291,6 +299,11 @@ class Sink:
                 if srv is None:
                     raise OSError(f"cannot listen on HTTP port {self.http_port}")
                 srv.daemon_threads = True
+                if self.args.tls_cert:
+                    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                    ctx.load_cert_chain(self.args.tls_cert, self.args.tls_key)
+                    ctx.set_alpn_protocols(["http/1.1"])
+                    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
                 self.http_port = srv.server_address[1]
                 self.http_server = srv
                 self.http_thread = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -487,6 +500,8 @@ def main():
     p.add_argument("--http-port", type=int, default=None)
     p.add_argument("--control-port", type=int, default=None)
     p.add_argument("--out", required=True, help="append one JSON line per accepted request")
+    p.add_argument("--tls-cert", default=None, help="PEM certificate chain: serve gRPC and HTTP over TLS")
+    p.add_argument("--tls-key", default=None, help="PEM private key for --tls-cert")
     p.add_argument("--fail-mode", default="", help='initial fault: JSON or "status=503,retry_after=2,count=3"')
     args = p.parse_args()
     if args.grpc_port is None and args.http_port is None:
