@@ -347,7 +347,8 @@ impl RequestScanner {
 /// for keep-alive, pipelining, `Expect: 100-continue` and split-write scenarios.
 #[derive(Debug)]
 pub struct RawHttpClient {
-    stream: TcpStream,
+    /// The socket, written through `get_mut` and read through the buffer: one file
+    /// descriptor for both directions (no `try_clone`), as most clients do.
     reader: BufReader<TcpStream>,
     scanner: RequestScanner,
 }
@@ -362,28 +363,25 @@ impl RawHttpClient {
         stream
             .set_nodelay(true)
             .ctx(|| "setting TCP_NODELAY".to_string())?;
-        let reader = BufReader::new(stream.try_clone().ctx(|| "cloning a socket".to_string())?);
         Ok(RawHttpClient {
-            stream,
-            reader,
+            reader: BufReader::new(stream),
             scanner: RequestScanner::default(),
         })
     }
 
     /// The underlying socket (e.g. to read its local port).
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.reader.get_ref()
     }
 
     /// Writes `bytes` as they are (one write call; may hold any number of partial requests).
     pub fn send(&mut self, bytes: &[u8]) -> Result<()> {
         self.scanner.feed(bytes);
-        self.stream
+        let stream = self.reader.get_mut();
+        stream
             .write_all(bytes)
             .ctx(|| "writing to the connection".to_string())?;
-        self.stream
-            .flush()
-            .ctx(|| "flushing the connection".to_string())
+        stream.flush().ctx(|| "flushing the connection".to_string())
     }
 
     /// Reads the next response; it has no body if the matching request written was HEAD.
@@ -426,7 +424,8 @@ impl RawHttpClient {
 
     /// Half-closes the connection (no more requests).
     pub fn shutdown_write(&self) -> Result<()> {
-        self.stream
+        self.reader
+            .get_ref()
             .shutdown(Shutdown::Write)
             .ctx(|| "shutting down the write side".to_string())
     }

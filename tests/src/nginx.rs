@@ -1,9 +1,10 @@
 //! nginx (1 master + 1 worker, `daemon off`) with its config, pid file, logs and temp paths in
 //! its own temp dir, on 127.0.0.1:<free port>.
 //!
-//! Locations: `/` answers `200 "hello\n"`; `/static/<name>` serves the files of
-//! [`NginxOpts::static_file`]; with [`NginxOpts::proxy_to`], `/proxy/<rest>` is proxied to
-//! `<upstream>/<rest>` (so nginx also acts as an HTTP client).
+//! Locations: exactly `/` answers `200 "hello\n"`; the files of [`NginxOpts::static_file`] are
+//! served as `/<name>` and `/static/<name>` (anything else is nginx's 404); with
+//! [`NginxOpts::proxy_to`], `/proxy/<rest>` is proxied to `<upstream>/<rest>` (so nginx also
+//! acts as an HTTP client).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ use crate::pyhttp::write_pattern_file;
 pub struct NginxOpts {
     /// Upstream base URL for `/proxy/` (e.g. `http://127.0.0.1:8000`).
     pub proxy_to: Option<String>,
-    /// Files served under `/static/`: (name, size in bytes).
+    /// Files served as `/<name>` and `/static/<name>`: (name, size in bytes).
     pub static_files: Vec<(String, usize)>,
     /// Keep upstream connections alive (an `upstream` block with `keepalive 8`).
     pub upstream_keepalive: bool,
@@ -47,7 +48,7 @@ impl NginxOpts {
         self
     }
 
-    /// Adds a static file of `size` bytes under `/static/<name>`.
+    /// Adds a static file of `size` bytes, served as `/<name>` and `/static/<name>`.
     pub fn static_file(mut self, name: &str, size: usize) -> Self {
         self.static_files.push((name.to_string(), size));
         self
@@ -114,7 +115,8 @@ fn config(dir: &TestDir, port: u16, opts: &NginxOpts) -> String {
         c,
         "  server {{\n    listen 127.0.0.1:{port};\n    server_name localhost;"
     );
-    let _ = writeln!(c, "    location / {{ return 200 \"hello\\n\"; }}");
+    let _ = writeln!(c, "    location = / {{ return 200 \"hello\\n\"; }}");
+    let _ = writeln!(c, "    location / {{ root {d}/static; }}");
     let _ = writeln!(c, "    location /static/ {{ alias {d}/static/; }}");
     if let Some(up) = &opts.proxy_to {
         let target = if opts.upstream_keepalive {
@@ -275,6 +277,8 @@ mod tests {
         let r = http_request("GET", &ng.url("/static/big.bin"), &[], b"").unwrap();
         assert_eq!((r.status, r.body.len()), (200, 100_000));
         assert_eq!(http_get(&ng.url("/static/file.txt")).1.len(), 1024);
+        assert_eq!(http_get(&ng.url("/big.bin")).1.len(), 100_000);
+        assert_eq!(http_get(&ng.url("/missing/42")).0, 404);
         assert_eq!(
             http_get(&ng.url("/proxy/len/10")),
             (200, "abcdefghij".to_string())

@@ -102,7 +102,7 @@ impl Sonde {
     }
 
     /// Polls [`Sonde::spans`] until `pred` holds and returns them; panics after `timeout` (or
-    /// when the daemon exits) with every span printed and the daemon's stderr.
+    /// when the daemon exits); the drop of this guard then prints every span and sonde's stderr.
     pub fn wait_for_spans(&self, pred: impl Fn(&[Span]) -> bool, timeout: Duration) -> Vec<Span> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -111,18 +111,19 @@ impl Sonde {
             if pred(&spans) {
                 return spans;
             }
+            // The spans (as a tree) and sonde's stderr are printed by the guards' drops.
             if let Some(status) = exited {
                 panic!(
-                    "sonde exited ({status}) before the expected spans appeared\n{}\n{}",
-                    dump_spans(&spans),
-                    self.proc.logs_tail(50)
+                    "sonde exited ({status}) before the expected spans appeared ({} spans printed; \
+                     they and sonde's stderr follow)",
+                    spans.len()
                 );
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "timed out after {timeout:?} waiting for the expected spans\n{}\n{}",
-                    dump_spans(&spans),
-                    self.proc.logs_tail(50)
+                    "timed out after {timeout:?} waiting for the expected spans ({} printed; they and \
+                     sonde's stderr follow)",
+                    spans.len()
                 );
             }
             std::thread::sleep(Duration::from_millis(200));

@@ -309,8 +309,10 @@ fn log_request(req: &Request) {
 }
 
 fn handle(stream: TcpStream) -> std::io::Result<()> {
-    let mut writer = std::io::BufWriter::new(stream.try_clone()?);
-    let mut reader = BufReader::new(stream);
+    // Reads and writes go through the same file descriptor (no try_clone/dup), like most
+    // servers: a tracer keyed by (pid, fd) sees one connection.
+    let mut writer = std::io::BufWriter::new(&stream);
+    let mut reader = BufReader::new(&stream);
     while let Some(mut req) = read_head(&mut reader)? {
         let expects = req
             .header("expect")
@@ -332,7 +334,7 @@ fn handle(stream: TcpStream) -> std::io::Result<()> {
         }
     }
     writer.flush()?;
-    let stream = reader.into_inner();
+    drop(writer);
     let _ = stream.shutdown(std::net::Shutdown::Both);
     Ok(())
 }
