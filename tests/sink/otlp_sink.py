@@ -28,7 +28,8 @@ Serves, on 127.0.0.1 (or --host):
 Output: one JSON line per ACCEPTED request appended to --out, flushed at once:
   {"signal": "traces"|"metrics"|"logs", "transport": "grpc"|"http",
    "request": <ExportXServiceRequest as OTLP/JSON: lowerCamelCase keys, hex trace/span ids,
-               enums as integers, int64 as strings>}
+               enums as integers, int64 as strings>,
+   "headers": {<lower-case HTTP header or gRPC metadata name>: <value>, ...}}
 Prints "ready" on stdout (flushed) once every port listens. Ports 0 pick free ports; they are
 printed as "ports grpc=<p> http=<p> control=<p>" before "ready".
 
@@ -188,9 +189,9 @@ class State:
                 self.remaining -= 1
             return dict(self.fault)
 
-    def record(self, signal_name, transport, req):
-        line = json.dumps({"signal": signal_name, "transport": transport, "request": to_otlp_json(req)},
-                          separators=(",", ":"))
+    def record(self, signal_name, transport, req, headers):
+        line = json.dumps({"signal": signal_name, "transport": transport, "request": to_otlp_json(req),
+                           "headers": headers}, separators=(",", ":"))
         with self.lock:
             self.out.write(line + "\n")
             self.out.flush()
@@ -238,7 +239,8 @@ def make_servicer(state, signal_name, base):
                     st.details.add().Pack(info)
                     context.set_trailing_metadata((("grpc-status-details-bin", st.SerializeToString()),))
                 context.abort(code, "sink fault injection")
-            state.record(signal_name, "grpc", request)
+            md = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+            state.record(signal_name, "grpc", request, md)
             resp = resp_cls()
             if fault.get("partial_rejected"):
                 ps = resp.partial_success
@@ -430,7 +432,7 @@ def make_http_handler(state):
                                       message="sink fault injection")
                 self.reply(status, st.SerializeToString(), headers=headers)
                 return
-            state.record(signal_name, "http", req)
+            state.record(signal_name, "http", req, {k.lower(): v for k, v in self.headers.items()})
             resp = resp_cls()
             if fault.get("partial_rejected"):
                 ps = resp.partial_success

@@ -59,7 +59,9 @@ impl GrpcTransport {
                 .map_err(|err| bad(err.to_string()))?
                 .connect_timeout(e.timeout)
                 .timeout(e.timeout)
-                .tcp_nodelay(true);
+                .tcp_nodelay(true)
+                .user_agent(crate::USER_AGENT)
+                .map_err(|err| bad(err.to_string()))?;
             if url.starts_with("https://") {
                 let mut tls = ClientTlsConfig::new();
                 tls = match &ca {

@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use hyper::header::{
+    CONTENT_ENCODING, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT,
+};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -120,6 +122,7 @@ impl HttpTransport {
         if self.gzip {
             builder = builder.header(CONTENT_ENCODING, "gzip");
         }
+        builder = builder.header(USER_AGENT, crate::USER_AGENT);
         for (k, v) in &self.headers {
             builder = builder.header(k, v);
         }

@@ -62,6 +62,9 @@ use payload::Payload;
 use queue::Entry;
 use worker::{OutputShared, Settings, ShutdownWatch};
 
+/// `User-Agent` of the OTLP requests (the OTLP spec asks exporters to identify themselves).
+pub const USER_AGENT: &str = concat!("sonde-otlp-export/", env!("CARGO_PKG_VERSION"));
+
 /// `send_*` was refused: every output's queue was full (or the exporter is shut down). The data
 /// was dropped and counted; a receiver should answer 503 / UNAVAILABLE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

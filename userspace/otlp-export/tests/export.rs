@@ -228,18 +228,38 @@ async fn partial_success_is_counted_not_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn headers_reach_the_destination() {
-    // The sink does not echo headers; a header the sink cannot see still must not break export,
-    // and an invalid header must be refused at start.
-    let sink = Sink::start();
-    let mut e = sink.endpoint(Protocol::Grpc, Compression::None);
-    e.headers = vec![("x-tenant".into(), "t1".into())];
-    let exporter = Exporter::start(config(vec![Output::Otlp(e.clone())])).expect("start");
-    exporter.send_traces(spans(12, 0, 3)).expect("room");
-    assert_eq!(sink.wait_spans(3, Duration::from_secs(10)).await.len(), 3);
-    exporter.shutdown(Duration::from_secs(2)).await;
-    e.headers = vec![("bad header".into(), "v".into())];
-    assert!(Exporter::start(config(vec![Output::Otlp(e)])).is_err());
+async fn headers_and_user_agent_reach_the_destination() {
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf, Protocol::HttpJson] {
+        let sink = Sink::start();
+        let mut e = sink.endpoint(protocol, Compression::Gzip);
+        e.headers = vec![
+            ("X-Tenant".into(), "t1".into()),
+            ("authorization".into(), "Bearer abc".into()),
+        ];
+        let exporter = Exporter::start(config(vec![Output::Otlp(e.clone())])).expect("start");
+        exporter.send_traces(spans(12, 0, 3)).expect("room");
+        assert_eq!(sink.wait_spans(3, Duration::from_secs(10)).await.len(), 3);
+        let line = &sink.lines()[0];
+        assert_eq!(line["headers"]["x-tenant"], "t1", "{protocol:?}: {line}");
+        assert_eq!(
+            line["headers"]["authorization"], "Bearer abc",
+            "{protocol:?}"
+        );
+        let ua = line["headers"]["user-agent"].as_str().unwrap_or_default();
+        assert!(ua.contains("sonde-otlp-export/"), "{protocol:?}: {ua}");
+        if protocol != Protocol::Grpc {
+            assert_eq!(line["headers"]["content-encoding"], "gzip");
+            let ct = if protocol == Protocol::HttpJson {
+                "application/json"
+            } else {
+                "application/x-protobuf"
+            };
+            assert_eq!(line["headers"]["content-type"], ct);
+        }
+        exporter.shutdown(Duration::from_secs(2)).await;
+        e.headers = vec![("bad header".into(), "v".into())];
+        assert!(Exporter::start(config(vec![Output::Otlp(e)])).is_err());
+    }
 }
 
 /// One huge `send_traces` (an SDK request of 1050 spans) leaves in batches of at most
