@@ -16,6 +16,24 @@
 //! (start sonde afterwards unless the test wants those spans); `Postgres::psql` and
 //! `create_database` use the unix socket (`psql_tcp` goes over TCP on purpose).
 //!
+//! A scenario reads like this:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use sonde_e2e::{Django, DjangoOpts, Postgres, Sonde, assert_span_tree, http_get};
+//!
+//! let pg = Postgres::start();
+//! let app = Django::start(&pg, DjangoOpts::default()); // gunicorn, 2 sync workers
+//! let sonde = Sonde::start(&["--port", &app.port().to_string()]);
+//! assert_eq!(http_get(&app.url("/samples/")).0, 200);
+//! let spans = sonde.wait_for_spans(|s| s.len() >= 3, Duration::from_secs(30));
+//! assert_span_tree(&spans, "
+//!     SERVER GET /samples/
+//!       CLIENT SELECT lab_sample
+//!       CLIENT SELECT lab_variant
+//! ");
+//! ```
+//!
 //! Why no crates for process control or HTTP: `std::process` with `process_group(0)` plus
 //! `libc::kill` is all the group handling needs (crates like `command-group` add async and
 //! Windows layers we don't use), and the HTTP client must expose connection-level control
