@@ -167,6 +167,19 @@ fn psycopg2_ssl_request_answered_n_continues_in_plaintext() {
 }
 
 #[test]
+fn psycopg2_ssl_request_answered_s_is_encrypted_only() {
+    let chunks = load("psycopg2_ssl_require");
+    assert_eq!(chunks.get(1).map(|c| c.1.as_slice()), Some(&b"S"[..]));
+    // TLS records follow in both directions.
+    assert_eq!(
+        chunks.get(2).map(|c| c.1.get(..2)),
+        Some(Some(&[0x16, 0x03][..]))
+    );
+    assert!(chunks.len() > 6);
+    assert_eq!(replay(&chunks), vec![Event::Encrypted]);
+}
+
+#[test]
 fn psycopg3_extended_protocol_and_pipelines() {
     let events = replay(&load("psycopg3_extended"));
     let ops = ops(&events);
@@ -244,7 +257,8 @@ fn normalized(events: &[Event]) -> Vec<Event> {
         .collect()
 }
 
-const FIXTURES: [&str; 6] = [
+const FIXTURES: [&str; 7] = [
+    "psycopg2_ssl_require",
     "psycopg2_simple",
     "psycopg2_ssl_prefer",
     "psycopg3_extended",

@@ -152,6 +152,32 @@ def psycopg2_ssl_prefer(port):
     conn.close()
 
 
+def enable_ssl(port, data, as_pg):
+    """Self-signed certificate, ssl=on via ALTER SYSTEM and a reload."""
+    subprocess.run(as_pg + ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                            "-subj", "/CN=localhost", "-keyout", os.path.join(data, "server.key"),
+                            "-out", os.path.join(data, "server.crt")],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    admin = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
+                             sslmode="disable")
+    admin.autocommit = True
+    cur = admin.cursor()
+    cur.execute("ALTER SYSTEM SET ssl = on")
+    cur.execute("SELECT pg_reload_conf()")
+    admin.close()
+    time.sleep(0.5)
+
+
+def psycopg2_ssl_require(port):
+    conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="shop",
+                            sslmode="require", gssencmode="disable")
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("SELECT 'secret-in-tls'")
+    cur.fetchall()
+    conn.close()
+
+
 def psycopg3_session(port):
     conn = psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="shop",
                            sslmode="disable", gssencmode="disable", autocommit=True)
@@ -239,7 +265,7 @@ def main():
     subprocess.run(as_pg + [f"{PG_BIN}/initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
                     "--locale=C"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(as_pg + [f"{PG_BIN}/pg_ctl", "-D", data, "-w", "-l", os.path.join(tmp, "log"), "-o",
-                    f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c ssl=off", "start"],
+                    f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1", "start"],
                    check=True, stdout=subprocess.DEVNULL)
     try:
         admin = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
@@ -291,6 +317,13 @@ def main():
             pgbench -M prepared -t 2 -c 1 -n (libpq, named prepared statements P_0..P_6):
             two TPC-B-like transactions: BEGIN, UPDATE, SELECT, UPDATE, UPDATE, INSERT, END.
         """, rec.take(), largest=True)
+
+        enable_ssl(port, data, as_pg)
+        psycopg2_ssl_require(rec.port)
+        write("psycopg2_ssl_require", """
+            psycopg2 sslmode=require against a server with ssl=on: SSLRequest answered 'S',
+            then TLS records (a query runs inside; nothing of it is readable).
+        """, rec.take())
     finally:
         subprocess.run(as_pg + [f"{PG_BIN}/pg_ctl", "-D", data, "-m", "immediate", "stop"],
                        stdout=subprocess.DEVNULL)
