@@ -263,6 +263,13 @@ impl Receiver {
         self.http_local_addr
     }
 
+    /// The gRPC services on this receiver's sink, statistics and limits, for mounting on
+    /// another tonic server (e.g. a Unix socket). Requests served that way skip this
+    /// receiver's framing checks and memory budget; tonic's own codec limits apply.
+    pub fn grpc_handler(&self) -> GrpcHandler {
+        GrpcHandler::new(Arc::clone(&self.core))
+    }
+
     /// Counters per signal.
     pub fn stats(&self) -> ReceiverStats {
         self.core.stats.snapshot(self.core.budget.used())

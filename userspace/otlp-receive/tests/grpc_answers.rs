@@ -297,3 +297,35 @@ print(call(b"", timeout=5) == b"" and "EMPTY_OK")
     );
     receiver.shutdown().await;
 }
+
+#[tokio::test]
+async fn handler_mounts_on_a_plain_tonic_server() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+    let (receiver, sink) = start(MIB, 8 * MIB).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(receiver.grpc_handler()))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    let server = tokio::spawn(server);
+    let mut client = TraceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    client.export(trace_request("mounted", 2)).await.unwrap();
+    let mut bad = trace_request("bad", 1);
+    bad.resource_spans[0].scope_spans[0].spans[0].span_id = vec![1, 2, 3];
+    let status = client.export(bad).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(sink.span_names(), ["mounted-0", "mounted-1"]);
+    let stats = receiver.stats();
+    assert_eq!(
+        (
+            stats.traces.requests,
+            stats.traces.items,
+            stats.traces.refused_invalid
+        ),
+        (2, 2, 1)
+    );
+    server.abort();
+    receiver.shutdown().await;
+}
