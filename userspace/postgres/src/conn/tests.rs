@@ -915,3 +915,49 @@ fn end_of_a_large_answer_after_a_gap_still_completes_it() {
     assert!(ops[0].truncated);
     assert_eq!(ops[0].last, at(ts - 1));
 }
+
+#[test]
+fn flush_based_prepare_then_execute() {
+    // asyncpg: Parse + Describe + Flush, then Bind + Execute + Sync.
+    let mut r = Run::new(Connection::new_unsynced());
+    r.fe(&cat(&[
+        parse("__asyncpg_stmt_1__", "SELECT name FROM users WHERE id = $1"),
+        msg(b'D', b"S__asyncpg_stmt_1__\0"),
+        msg(b'H', &[]),
+    ]));
+    r.be(&cat(&[
+        msg(b'1', &[]),
+        msg(b't', &[0, 1, 0, 0, 0, 23]),
+        row_desc(),
+    ]));
+    assert_eq!(r.ops().len(), 0);
+    r.fe(&cat(&[bind("", "__asyncpg_stmt_1__"), execute(""), sync()]));
+    r.be(&cat(&[
+        msg(b'2', &[]),
+        row(),
+        complete("SELECT 1"),
+        ready(),
+    ]));
+    let ops = r.ops();
+    assert_eq!(ops.len(), 1);
+    assert_eq!(ops[0].query_text, "SELECT name FROM users WHERE id = $1");
+    assert_eq!(ops[0].returned_rows, Some(1));
+    assert!(r.c.p.pending.is_empty());
+}
+
+#[test]
+fn copy_fail_is_an_errored_operation() {
+    let mut r = Run::new(Connection::new_unsynced());
+    r.fe(&q("COPY t FROM STDIN"));
+    r.be(&msg(b'G', &[0, 0, 0]));
+    r.fe(&cat(&[msg(b'd', b"1\n"), msg(b'f', b"client gave up\0")]));
+    r.be(&cat(&[error("57014"), ready()]));
+    simple_exchange(&mut r);
+    let ops = r.ops();
+    assert_eq!(ops.len(), 2);
+    assert_eq!(
+        ops[0].error.as_ref().map(|e| e.sqlstate.as_str()),
+        Some("57014")
+    );
+    assert_eq!(ops[1].error, None);
+}
