@@ -77,10 +77,19 @@ fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<Request>> {
         };
     }
     let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(bad("malformed request line"));
     };
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    if !token(method) || !(version == "HTTP/1.1" || version == "HTTP/1.0") || target.is_empty() {
+        return Err(bad("malformed request line"));
+    }
     let mut req = Request {
         method: method.to_string(),
         target: target.to_string(),
@@ -313,7 +322,19 @@ fn handle(stream: TcpStream) -> std::io::Result<()> {
     // servers: a tracer keyed by (pid, fd) sees one connection.
     let mut writer = std::io::BufWriter::new(&stream);
     let mut reader = BufReader::new(&stream);
-    while let Some(mut req) = read_head(&mut reader)? {
+    loop {
+        let mut req = match read_head(&mut reader) {
+            Ok(Some(req)) => req,
+            Ok(None) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                // Not HTTP/1.x: answer like nginx does, then close.
+                writer.write_all(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad request\n",
+                )?;
+                break;
+            }
+            Err(e) => return Err(e),
+        };
         let expects = req
             .header("expect")
             .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
@@ -335,7 +356,18 @@ fn handle(stream: TcpStream) -> std::io::Result<()> {
     }
     writer.flush()?;
     drop(writer);
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    // Lingering close, as nginx does: closing with unread input would send a RST that can
+    // destroy the response before the client reads it.
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut sink = [0u8; 8192];
+    let mut drained = 0usize;
+    while drained < 1 << 20 {
+        match reader.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained = drained.saturating_add(n),
+        }
+    }
     Ok(())
 }
 
@@ -546,6 +578,11 @@ mod tests {
         assert_eq!(c.read_interim().unwrap(), 100);
         c.send(b"data").unwrap();
         assert_eq!(c.read_response().unwrap().text(), "data");
+        // Garbage gets a 400 and the connection is closed.
+        let mut g = RawHttpClient::connect(addr).unwrap();
+        g.send(b"NOT HTTP AT ALL\r\n\r\n\x00\x01").unwrap();
+        assert_eq!(g.read_response().unwrap().status, 400);
+        assert!(g.closed_by_peer(Duration::from_secs(5)));
         // Same connection still usable; then an explicit close.
         c.send(b"GET /status/404 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             .unwrap();
