@@ -135,7 +135,11 @@ impl Core {
             ));
         }
         let mut buf = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
-        let deadline = tokio::time::Instant::now() + self.limits.body_total_timeout;
+        let now = tokio::time::Instant::now();
+        // A huge configured timeout means "practically never", not an overflow.
+        let deadline = now
+            .checked_add(self.limits.body_total_timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365));
         loop {
             let wait = tokio::time::timeout_at(
                 deadline,
@@ -166,7 +170,9 @@ impl Core {
             if new_len > limit {
                 return Err(too_large(self.max_message_bytes));
             }
-            if new_len > reservation.held() && !reservation.grow(new_len - reservation.held()) {
+            if new_len > reservation.held()
+                && !reservation.grow(new_len.saturating_sub(reservation.held()))
+            {
                 return Err(Refused::overloaded(
                     "receiver memory budget exhausted",
                     BUDGET_RETRY_AFTER,

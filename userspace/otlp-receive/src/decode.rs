@@ -254,7 +254,7 @@ fn inflate_capped(signal: Signal, body: &[u8], max_bytes: usize) -> Result<Vec<u
         if out.len().saturating_add(chunk.len()) > max_bytes {
             return Err(DecodeError::TooLarge { limit: max_bytes });
         }
-        if out.capacity() - out.len() < chunk.len() {
+        if out.capacity().saturating_sub(out.len()) < chunk.len() {
             let want = out
                 .capacity()
                 .saturating_mul(2)
