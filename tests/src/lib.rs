@@ -74,7 +74,7 @@ pub use sink::OtlpSink;
 pub use sonde::Sonde;
 pub use span::{
     AttrValue, Span, SpanEvent, SpanTree, assert_span_tree, assert_span_tree_with, dump_spans,
-    expect_span, parse_json_lines, spans_from_sink_file, spans_named,
+    expect_span, parse_json_lines, spans_from_sink_file, spans_named, traces_with_shape,
 };
 pub use test_server::TestServer;
 

@@ -734,6 +734,23 @@ pub fn assert_span_tree_with(spans: &[Span], keys: &[&str], expected: &str) -> V
     panic!("{msg}");
 }
 
+/// Every trace whose shape (see [`SpanTree::shape_with`]) equals `expected`, each as its spans
+/// in tree order, traces ordered by start time. For "N requests made N identical traces".
+pub fn traces_with_shape(spans: &[Span], keys: &[&str], expected: &str) -> Vec<Vec<Span>> {
+    let want = normalize_shape(expected);
+    let tree = SpanTree::new(spans);
+    tree.trace_ids()
+        .iter()
+        .filter(|id| tree.shape_with(id, keys) == want)
+        .map(|id| {
+            tree.flatten(id)
+                .into_iter()
+                .map(|(_, s)| s.clone())
+                .collect()
+        })
+        .collect()
+}
+
 /// [`assert_span_tree_with`] comparing only kinds and names.
 pub fn assert_span_tree(spans: &[Span], expected: &str) -> Vec<Span> {
     assert_span_tree_with(spans, &[], expected)
@@ -907,6 +924,19 @@ mod tests {
             ",
         );
         assert_eq!(matched.len(), 3);
+        let mut doubled = spans.clone();
+        for s in &spans {
+            let mut c = s.clone();
+            c.trace_id = "ffffffffffffffffffffffffffffffff".into();
+            c.start_ns += 1_000_000_000;
+            doubled.push(c);
+        }
+        let shape =
+            "SERVER GET /samples/\n  CLIENT SELECT lab_sample\n  CLIENT SELECT lab_variant\n";
+        let found = traces_with_shape(&doubled, &[], shape);
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[1][0].trace_id, "ffffffffffffffffffffffffffffffff");
+        assert!(traces_with_shape(&doubled, &[], "SERVER GET /samples/").is_empty());
         assert_span_tree_with(
             &spans,
             &["http.response.status_code"],
