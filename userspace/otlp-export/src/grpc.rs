@@ -164,7 +164,11 @@ pub(crate) fn classify(status: &tonic::Status) -> AttemptError {
     let retry_info = status.get_details_retry_info();
     let delay = retry_info.as_ref().and_then(|r| r.retry_delay);
     let message = format!("gRPC {:?}: {}", status.code(), status.message());
-    if grpc_code_is_retryable(status.code(), retry_info.is_some()) {
+    // tonic reports a broken connection (reset, EOF mid-call) as UNKNOWN with the transport
+    // error as source; the server said nothing, so it is a connection failure: retry.
+    let transport_failure =
+        status.code() == tonic::Code::Unknown && std::error::Error::source(status).is_some();
+    if transport_failure || grpc_code_is_retryable(status.code(), retry_info.is_some()) {
         AttemptError::retryable(message, delay)
     } else {
         AttemptError::permanent(message)
@@ -240,5 +244,12 @@ mod tests {
         assert_eq!(c.retry_after, Some(Duration::from_secs(3)));
         assert!(classify(&tonic::Status::unavailable("down")).retryable);
         assert!(!classify(&tonic::Status::invalid_argument("bad")).retryable);
+        assert!(!classify(&tonic::Status::unknown("server said so")).retryable);
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        )));
+        assert_eq!(broken.code(), tonic::Code::Unknown);
+        assert!(classify(&broken).retryable);
     }
 }

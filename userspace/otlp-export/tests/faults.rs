@@ -375,7 +375,8 @@ async fn outputs_are_independent() {
         Output::Otlp(dead.endpoint(Protocol::Grpc, Compression::None)),
         Output::Otlp(alive.endpoint(Protocol::HttpProtobuf, Compression::None)),
     ]);
-    cfg.queue_max_bytes = 20_000;
+    // About half of what is sent: the dead output fills up, the live one never lags that much.
+    cfg.queue_max_bytes = 60_000;
     let exporter = Exporter::start(cfg).expect("start");
     let mut sent = 0;
     for k in 0..40 {
@@ -428,6 +429,35 @@ async fn retry_after_is_capped_by_max_interval() {
             took >= Duration::from_millis(650) && took < Duration::from_secs(3),
             "{protocol:?}: {took:?}"
         );
+        exporter.shutdown(Duration::from_secs(2)).await;
+    }
+}
+
+/// The destination goes away in the middle of a request (connection cut, no answer): retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cut_mid_request_is_retried() {
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let sink = Sink::start();
+        sink.control(r#"{"delay_s": 1.5, "count": 1}"#);
+        let exporter = Exporter::start(config(vec![Output::Otlp(
+            sink.endpoint(protocol, Compression::None),
+        )]))
+        .expect("start");
+        exporter.send_traces(spans(33, 0, 4)).expect("room");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        sink.control(r#"{"down_s": 0.5}"#);
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                exporter.stats().traces.exported_items_total == 4
+            })
+            .await,
+            "{protocol:?}: {:?}",
+            exporter.stats()
+        );
+        let st = exporter.stats();
+        assert!(st.traces.retries_total >= 1, "{protocol:?}");
+        assert_eq!(st.traces.failed_items_total, 0, "{protocol:?}");
+        assert_eq!(indexes(&sink.spans()), vec![0, 1, 2, 3], "{protocol:?}");
         exporter.shutdown(Duration::from_secs(2)).await;
     }
 }
