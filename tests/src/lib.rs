@@ -26,11 +26,13 @@
 //! let app = Django::start(&pg, DjangoOpts::default()); // gunicorn, 2 sync workers
 //! let sonde = Sonde::start(&["--port", &app.port().to_string()]);
 //! assert_eq!(http_get(&app.url("/samples/")).0, 200);
-//! let spans = sonde.wait_for_spans(|s| s.len() >= 3, Duration::from_secs(30));
+//! let spans = sonde.wait_for_spans(|s| s.len() >= 4, Duration::from_secs(30));
+//! // The test process's own request is traced too: it is the root.
 //! assert_span_tree(&spans, "
-//!     SERVER GET /samples/
-//!       CLIENT SELECT lab_sample
-//!       CLIENT SELECT lab_variant
+//!     CLIENT GET
+//!       SERVER GET /samples/
+//!         CLIENT SELECT lab_sample
+//!         CLIENT SELECT lab_variant
 //! ");
 //! ```
 //!

@@ -79,7 +79,8 @@ def create_analysis(request):
 
 def fail_db(request):
     """`SELEC 1`: a syntax error (SQLSTATE 42601) the view does not catch, so Django answers 500;
-    at the end of the request Django checks the connection with `SELECT 1` before closing it."""
+    after the response has been sent (request_finished), Django checks the connection with
+    `SELECT 1` before closing it, so that statement belongs to no request."""
     with connection.cursor() as cursor:
         cursor.execute("SELEC 1")
     return JsonResponse({"unreachable": True})
