@@ -385,9 +385,27 @@ def make_http_handler(state):
         def do_GET(self):
             self.reply(405, b"", "text/plain")
 
-        def do_POST(self):
+        def read_body(self):
+            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                parts = []
+                while True:
+                    size_line = self.rfile.readline(1024)
+                    size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+                    if size == 0:
+                        while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                            pass  # trailers
+                        return b"".join(parts)
+                    parts.append(self.rfile.read(size))
+                    self.rfile.readline(1024)  # CRLF after the chunk
             length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
+            return self.rfile.read(length) if length else b""
+
+        def do_POST(self):
+            try:
+                raw = self.read_body()
+            except ValueError:
+                self.reply(400, b"bad body framing", "text/plain")
+                return
             path = self.path.split("?", 1)[0]
             signal_name = {"/v1/traces": "traces", "/v1/metrics": "metrics", "/v1/logs": "logs"}.get(path)
             if signal_name is None:

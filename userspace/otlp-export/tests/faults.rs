@@ -140,8 +140,8 @@ async fn grpc_resource_exhausted_without_retry_info_is_permanent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_429_is_retried_with_backoff() {
-    let sink = Sink::start();
-    sink.control(r#"{"status": 429, "count": 2}"#);
+    // The fault comes from the sink's command line this time.
+    let sink = Sink::start_with(&["--fail-mode", "status=429,count=2"]);
     let exporter = Exporter::start(config(vec![Output::Otlp(
         sink.endpoint(Protocol::HttpProtobuf, Compression::Gzip),
     )]))
