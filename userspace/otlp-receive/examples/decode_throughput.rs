@@ -67,13 +67,27 @@ fn batch(spans: usize) -> ExportTraceServiceRequest {
     }
 }
 
+fn strip_nulls(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let spans_per_batch = 512;
     let pb = batch(spans_per_batch).encode_to_vec();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&pb)?;
     let gz = gz.finish()?;
-    let json = serde_json::to_vec(&batch(spans_per_batch))?;
+    // SDKs omit unset fields; the derives write them as null.
+    let mut json = serde_json::to_value(batch(spans_per_batch))?;
+    strip_nulls(&mut json);
+    let json = serde_json::to_vec(&json)?;
     let cases: [(&str, &str, Option<&str>, &[u8]); 3] = [
         ("protobuf", "application/x-protobuf", None, &pb),
         ("protobuf+gzip", "application/x-protobuf", Some("gzip"), &gz),

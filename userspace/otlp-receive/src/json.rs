@@ -12,7 +12,19 @@ use serde_json::{Map, Value};
 const MAX_DEPTH: usize = 256;
 
 /// Parses and normalises an OTLP/JSON body into `T`.
+///
+/// Fast path: when normalising would change nothing, the body goes straight to the derives (no
+/// intermediate `Value`, about three times faster); if they refuse it the normalising path
+/// decides and reports. The scan matters: the derives `flatten` the oneofs (metric data, point
+/// values), and serde turns an error inside a flattened `Option` into `None`, silently.
 pub fn from_slice<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let is_object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if is_object
+        && !needs_normalizing(body)
+        && let Ok(parsed) = serde_json::from_slice::<T>(body)
+    {
+        return Ok(parsed);
+    }
     let mut value: Value =
         serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
     if !value.is_object() {
@@ -61,6 +73,59 @@ fn normalize(value: &mut Value, depth: usize) -> Result<(), String> {
         _ => {}
     }
     Ok(())
+}
+
+/// Whether [`normalize`] could change the body: an object key with `_` (or an escape, which
+/// could hide one), a `null`, or an enum field whose value is a string. Scans the tokens
+/// without allocating; a string followed by `:` is a key.
+fn needs_normalizing(body: &[u8]) -> bool {
+    const ENUM_KEYS: [&[u8]; 4] = [
+        b"kind",
+        b"code",
+        b"aggregationTemporality",
+        b"severityNumber",
+    ];
+    let mut i = 0usize;
+    while let Some(&b) = body.get(i) {
+        i = i.saturating_add(1);
+        if b == b'n' {
+            // Outside strings, `n` only starts `null`.
+            return true;
+        }
+        if b != b'"' {
+            continue;
+        }
+        let start = i;
+        let mut suspicious = false;
+        while let Some(&c) = body.get(i) {
+            match c {
+                b'\\' => {
+                    suspicious = true;
+                    i = i.saturating_add(2);
+                }
+                b'"' => break,
+                b'_' => {
+                    suspicious = true;
+                    i = i.saturating_add(1);
+                }
+                _ => i = i.saturating_add(1),
+            }
+        }
+        let text = body.get(start..i).unwrap_or_default();
+        i = i.saturating_add(1);
+        let mut rest = body
+            .get(i..)
+            .unwrap_or_default()
+            .iter()
+            .filter(|c| !c.is_ascii_whitespace());
+        if rest.next() != Some(&b':') {
+            continue;
+        }
+        if suspicious || (ENUM_KEYS.contains(&text) && rest.next() == Some(&b'"')) {
+            return true;
+        }
+    }
+    false
 }
 
 fn snake_to_camel(key: &str) -> String {
@@ -144,6 +209,33 @@ mod tests {
         assert_eq!(snake_to_camel("start_time_unix_nano"), "startTimeUnixNano");
         assert_eq!(snake_to_camel("_x"), "x");
         assert_eq!(snake_to_camel("name"), "name");
+    }
+
+    #[test]
+    fn finds_what_needs_normalizing() {
+        let plain = br#"{"resourceSpans":[{"key":"user_agent.original","value":"a_b null"},{"kind":2,"x":true}]}"#;
+        assert!(!needs_normalizing(plain));
+        assert!(needs_normalizing(br#"{"resource_spans":[]}"#));
+        assert!(needs_normalizing(br#"{"a": {"trace_id" : "x"}}"#));
+        assert!(needs_normalizing(br#"{"trace\u005fid":"x"}"#));
+        assert!(needs_normalizing(br#"{"status": null}"#));
+        assert!(needs_normalizing(br#"{"kind" : "SPAN_KIND_SERVER"}"#));
+        assert!(needs_normalizing(br#"{"aggregationTemporality":"2"}"#));
+        assert!(
+            !needs_normalizing(br#"{"a":"x\"_\":"}"#),
+            "escaped quote inside a value"
+        );
+        assert!(!needs_normalizing(b"{\"unterminated_"));
+    }
+
+    #[test]
+    fn enum_names_inside_metric_data_are_not_lost() {
+        type Req = opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+        let body = br#"{"resourceMetrics":[{"scopeMetrics":[{"metrics":[{"name":"h","histogram":
+            {"aggregationTemporality":"AGGREGATION_TEMPORALITY_DELTA","dataPoints":[{"count":"3"}]}}]}]}]}"#;
+        let req = from_slice::<Req>(body).unwrap();
+        let metric = &req.resource_metrics[0].scope_metrics[0].metrics[0];
+        assert!(metric.data.is_some(), "histogram kept: {metric:?}");
     }
 
     #[test]
