@@ -66,7 +66,8 @@ impl GrpcTransport {
                 let mut tls = ClientTlsConfig::new();
                 tls = match &ca {
                     Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
-                    None => tls.with_native_roots(),
+                    // System roots when the image has them, plus the bundled Mozilla roots.
+                    None => tls.with_enabled_roots(),
                 };
                 endpoint = endpoint
                     .tls_config(tls)
