@@ -101,6 +101,12 @@ impl OtlpSink {
         format!("http://127.0.0.1:{}", self.http_port)
     }
 
+    /// `http://127.0.0.1:<http port>/v1/traces`: the full URL for exporters that take the
+    /// signal's URL rather than a base URL.
+    pub fn http_traces_url(&self) -> String {
+        format!("{}/v1/traces", self.http_endpoint())
+    }
+
     /// The gRPC port.
     pub fn grpc_port(&self) -> u16 {
         self.grpc_port

@@ -52,6 +52,8 @@ impl Sonde {
         let dir = TestDir::new("sonde")?;
         let mut cmd = Command::new(&bin);
         cmd.args(["run", "--output", "json"]).args(args);
+        // Plain logs in the captured stderr (tracing-subscriber colours them otherwise).
+        cmd.env("NO_COLOR", "1");
         for (k, v) in env {
             cmd.env(k, v);
         }
