@@ -187,7 +187,7 @@ impl Exporter {
     /// Calling it again (from any clone) returns at once.
     pub async fn shutdown(&self, deadline: Duration) {
         self.inner.closed.store(true, Ordering::SeqCst);
-        let at = Instant::now() + deadline;
+        let at = worker::later(Instant::now(), deadline);
         self.inner.shutdown_tx.send_if_modified(|d| {
             if d.is_none() {
                 *d = Some(at);
@@ -201,7 +201,7 @@ impl Exporter {
             Err(_) => Vec::new(),
         };
         // A little grace past the deadline for workers to account for their last batch.
-        let hard = at + Duration::from_millis(100);
+        let hard = worker::later(at, Duration::from_millis(100));
         for mut task in tasks {
             if tokio::time::timeout_at(hard, &mut task).await.is_err() {
                 task.abort();

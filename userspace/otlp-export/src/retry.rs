@@ -89,7 +89,7 @@ impl Backoff {
         let base = self.next.min(p.max_interval);
         let grown = base.as_secs_f64() * p.multiplier;
         self.next = if grown.is_finite() && grown < p.max_interval.as_secs_f64() {
-            Duration::from_secs_f64(grown)
+            Duration::try_from_secs_f64(grown).unwrap_or(p.max_interval)
         } else {
             p.max_interval
         };
@@ -106,11 +106,7 @@ fn jittered(d: Duration, jitter: f64) -> Duration {
     }
     let factor: f64 = rand::rng().random_range((1.0 - jitter)..=(1.0 + jitter));
     let secs = d.as_secs_f64() * factor;
-    if secs.is_finite() && secs >= 0.0 {
-        Duration::from_secs_f64(secs)
-    } else {
-        d
-    }
+    Duration::try_from_secs_f64(secs).unwrap_or(d)
 }
 
 #[cfg(test)]
@@ -155,6 +151,20 @@ mod tests {
             b.next_wait(Some(Duration::from_secs(2))),
             Duration::from_secs(2)
         );
+    }
+
+    #[test]
+    fn huge_configured_durations_do_not_panic() {
+        let mut b = Backoff::new(RetryPolicy {
+            initial: Duration::MAX,
+            multiplier: 1e300,
+            max_interval: Duration::MAX,
+            max_elapsed: Duration::MAX,
+            jitter: 1.0,
+        });
+        for _ in 0..5 {
+            let _ = b.next_wait(None);
+        }
     }
 
     #[test]

@@ -18,6 +18,13 @@ use crate::queue::{Budget, Entry, Lane};
 use crate::retry::{AttemptError, Backoff};
 use crate::stats::{Counters, OutputStats, bump};
 
+/// `from + d`, saturating at a year from `from` (durations come from configuration).
+pub(crate) fn later(from: Instant, d: Duration) -> Instant {
+    from.checked_add(d)
+        .or_else(|| from.checked_add(Duration::from_secs(365 * 86_400)))
+        .unwrap_or(from)
+}
+
 /// Below this, a retry during shutdown is not worth it.
 const MIN_SHUTDOWN_RETRY_WAIT: Duration = Duration::from_millis(20);
 
@@ -277,7 +284,7 @@ impl ShutdownWatch {
             return std::future::pending().await;
         }
         if self.rx.changed().await.is_err() {
-            self.orphan_deadline = Some(Instant::now() + self.default_timeout);
+            self.orphan_deadline = Some(later(Instant::now(), self.default_timeout));
         }
     }
 }
@@ -310,7 +317,7 @@ pub(crate) async fn run_lane(
         let mut payload = first.payload;
         let mut items = first.items;
         let mut bytes = first.bytes;
-        let flush_at = Instant::now() + settings.batch_timeout;
+        let flush_at = later(Instant::now(), settings.batch_timeout);
         while items < max_items && bytes < max_bytes {
             let next = lane.pop_if(|e| {
                 items.saturating_add(e.items) <= max_items
@@ -486,7 +493,7 @@ async fn attempt_all(
             return;
         }
         if let Some(deadline) = shutdown.deadline()
-            && now + wait >= deadline
+            && later(now, wait) >= deadline
         {
             // Shutting down: keep trying until the deadline, at a pace that fits into it.
             let half = deadline.saturating_duration_since(now) / 2;
