@@ -329,3 +329,50 @@ async fn handler_mounts_on_a_plain_tonic_server() {
     server.abort();
     receiver.shutdown().await;
 }
+
+#[tokio::test]
+async fn memory_budget_overload_is_unavailable_with_retry_info() {
+    use bytes::Bytes;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let (receiver, sink) = start(MIB, 64 * 1024).await;
+    let addr = receiver.grpc_local_addr().unwrap();
+    // A slow client holds most of the 64 KiB budget: 60 KB of a message it never finishes.
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let req = http::Request::post(format!("http://{addr}{TRACE_PATH}"))
+        .header("content-type", "application/grpc")
+        .body(body)
+        .unwrap();
+    let pending = tokio::spawn(async move { sender.send_request(req).await });
+    let mut partial = grpc_frame(false, &vec![0u8; 100_000]);
+    partial.truncate(60_000);
+    tx.send(Ok(Frame::data(Bytes::from(partial))))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let status = client(&receiver)
+        .await
+        .export(trace_request("b", 200))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let rpc = details(&status);
+    assert_eq!(rpc.details[0].type_url, RETRY_INFO_TYPE_URL);
+
+    drop(tx);
+    drop(pending);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    still_serves(&receiver, &sink).await;
+    assert_eq!(receiver.stats().inflight_bytes, 0);
+    receiver.shutdown().await;
+}
