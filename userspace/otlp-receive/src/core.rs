@@ -17,6 +17,8 @@ use crate::{Admit, Limits, Peer, Sink};
 
 /// Payloads above this are decoded on the blocking pool, not on an async worker.
 const BLOCKING_DECODE_BYTES: usize = 1024 * 1024;
+/// gzip bodies above this inflate on the blocking pool (they may inflate ~1000x).
+const GZIP_INLINE_BYTES: usize = 4 * 1024;
 /// Retry-After when the memory budget is exhausted.
 const BUDGET_RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -195,13 +197,27 @@ impl Core {
     ) -> Result<Decoded, Refused> {
         let max = self.max_message_bytes;
         let body_len = body.len();
-        let work = move || -> Result<Decoded, DecodeError> {
-            let payload = decode::decompress(signal, encoding, &body, max)?;
-            decode::decode_payload(signal, format, &payload)
+        // Inflated bytes count against the budget as they are allocated, so concurrent gzip
+        // bombs cannot each inflate to the message limit before anyone notices.
+        let mut held = std::mem::replace(reservation, self.budget.reservation());
+        let work = move || {
+            let mut denied = false;
+            let result = {
+                let mut grow = |n: usize| {
+                    let ok = held.grow(n);
+                    denied |= !ok;
+                    ok
+                };
+                decode::decompress_within(signal, encoding, &body, max, &mut grow)
+                    .and_then(|payload| decode::decode_payload(signal, format, &payload))
+            };
+            (result, held, denied)
         };
+        // Inflating may cost far more than the body: any real gzip body goes to the blocking
+        // pool, as does any large body.
         let large = body_len > BLOCKING_DECODE_BYTES
-            || (encoding == Encoding::Gzip && body_len > BLOCKING_DECODE_BYTES / 8);
-        let decoded = if large {
+            || (encoding == Encoding::Gzip && body_len > GZIP_INLINE_BYTES);
+        let (result, held, denied) = if large {
             tokio::task::spawn_blocking(work).await.map_err(|e| {
                 Refused::new(
                     Refusal::Internal,
@@ -211,14 +227,15 @@ impl Core {
             })?
         } else {
             work()
-        }?;
-        if encoding == Encoding::Gzip && !reservation.grow(decoded.encoded_len) {
+        };
+        *reservation = held;
+        if denied {
             return Err(Refused::overloaded(
                 "receiver memory budget exhausted",
                 BUDGET_RETRY_AFTER,
             ));
         }
-        Ok(decoded)
+        Ok(result?)
     }
 
     /// Hands a decoded request to the sink and records the outcome.

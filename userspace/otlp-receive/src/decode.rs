@@ -225,6 +225,18 @@ pub fn decompress(
     body: &[u8],
     max_bytes: usize,
 ) -> Result<std::borrow::Cow<'_, [u8]>, DecodeError> {
+    decompress_within(signal, encoding, body, max_bytes, &mut |_| true)
+}
+
+/// [`decompress`], asking `grow` before each allocation of inflated output; when it says no,
+/// inflating stops with [`DecodeError::TooLarge`] (the caller knows it refused and why).
+pub(crate) fn decompress_within<'a>(
+    signal: Signal,
+    encoding: Encoding,
+    body: &'a [u8],
+    max_bytes: usize,
+    grow: &mut dyn FnMut(usize) -> bool,
+) -> Result<std::borrow::Cow<'a, [u8]>, DecodeError> {
     match encoding {
         Encoding::Identity => {
             if body.len() > max_bytes {
@@ -232,16 +244,22 @@ pub fn decompress(
             }
             Ok(std::borrow::Cow::Borrowed(body))
         }
-        Encoding::Gzip => inflate_capped(signal, body, max_bytes).map(std::borrow::Cow::Owned),
+        Encoding::Gzip => {
+            inflate_capped(signal, body, max_bytes, grow).map(std::borrow::Cow::Owned)
+        }
     }
 }
 
-fn inflate_capped(signal: Signal, body: &[u8], max_bytes: usize) -> Result<Vec<u8>, DecodeError> {
+fn inflate_capped(
+    signal: Signal,
+    body: &[u8],
+    max_bytes: usize,
+    grow: &mut dyn FnMut(usize) -> bool,
+) -> Result<Vec<u8>, DecodeError> {
     const CHUNK: usize = 64 * 1024;
     let mut decoder = flate2::read::MultiGzDecoder::new(body);
     // Grow geometrically but never beyond the cap, so memory stays within max_bytes + a chunk.
-    let mut out: Vec<u8> =
-        Vec::with_capacity(body.len().saturating_mul(4).clamp(CHUNK, max_bytes.max(1)));
+    let mut out: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = match decoder.read(&mut buf) {
@@ -251,15 +269,20 @@ fn inflate_capped(signal: Signal, body: &[u8], max_bytes: usize) -> Result<Vec<u
             Err(e) => return Err(invalid(signal, format!("gzip: {e}"))),
         };
         let chunk = buf.get(..n).unwrap_or_default();
-        if out.len().saturating_add(chunk.len()) > max_bytes {
+        let needed = out.len().saturating_add(chunk.len());
+        if needed > max_bytes {
             return Err(DecodeError::TooLarge { limit: max_bytes });
         }
-        if out.capacity().saturating_sub(out.len()) < chunk.len() {
+        if needed > out.capacity() {
             let want = out
                 .capacity()
                 .saturating_mul(2)
-                .clamp(CHUNK, max_bytes.max(1));
-            out.reserve_exact(want.saturating_sub(out.len()).max(chunk.len()));
+                .clamp(CHUNK, max_bytes.max(1))
+                .max(needed);
+            if !grow(want.saturating_sub(out.capacity())) {
+                return Err(DecodeError::TooLarge { limit: max_bytes });
+            }
+            out.reserve_exact(want.saturating_sub(out.len()));
         }
         out.extend_from_slice(chunk);
     }

@@ -397,3 +397,42 @@ async fn shutdown_finishes_in_flight_requests() {
         "listener closed"
     );
 }
+
+#[tokio::test]
+async fn inflating_counts_against_the_memory_budget() {
+    let (receiver, sink) = start(8 * MIB, MIB).await;
+    let addr = receiver.http_local_addr().unwrap();
+    let inflates_to_4_mib = gzip(&vec![0u8; 4 * MIB]);
+    let req = http_request(
+        "POST",
+        "/v1/traces",
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Encoding", "gzip"),
+        ],
+        &inflates_to_4_mib,
+    );
+    // Another request in flight holds part of the budget: inflating 4 MiB must not fit.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = http_request(
+        "POST",
+        "/v1/logs",
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Length", "600000"),
+        ],
+        &[0u8; 1000],
+    );
+    slow.write_all(&head).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let resp = http_raw(addr, &req).await;
+    assert_eq!(resp.status, 503, "{resp:?}");
+    assert!(resp.header("retry-after").is_some());
+    drop(slow);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Alone, the same body inflates (it is within the message limit) and fails to decode.
+    assert_eq!(http_raw(addr, &req).await.status, 400);
+    still_serves(&receiver, &sink).await;
+    assert_eq!(receiver.stats().inflight_bytes, 0);
+    receiver.shutdown().await;
+}
