@@ -11,7 +11,11 @@ fn main() {
     let probes = root.join("ebpf/probes");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets it"));
     let target_dir = root.join("target/ebpf");
-    for dir in ["ebpf/probes/src", "ebpf/probes/Cargo.toml", "ebpf/common/src"] {
+    for dir in [
+        "ebpf/probes/src",
+        "ebpf/probes/Cargo.toml",
+        "ebpf/common/src",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-env-changed=SONDE_PROBES_OBJECT");
@@ -23,18 +27,31 @@ fn main() {
         let mut cmd = Command::new("cargo");
         cmd.current_dir(&probes)
             .arg(format!("+{EBPF_TOOLCHAIN}"))
-            .args(["build", "-Z", "build-std=core", "--target", "bpfel-unknown-none", "--release"])
+            .args([
+                "build",
+                "-Z",
+                "build-std=core",
+                "--target",
+                "bpfel-unknown-none",
+                "--release",
+            ])
             .arg("--target-dir")
             .arg(&target_dir);
         // The outer cargo's settings (clippy's wrapper, host rustflags, toolchain) must not leak
         // into the nested build for another target.
         for (key, _) in env::vars() {
-            if key.starts_with("CARGO_") || key.starts_with("RUSTC") || key == "RUSTFLAGS" || key == "RUSTUP_TOOLCHAIN" {
+            if key.starts_with("CARGO_")
+                || key.starts_with("RUSTC")
+                || key == "RUSTFLAGS"
+                || key == "RUSTUP_TOOLCHAIN"
+            {
                 cmd.env_remove(key);
             }
         }
         let status = cmd.status().unwrap_or_else(|e| {
-            panic!("could not run cargo to build the eBPF programs: {e}; run `cargo xtask bootstrap`")
+            panic!(
+                "could not run cargo to build the eBPF programs: {e}; run `cargo xtask bootstrap`"
+            )
         });
         if !status.success() {
             panic!(

@@ -26,6 +26,9 @@ pub mod kind {
     pub const CLOSE: u32 = 4;
     /// A process (thread-group leader) exited.
     pub const PROCESS_EXIT: u32 = 5;
+    /// A traced socket's fd was duplicated (dup, dup2, dup3, fcntl F_DUPFD): `hdr.fd` is the
+    /// new fd, another name for the same connection.
+    pub const DUP: u32 = 6;
 }
 
 /// `DataEvent::direction` values, from the traced process's point of view.
@@ -72,6 +75,15 @@ pub struct ConnEvent {
     pub comm: [u8; 16],
 }
 
+/// `kind::DUP`: `hdr.fd` now refers to the same socket as `old_fd`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DupEvent {
+    pub hdr: EventHeader,
+    pub old_fd: i32,
+    pub _pad: u32,
+}
+
 /// One chunk of the bytes one syscall transferred on a traced socket.
 ///
 /// `total_len` is what the syscall returned; `offset` is where this chunk starts within it;
@@ -106,6 +118,36 @@ pub struct SocketState {
     pub capture_bytes: u32,
 }
 
+/// How a data syscall described its buffers (`DataArgs::buf_kind`).
+pub mod buf_kind {
+    pub const PLAIN: u32 = 0;
+    pub const IOVEC: u32 = 1;
+    pub const MSGHDR: u32 = 2;
+    pub const NONE: u32 = 3;
+}
+
+/// A data syscall in flight, by thread (`pid_tgid`): stashed on entry, used on exit. The
+/// daemon writes entries itself for threads that were already blocked in a syscall on a
+/// traced socket when the programs attached (their entry was never seen).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DataArgs {
+    pub fd: i32,
+    pub buf_kind: u32,
+    pub ptr: u64,
+    pub iov_count: u64,
+    pub direction: u32,
+    pub capture_bytes: u32,
+    pub enter_ts_ns: u64,
+}
+
+/// An accept in flight, by thread; written by the daemon too, as for [`DataArgs`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AcceptArgs {
+    pub sockaddr: u64,
+}
+
 /// Key of the per-socket map.
 #[inline(always)]
 pub const fn socket_key(pid: u32, fd: u32) -> u64 {
@@ -125,17 +167,32 @@ pub struct ProbeConfig {
     /// Unread bytes in the ring buffer above which a record wakes the reader; below it, the
     /// reader finds records on its own poll tick (batched wake-ups).
     pub wakeup_bytes: u32,
+    /// `probe_flags` bits.
+    pub flags: u32,
+    pub _reserved: u32,
+}
+
+/// `ProbeConfig::flags` bits.
+pub mod probe_flags {
+    /// Every program returns at once: the cost floor of having the tracepoints attached
+    /// (used by the benchmark's "empty programs" baseline).
+    pub const NOOP: u32 = 1;
 }
 
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 24);
 const _: () = assert!(core::mem::size_of::<ConnEvent>() == 88);
 const _: () = assert!(DATA_HEADER_SIZE == 56);
+const _: () = assert!(core::mem::size_of::<DupEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<SocketState>() == 8);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<DataArgs>() == 40);
+const _: () = assert!(core::mem::size_of::<AcceptArgs>() == 8);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain-old-data: repr(C), integer and byte-array fields, no padding (asserted above).
     unsafe impl aya::Pod for super::SocketState {}
     unsafe impl aya::Pod for super::ProbeConfig {}
+    unsafe impl aya::Pod for super::DataArgs {}
+    unsafe impl aya::Pod for super::AcceptArgs {}
 }

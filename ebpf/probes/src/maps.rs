@@ -13,6 +13,8 @@ pub static SONDE_CONFIG: ProbeConfig = ProbeConfig {
     filter_pids: 0,
     capture_bytes: 4096,
     wakeup_bytes: 256 * 1024,
+    flags: 0,
+    _reserved: 0,
 };
 
 /// All records for the daemon. Size set by the daemon at load time.
@@ -57,6 +59,12 @@ pub fn pid_tgid() -> u64 {
 pub fn now_ns() -> u64 {
     // SAFETY: helper without arguments.
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// Benchmark baseline mode: the programs do nothing.
+#[inline(always)]
+pub fn noop() -> bool {
+    config().flags & sonde_common::probe_flags::NOOP != 0
 }
 
 /// Whether this process may be traced at all (not the daemon, and in the pid filter if set).
@@ -113,3 +121,4 @@ pub fn output_raw(data: *const u8, size: u64) {
 pub fn output<T>(record: &T) {
     output_raw((record as *const T).cast(), core::mem::size_of::<T>() as u64);
 }
+

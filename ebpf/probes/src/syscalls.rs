@@ -8,12 +8,12 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use sonde_common::{
-    CHUNK_SIZE, ConnEvent, DATA_FLAG_LAST_CHUNK, DATA_HEADER_SIZE, EventHeader, MAX_CAPTURE_BYTES,
+    AcceptArgs, CHUNK_SIZE, ConnEvent, DATA_FLAG_LAST_CHUNK, DataArgs, DupEvent, DATA_HEADER_SIZE, EventHeader, MAX_CAPTURE_BYTES,
     MAX_CHUNKS, MAX_IOVECS, SocketState, direction, kind, role, socket_key,
 };
 
 use crate::maps::{
-    SCRATCH, SOCKETS, config, now_ns, output, output_raw, pid_tgid, process_wanted,
+    SCRATCH, TRACED_PIDS, noop, SOCKETS, config, now_ns, output, output_raw, pid_tgid, process_wanted,
 };
 
 // Offsets in the syscall tracepoint records (stable: see events/syscalls/*/format).
@@ -31,29 +31,7 @@ const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 
-/// How a data syscall described its buffers.
-const BUF_PLAIN: u32 = 0;
-const BUF_IOVEC: u32 = 1;
-const BUF_MSGHDR: u32 = 2;
-const BUF_NONE: u32 = 3;
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct DataArgs {
-    fd: i32,
-    buf_kind: u32,
-    ptr: u64,
-    iov_count: u64,
-    direction: u32,
-    capture_bytes: u32,
-    enter_ts_ns: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct AcceptArgs {
-    sockaddr: u64,
-}
+use sonde_common::buf_kind::{IOVEC as BUF_IOVEC, MSGHDR as BUF_MSGHDR, NONE as BUF_NONE, PLAIN as BUF_PLAIN};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -89,9 +67,9 @@ static ESTABLISHED: LruHashMap<Endpoint, Endpoint> = LruHashMap::with_max_entrie
 
 /// In-flight data syscalls, by thread (`pid_tgid`).
 #[map]
-static DATA_ARGS: HashMap<u64, DataArgs> = HashMap::with_max_entries(16384, 0);
+pub static DATA_ARGS: HashMap<u64, DataArgs> = HashMap::with_max_entries(16384, 0);
 #[map]
-static ACCEPT_ARGS: HashMap<u64, AcceptArgs> = HashMap::with_max_entries(16384, 0);
+pub static ACCEPT_ARGS: HashMap<u64, AcceptArgs> = HashMap::with_max_entries(16384, 0);
 #[map]
 static CONNECT_ARGS: HashMap<u64, ConnectArgs> = HashMap::with_max_entries(16384, 0);
 /// Client sockets between SYN sent and established, by `struct sock` address: the connection
@@ -163,6 +141,9 @@ fn read_sockaddr(ptr: u64) -> Option<(u16, u16, [u8; 16])> {
 
 #[tracepoint]
 pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
+    if noop() {
+        return 0;
+    }
     let id = pid_tgid();
     if !process_wanted((id >> 32) as u32) {
         return 0;
@@ -174,13 +155,27 @@ pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    if noop() {
+        return 0;
+    }
+    exit_accept(&ctx)
+}
+
+#[inline(always)]
+fn exit_accept(ctx: &TracePointContext) -> u32 {
     let id = pid_tgid();
     // SAFETY: copy out of the map before removing the entry.
-    let Some(args) = (unsafe { ACCEPT_ARGS.get(&id) }).copied() else {
-        return 0;
+    let args = match (unsafe { ACCEPT_ARGS.get(&id) }).copied() {
+        Some(args) => {
+            let _ = ACCEPT_ARGS.remove(&id);
+            args
+        }
+        // The accept started before sonde attached and the daemon could not stash its
+        // arguments: no address (userspace reads /proc).
+        None if process_wanted((id >> 32) as u32) => AcceptArgs { sockaddr: 0 },
+        None => return 0,
     };
-    let _ = ACCEPT_ARGS.remove(&id);
-    let ret = arg::<i64>(&ctx, RET).unwrap_or(-1);
+    let ret = arg::<i64>(ctx, RET).unwrap_or(-1);
     if ret < 0 {
         return 0;
     }
@@ -219,6 +214,9 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    if noop() {
+        return 0;
+    }
     let id = pid_tgid();
     if !process_wanted((id >> 32) as u32) {
         return 0;
@@ -245,6 +243,9 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 /// gives its local address and port.
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    if noop() {
+        return 0;
+    }
     let old: i32 = arg(&ctx, 16).unwrap_or(0);
     let new: i32 = arg(&ctx, 20).unwrap_or(0);
     let protocol: u16 = arg(&ctx, 30).unwrap_or(0);
@@ -319,6 +320,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    if noop() {
+        return 0;
+    }
     let id = pid_tgid();
     // SAFETY: copy out before removing.
     let Some(args) = (unsafe { CONNECT_ARGS.get(&id) }).copied() else {
@@ -342,6 +346,9 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    if noop() {
+        return 0;
+    }
     let id = pid_tgid();
     let fd = arg::<i64>(&ctx, ARG0).unwrap_or(-1) as i32;
     let key = socket_key((id >> 32) as u32, fd as u32);
@@ -356,6 +363,9 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    if noop() {
+        return 0;
+    }
     let group_dead: u8 = arg(&ctx, 32).unwrap_or(0);
     if group_dead == 0 {
         return 0;
@@ -528,10 +538,16 @@ macro_rules! data_syscall {
     ($enter:ident, $exit:ident, $buf:expr, $dir:expr) => {
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
+            if noop() {
+                return 0;
+            }
             enter_data(&ctx, $buf, $dir)
         }
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
+            if noop() {
+                return 0;
+            }
             exit_data(&ctx)
         }
     };
@@ -549,10 +565,104 @@ data_syscall!(sys_enter_sendmsg, sys_exit_sendmsg, BUF_MSGHDR, direction::EGRESS
 /// sendfile(out_fd, in_fd, ...): the bytes come from a file, so only their count is reported.
 #[tracepoint]
 pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
+    if noop() {
+        return 0;
+    }
     enter_data(&ctx, BUF_NONE, direction::EGRESS)
 }
 
 #[tracepoint]
 pub fn sys_exit_sendfile64(ctx: TracePointContext) -> u32 {
+    if noop() {
+        return 0;
+    }
     exit_data(&ctx)
+}
+
+/// With a pid filter, children forked by a traced process are traced too (gunicorn workers
+/// forked after sonde started, for example).
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    if noop() || config().filter_pids == 0 {
+        return 0;
+    }
+    let parent = (pid_tgid() >> 32) as u32;
+    // SAFETY: read-only lookup.
+    if unsafe { TRACED_PIDS.get(&parent) }.is_none() {
+        return 0;
+    }
+    let child: u32 = arg(&ctx, 20).unwrap_or(0);
+    if child != 0 {
+        let _ = TRACED_PIDS.insert(&child, &1, 0);
+    }
+    0
+}
+
+// ---------------------------------------------------------------- dup
+
+const F_DUPFD: u64 = 0;
+const F_DUPFD_CLOEXEC: u64 = 1030;
+
+/// Threads in a dup-family syscall on a traced socket: pid_tgid -> old fd.
+#[map]
+static DUP_ARGS: HashMap<u64, i32> = HashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+fn enter_dup(old_fd: i32) -> u32 {
+    let id = pid_tgid();
+    // SAFETY: read-only lookup.
+    if unsafe { SOCKETS.get(&socket_key((id >> 32) as u32, old_fd as u32)) }.is_some() {
+        let _ = DUP_ARGS.insert(&id, &old_fd, 0);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_dup(ctx: TracePointContext) -> u32 {
+    if noop() {
+        return 0;
+    }
+    enter_dup(arg::<i64>(&ctx, ARG0).unwrap_or(-1) as i32)
+}
+
+#[tracepoint]
+pub fn sys_enter_fcntl(ctx: TracePointContext) -> u32 {
+    if noop() {
+        return 0;
+    }
+    let cmd = arg::<u64>(&ctx, ARG1).unwrap_or(u64::MAX);
+    if cmd != F_DUPFD && cmd != F_DUPFD_CLOEXEC {
+        return 0;
+    }
+    enter_dup(arg::<i64>(&ctx, ARG0).unwrap_or(-1) as i32)
+}
+
+/// Exit of dup, dup2, dup3 and fcntl: the new fd names the same socket.
+#[tracepoint]
+pub fn sys_exit_dup(ctx: TracePointContext) -> u32 {
+    if noop() {
+        return 0;
+    }
+    let id = pid_tgid();
+    // SAFETY: copy out before removing.
+    let Some(old_fd) = (unsafe { DUP_ARGS.get(&id) }).copied() else {
+        return 0;
+    };
+    let _ = DUP_ARGS.remove(&id);
+    let ret = arg::<i64>(&ctx, RET).unwrap_or(-1);
+    if ret < 0 || ret as i32 == old_fd {
+        return 0;
+    }
+    let pid = (id >> 32) as u32;
+    // SAFETY: copy out of the map.
+    let Some(state) = (unsafe { SOCKETS.get(&socket_key(pid, old_fd as u32)) }).copied() else {
+        return 0;
+    };
+    let _ = SOCKETS.insert(&socket_key(pid, ret as u32), &state, 0);
+    output(&DupEvent {
+        hdr: header(kind::DUP, id, ret as i32),
+        old_fd,
+        _pad: 0,
+    });
+    0
 }

@@ -11,7 +11,10 @@ pub struct Clock {
 }
 
 fn now(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a local timespec.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
@@ -34,7 +37,9 @@ impl Clock {
                 best = Some((width, offset));
             }
         }
-        Self { offset_ns: best.map(|(_, o)| o).unwrap_or(0) }
+        Self {
+            offset_ns: best.map(|(_, o)| o).unwrap_or(0),
+        }
     }
 
     #[cfg(test)]

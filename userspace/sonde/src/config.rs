@@ -8,7 +8,11 @@ use sonde_otlp_export::{ExporterConfig, OtlpEndpoint, Output, Protocol};
 use crate::{trace::route::RouteTemplates, tracer::Selection};
 
 #[derive(Parser, Debug)]
-#[command(name = "sonde", version, about = "Zero-instrumentation tracing with eBPF: HTTP and PostgreSQL spans from uninstrumented applications")]
+#[command(
+    name = "sonde",
+    version,
+    about = "Zero-instrumentation tracing with eBPF: HTTP and PostgreSQL spans from uninstrumented applications"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -57,7 +61,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(64..=65536))]
     pub postgres_capture_bytes: u32,
     /// Where spans go. Default: otlp when an OTLP endpoint is configured, else text.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, overrides_with = "output")]
     pub output: Option<OutputKind>,
     /// OTLP endpoint (base URL); overrides OTEL_EXPORTER_OTLP_ENDPOINT.
     #[arg(long, value_name = "URL")]
@@ -80,6 +84,9 @@ pub struct RunArgs {
     /// OTLP receiver, HTTP address (`off` to disable).
     #[arg(long, default_value = "0.0.0.0:4318")]
     pub otlp_http_addr: String,
+    /// Benchmark baseline: attach programs that do nothing (measures the cost of the hooks alone).
+    #[arg(long, hide = true)]
+    pub noop_probes: bool,
     /// Seconds to flush queued telemetry on SIGTERM before giving up.
     #[arg(long, default_value_t = 25)]
     pub shutdown_timeout_s: u64,
@@ -88,10 +95,16 @@ pub struct RunArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("--{flag} {value:?}: {reason}")]
-    Flag { flag: &'static str, value: String, reason: String },
+    Flag {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("OTLP exporter settings: {0}")]
     Otlp(#[from] sonde_otlp_export::ConfigError),
-    #[error("--output otlp needs an endpoint: pass --otlp-endpoint or set OTEL_EXPORTER_OTLP_ENDPOINT")]
+    #[error(
+        "--output otlp needs an endpoint: pass --otlp-endpoint or set OTEL_EXPORTER_OTLP_ENDPOINT"
+    )]
     OtlpWithoutEndpoint,
 }
 
@@ -108,25 +121,36 @@ pub struct Config {
     pub receiver_grpc: Option<SocketAddr>,
     pub receiver_http: Option<SocketAddr>,
     pub shutdown_timeout: Duration,
+    pub noop_probes: bool,
 }
 
 fn parse_addr(flag: &'static str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
     if value.eq_ignore_ascii_case("off") || value.is_empty() {
         return Ok(None);
     }
-    value.parse().map(Some).map_err(|e: std::net::AddrParseError| ConfigError::Flag {
-        flag,
-        value: value.to_owned(),
-        reason: format!("{e} (expected IP:PORT or `off`)"),
-    })
+    value
+        .parse()
+        .map(Some)
+        .map_err(|e: std::net::AddrParseError| ConfigError::Flag {
+            flag,
+            value: value.to_owned(),
+            reason: format!("{e} (expected IP:PORT or `off`)"),
+        })
 }
 
 impl Config {
     /// Resolves flags plus the environment (`env` abstracts it for tests).
-    pub fn resolve(args: RunArgs, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn resolve(
+        args: RunArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         for route in &args.routes {
             if !route.starts_with('/') {
-                return Err(ConfigError::Flag { flag: "route", value: route.clone(), reason: "a route template starts with /".into() });
+                return Err(ConfigError::Flag {
+                    flag: "route",
+                    value: route.clone(),
+                    reason: "a route template starts with /".into(),
+                });
             }
         }
         let endpoint = match &args.otlp_endpoint {
@@ -143,8 +167,11 @@ impl Config {
                 };
                 // Headers, timeout, TLS and compression still come from the environment.
                 let mut from_env = OtlpEndpoint::from_env(|k| {
-                    if k.ends_with("ENDPOINT") {
+                    if k == "OTEL_EXPORTER_OTLP_ENDPOINT" {
                         Some(url.clone())
+                    } else if k.ends_with("_ENDPOINT") {
+                        // The flag replaces every endpoint variable, per-signal ones included.
+                        None
                     } else if k == "OTEL_EXPORTER_OTLP_PROTOCOL" {
                         Some(match protocol {
                             Protocol::Grpc => "grpc".into(),
@@ -190,6 +217,7 @@ impl Config {
             receiver_grpc: parse_addr("otlp-grpc-addr", &args.otlp_grpc_addr)?,
             receiver_http: parse_addr("otlp-http-addr", &args.otlp_http_addr)?,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout_s),
+            noop_probes: args.noop_probes,
         })
     }
 }
@@ -215,13 +243,47 @@ mod tests {
 
     #[test]
     fn env_endpoint_selects_otlp() {
-        let c = Config::resolve(args(&[]), |k| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://127.0.0.1:4318".into())).unwrap();
-        assert!(matches!(&c.exporter.outputs[0], Output::Otlp(e) if e.traces_url.as_deref() == Some("http://127.0.0.1:4318/v1/traces")));
+        let c = Config::resolve(args(&[]), |k| {
+            (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://127.0.0.1:4318".into())
+        })
+        .unwrap();
+        assert!(
+            matches!(&c.exporter.outputs[0], Output::Otlp(e) if e.traces_url.as_deref() == Some("http://127.0.0.1:4318/v1/traces"))
+        );
+    }
+
+    #[test]
+    fn flag_endpoint_over_http_appends_signal_paths_and_wins_over_env() {
+        let env = |k: &str| {
+            (k == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").then(|| "http://elsewhere:1/x".to_owned())
+        };
+        let c = Config::resolve(
+            args(&[
+                "--otlp-endpoint",
+                "http://127.0.0.1:4318",
+                "--otlp-protocol",
+                "http/protobuf",
+            ]),
+            env,
+        )
+        .unwrap();
+        assert!(
+            matches!(&c.exporter.outputs[0], Output::Otlp(e) if e.traces_url.as_deref() == Some("http://127.0.0.1:4318/v1/traces"))
+        );
     }
 
     #[test]
     fn flag_endpoint_with_grpc() {
-        let c = Config::resolve(args(&["--otlp-endpoint", "http://127.0.0.1:4317", "--otlp-protocol", "grpc"]), |_| None).unwrap();
+        let c = Config::resolve(
+            args(&[
+                "--otlp-endpoint",
+                "http://127.0.0.1:4317",
+                "--otlp-protocol",
+                "grpc",
+            ]),
+            |_| None,
+        )
+        .unwrap();
         assert!(matches!(&c.exporter.outputs[0], Output::Otlp(e) if e.protocol == Protocol::Grpc));
     }
 
@@ -235,7 +297,9 @@ mod tests {
         assert!(matches!(e, ConfigError::OtlpWithoutEndpoint));
         let e = Config::resolve(args(&["--route", "users/{id}"]), |_| None).unwrap_err();
         assert!(e.to_string().contains("route"));
-        let e = Config::resolve(args(&[]), |k| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "not a url".into()));
+        let e = Config::resolve(args(&[]), |k| {
+            (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "not a url".into())
+        });
         assert!(e.is_err());
     }
 }

@@ -16,6 +16,7 @@ use sonde_otlp_export::Exporter;
 use crate::{
     capture::{
         event::{Role, decode},
+        inflight,
         loader::{self, ProbeSettings, Probes},
         preexisting,
         sockets::SocketResolver,
@@ -32,6 +33,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(25);
 const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 const FLUSH_SPANS: usize = 1024;
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
+/// `bpf_map_update_elem` flag: only insert, never overwrite what the programs wrote.
+const BPF_NOEXIST: u64 = 1;
 /// Wake the reader when this much is queued in the ring buffer.
 const WAKEUP_BYTES: u32 = 256 * 1024;
 
@@ -83,7 +86,11 @@ impl CaptureLoop {
         let mut last_housekeeping = Instant::now();
         loop {
             let stopping = self.stop.load(Ordering::Relaxed);
-            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
             if !stopping {
                 // SAFETY: one valid pollfd.
                 unsafe { libc::poll(&mut pfd, 1, POLL_INTERVAL.as_millis() as i32) };
@@ -93,7 +100,8 @@ impl CaptureLoop {
                 self.flush();
                 return self;
             }
-            if self.tracer.pending_spans() >= FLUSH_SPANS || last_flush.elapsed() >= FLUSH_INTERVAL {
+            if self.tracer.pending_spans() >= FLUSH_SPANS || last_flush.elapsed() >= FLUSH_INTERVAL
+            {
                 self.flush();
                 last_flush = Instant::now();
             }
@@ -107,13 +115,21 @@ impl CaptureLoop {
 }
 
 /// Applies the tracer's requested changes to the kernel's socket table.
-fn apply_commands(sockets: &mut aya::maps::HashMap<aya::maps::MapData, u64, SocketState>, tracer: &mut Tracer<ProcHost>) {
+fn apply_commands(
+    sockets: &mut aya::maps::HashMap<aya::maps::MapData, u64, SocketState>,
+    tracer: &mut Tracer<ProcHost>,
+) {
     for cmd in tracer.take_commands() {
         match cmd {
             KernelCommand::Untrack { pid, fd } => {
                 let _ = sockets.remove(&socket_key(pid, fd as u32));
             }
-            KernelCommand::Track { pid, fd, role: r, capture_bytes } => {
+            KernelCommand::Track {
+                pid,
+                fd,
+                role: r,
+                capture_bytes,
+            } => {
                 let state = SocketState {
                     role: match r {
                         Role::Server => role::SERVER,
@@ -130,13 +146,81 @@ fn apply_commands(sockets: &mut aya::maps::HashMap<aya::maps::MapData, u64, Sock
     }
 }
 
+/// Stashes the arguments of syscalls that threads were already blocked in when the probes
+/// attached, so their exits are not dropped (see `capture::inflight`).
+fn stash_blocked_syscalls(probes: &mut Probes, pids: &[u32], default_capture: u32) -> usize {
+    let only = if pids.is_empty() { None } else { Some(pids) };
+    let mut stashed = 0;
+    for b in inflight::scan(std::process::id(), only) {
+        let key = (u64::from(b.pid) << 32) | u64::from(b.tid);
+        let inserted = match b.syscall {
+            inflight::Blocked::Data {
+                fd,
+                buf_kind,
+                direction,
+                ptr,
+                count,
+            } => {
+                let Ok(state) = probes.sockets.get(&socket_key(b.pid, fd as u32), 0) else {
+                    continue;
+                };
+                let args = sonde_common::DataArgs {
+                    fd,
+                    buf_kind,
+                    ptr,
+                    iov_count: if buf_kind == sonde_common::buf_kind::PLAIN {
+                        0
+                    } else {
+                        count
+                    },
+                    direction,
+                    capture_bytes: if state.capture_bytes != 0 {
+                        state.capture_bytes
+                    } else {
+                        default_capture
+                    },
+                    enter_ts_ns: clock::monotonic_now_ns(),
+                };
+                probes.data_args.insert(key, args, BPF_NOEXIST).is_ok()
+            }
+            inflight::Blocked::Accept { sockaddr } => probes
+                .accept_args
+                .insert(key, sonde_common::AcceptArgs { sockaddr }, BPF_NOEXIST)
+                .is_ok(),
+        };
+        if !inserted {
+            continue;
+        }
+        // The thread may have left that syscall meanwhile: then the entry would be stale.
+        if inflight::read_thread(b.pid, b.tid) != Some((b.nr, b.args)) {
+            let _ = probes.data_args.remove(&key);
+            let _ = probes.accept_args.remove(&key);
+            continue;
+        }
+        stashed += 1;
+    }
+    stashed
+}
+
 fn adopt_preexisting(tracer: &mut Tracer<ProcHost>, pids: &[u32]) -> usize {
     let only = if pids.is_empty() { None } else { Some(pids) };
     let found = preexisting::scan_established(std::process::id(), only);
     let n = found.len();
     for s in found {
-        let role = if s.accepted { Role::Server } else { Role::Client };
-        tracer.adopt_existing(s.pid, s.fd, role, Endpoints { local: Some(s.endpoints.local), remote: Some(s.endpoints.remote) });
+        let role = if s.accepted {
+            Role::Server
+        } else {
+            Role::Client
+        };
+        tracer.adopt_existing(
+            s.pid,
+            s.fd,
+            role,
+            Endpoints {
+                local: Some(s.endpoints.local),
+                remote: Some(s.endpoints.remote),
+            },
+        );
     }
     n
 }
@@ -163,14 +247,21 @@ pub async fn run(config: Config) -> Result<()> {
         capture_bytes: config.capture_bytes,
         ring_buffer_bytes: config.ring_buffer_bytes,
         wakeup_bytes: WAKEUP_BYTES,
+        noop: config.noop_probes,
     };
     let mut probes = loader::load(&settings)?;
     for pid in &config.pids {
-        probes.traced_pids.insert(*pid, 1, 0).with_context(|| format!("adding pid {pid} to the kernel filter"))?;
+        probes
+            .traced_pids
+            .insert(*pid, 1, 0)
+            .with_context(|| format!("adding pid {pid} to the kernel filter"))?;
     }
 
     let exporter = Exporter::start(config.exporter.clone()).context("starting the exporter")?;
-    let host = ProcHost { sockets: SocketResolver::default(), resources: ResourceCache::new() };
+    let host = ProcHost {
+        sockets: SocketResolver::default(),
+        resources: ResourceCache::new(),
+    };
     let tracer_config = TracerConfig {
         selection: config.selection.clone(),
         routes: config.routes.clone(),
@@ -180,27 +271,72 @@ pub async fn run(config: Config) -> Result<()> {
     let preexisting = adopt_preexisting(&mut tracer, &config.pids);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let mut capture = CaptureLoop { probes, tracer, exporter: exporter.clone(), stop: stop.clone(), spans_rejected: 0 };
+    let mut capture = CaptureLoop {
+        probes,
+        tracer,
+        exporter: exporter.clone(),
+        stop: stop.clone(),
+        spans_rejected: 0,
+    };
     capture.apply_commands();
+    let blocked = stash_blocked_syscalls(&mut capture.probes, &config.pids, config.capture_bytes);
     let attached = capture.probes.attached.len();
 
-    eprintln!("sonde {}: attached {attached} tracepoints", env!("CARGO_PKG_VERSION"));
+    eprintln!(
+        "sonde {}: attached {attached} tracepoints",
+        env!("CARGO_PKG_VERSION")
+    );
     eprintln!(
         "  tracing: {}{}{}",
-        if config.pids.is_empty() { "all processes".to_owned() } else { format!("pids {:?}", config.pids) },
-        if config.selection.ports.is_empty() { String::new() } else { format!(", ports {:?}", config.selection.ports) },
-        if config.selection.executables.is_empty() { String::new() } else { format!(", executables {:?}", config.selection.executables) },
+        if config.pids.is_empty() {
+            "all processes".to_owned()
+        } else {
+            format!("pids {:?}", config.pids)
+        },
+        if config.selection.ports.is_empty() {
+            String::new()
+        } else {
+            format!(", ports {:?}", config.selection.ports)
+        },
+        if config.selection.executables.is_empty() {
+            String::new()
+        } else {
+            format!(", executables {:?}", config.selection.executables)
+        },
     );
-    eprintln!("  capture: {} bytes per syscall (PostgreSQL {}), ring buffer {} KiB", config.capture_bytes, config.postgres_capture_bytes, config.ring_buffer_bytes / 1024);
-    eprintln!("  connections open before start: {preexisting} adopted");
-    eprintln!("  output: {}", config.exporter.outputs.iter().map(|o| o.kind()).collect::<Vec<_>>().join(", "));
+    eprintln!(
+        "  capture: {} bytes per syscall (PostgreSQL {}), ring buffer {} KiB",
+        config.capture_bytes,
+        config.postgres_capture_bytes,
+        config.ring_buffer_bytes / 1024
+    );
+    eprintln!(
+        "  connections open before start: {preexisting} adopted; {blocked} threads already blocked in socket syscalls"
+    );
+    eprintln!(
+        "  output: {}",
+        config
+            .exporter
+            .outputs
+            .iter()
+            .map(|o| o.kind())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     eprintln!("sonde: ready");
 
-    let handle = std::thread::Builder::new().name("sonde-capture".into()).spawn(move || capture.run())?;
+    let handle = std::thread::Builder::new()
+        .name("sonde-capture".into())
+        .spawn(move || capture.run())?;
     let signal = shutdown_signal().await;
-    eprintln!("sonde: {signal}, flushing (up to {:?})", config.shutdown_timeout);
+    eprintln!(
+        "sonde: {signal}, flushing (up to {:?})",
+        config.shutdown_timeout
+    );
     stop.store(true, Ordering::Relaxed);
-    let capture = tokio::task::spawn_blocking(move || handle.join()).await?.map_err(|_| anyhow::anyhow!("capture thread panicked"))?;
+    let capture = tokio::task::spawn_blocking(move || handle.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("capture thread panicked"))?;
     let lost: u64 = capture.probes.lost_per_cpu().iter().sum();
     let stats = capture.tracer.stats();
     exporter.shutdown(config.shutdown_timeout).await;

@@ -36,6 +36,8 @@ use crate::{
 /// What the tracer needs to know about the host, behind a trait so tests can fake /proc.
 pub trait HostView {
     fn endpoints(&mut self, pid: u32, fd: i32) -> Option<TcpEndpoints>;
+    /// The single TCP listening address of `pid`, if it has exactly one.
+    fn sole_listener(&mut self, pid: u32) -> Option<SocketAddr>;
     fn process(&mut self, pid: u32) -> &ProcessInfo;
     /// Records a process seen by the kernel, named `comm` if /proc no longer has it.
     fn process_seen(&mut self, pid: u32, comm: &str);
@@ -56,6 +58,9 @@ impl HostView for ProcHost {
     fn process(&mut self, pid: u32) -> &ProcessInfo {
         self.resources.info(pid)
     }
+    fn sole_listener(&mut self, pid: u32) -> Option<SocketAddr> {
+        self.sockets.sole_listener(pid)
+    }
     fn process_seen(&mut self, pid: u32, comm: &str) {
         self.resources.info_or_comm(pid, comm);
     }
@@ -73,7 +78,12 @@ pub enum KernelCommand {
     /// Stop capturing this socket (filtered out, not a protocol we parse, encrypted).
     Untrack { pid: u32, fd: i32 },
     /// Capture up to `capture_bytes` per syscall on this socket.
-    Track { pid: u32, fd: i32, role: Role, capture_bytes: u32 },
+    Track {
+        pid: u32,
+        fd: i32,
+        role: Role,
+        capture_bytes: u32,
+    },
 }
 
 /// Which connections to trace, beyond the kernel's pid filter.
@@ -103,6 +113,7 @@ enum Proto {
 }
 
 struct Conn {
+    pid: u32,
     role: Role,
     endpoints: Endpoints,
     /// Seen from its first byte (false: open before sonde started).
@@ -110,7 +121,12 @@ struct Conn {
     proto: Proto,
     /// Span contexts of requests in flight, by the parser's sequence number.
     in_flight: HashMap<u64, SpanContext>,
+    /// The process's fds naming this socket (more than one after dup).
+    fds: Vec<i32>,
 }
+
+/// Identifies a connection independently of its fds (which dup multiplies and close reuses).
+type ConnId = u64;
 
 #[derive(Clone, Debug, Default)]
 pub struct TracerStats {
@@ -128,7 +144,9 @@ pub struct Tracer<H: HostView> {
     clock: Clock,
     ids: IdGenerator,
     correlator: Correlator,
-    conns: HashMap<(u32, i32), Conn>,
+    conns: HashMap<ConnId, Conn>,
+    fds: HashMap<(u32, i32), ConnId>,
+    next_conn: ConnId,
     spans: HashMap<u32, Vec<Span>>,
     commands: Vec<KernelCommand>,
     stats: TracerStats,
@@ -157,6 +175,8 @@ impl<H: HostView> Tracer<H> {
             ids: IdGenerator::default(),
             correlator: Correlator::default(),
             conns: HashMap::new(),
+            fds: HashMap::new(),
+            next_conn: 0,
             spans: HashMap::new(),
             commands: Vec::new(),
             stats: TracerStats::default(),
@@ -172,7 +192,10 @@ impl<H: HostView> Tracer<H> {
     }
 
     pub fn stats(&self) -> TracerStats {
-        TracerStats { connections_open: self.conns.len(), ..self.stats.clone() }
+        TracerStats {
+            connections_open: self.conns.len(),
+            ..self.stats.clone()
+        }
     }
 
     /// Kernel table changes requested since the last call.
@@ -222,21 +245,66 @@ impl<H: HostView> Tracer<H> {
 
     /// A connection that was open before sonde started (found in /proc).
     pub fn adopt_existing(&mut self, pid: u32, fd: i32, role: Role, endpoints: Endpoints) {
-        if self.conns.contains_key(&(pid, fd)) || !self.selected(pid, endpoints) {
+        if self.fds.contains_key(&(pid, fd)) || !self.selected(pid, endpoints) {
             return;
         }
         let _ = self.host.process(pid);
+        self.insert_conn(pid, fd, role, endpoints, false);
+        self.commands.push(KernelCommand::Track {
+            pid,
+            fd,
+            role,
+            capture_bytes: 0,
+        });
+    }
+
+    fn insert_conn(
+        &mut self,
+        pid: u32,
+        fd: i32,
+        role: Role,
+        endpoints: Endpoints,
+        from_start: bool,
+    ) {
+        let id = self.next_conn;
+        self.next_conn += 1;
         self.conns.insert(
-            (pid, fd),
-            Conn { role, endpoints, from_start: false, proto: Proto::Unknown, in_flight: HashMap::new() },
+            id,
+            Conn {
+                pid,
+                role,
+                endpoints,
+                from_start,
+                proto: Proto::Unknown,
+                in_flight: HashMap::new(),
+                fds: vec![fd],
+            },
         );
-        self.commands.push(KernelCommand::Track { pid, fd, role, capture_bytes: 0 });
+        self.fds.insert((pid, fd), id);
+    }
+
+    /// `fd` no longer names its connection (closed, or replaced by dup2); the connection ends
+    /// with its last fd.
+    fn release_fd(&mut self, pid: u32, fd: i32, tid: u32, ts_ns: u64) {
+        let Some(id) = self.fds.remove(&(pid, fd)) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.fds.retain(|f| *f != fd);
+        if conn.fds.is_empty() {
+            self.finish(id, tid, ts_ns);
+        }
     }
 
     fn selected(&mut self, pid: u32, endpoints: Endpoints) -> bool {
         let sel = &self.config.selection;
         if !sel.ports.is_empty() {
-            let ports = [endpoints.local.map(|a| a.port()), endpoints.remote.map(|a| a.port())];
+            let ports = [
+                endpoints.local.map(|a| a.port()),
+                endpoints.remote.map(|a| a.port()),
+            ];
             if !ports.iter().flatten().any(|p| sel.ports.contains(p)) {
                 return false;
             }
@@ -253,31 +321,66 @@ impl<H: HostView> Tracer<H> {
     pub fn on_event(&mut self, event: KernelEvent<'_>) {
         self.stats.events += 1;
         match event {
-            KernelEvent::Connection { hdr, role, local, remote, comm } => {
+            KernelEvent::Connection {
+                hdr,
+                role,
+                local,
+                remote,
+                comm,
+            } => {
                 self.host.process_seen(hdr.pid, &comm);
                 self.on_connection(hdr, role, local, remote)
             }
-            KernelEvent::Data { hdr, direction, enter_ts_ns, total_len, offset, payload, last } => {
+            KernelEvent::Data {
+                hdr,
+                direction,
+                enter_ts_ns,
+                total_len,
+                offset,
+                payload,
+                last,
+            } => {
                 self.last_ts_ns = self.last_ts_ns.max(hdr.ts_ns);
                 self.stats.data_bytes += payload.len() as u64;
-                let lost_after = if last { total_len.saturating_sub(u64::from(offset) + payload.len() as u64) } else { 0 };
+                let lost_after = if last {
+                    total_len.saturating_sub(u64::from(offset) + payload.len() as u64)
+                } else {
+                    0
+                };
                 let ts = egress_or_ingress_ts(direction, &hdr, enter_ts_ns);
                 self.on_data(hdr, direction, payload, lost_after, ts);
             }
             KernelEvent::Close(hdr) => {
                 self.last_ts_ns = self.last_ts_ns.max(hdr.ts_ns);
-                if let Some(conn) = self.conns.remove(&(hdr.pid, hdr.fd)) {
-                    self.finish(hdr.pid, hdr.tid, conn, hdr.ts_ns);
+                self.release_fd(hdr.pid, hdr.fd, hdr.tid, hdr.ts_ns);
+            }
+            KernelEvent::Dup { hdr, old_fd } => {
+                // dup2/dup3 onto an fd that named another connection closes that one.
+                self.release_fd(hdr.pid, hdr.fd, hdr.tid, hdr.ts_ns);
+                match self.fds.get(&(hdr.pid, old_fd)).copied() {
+                    Some(id) => {
+                        self.fds.insert((hdr.pid, hdr.fd), id);
+                        if let Some(conn) = self.conns.get_mut(&id) {
+                            conn.fds.push(hdr.fd);
+                        }
+                    }
+                    None => self.commands.push(KernelCommand::Untrack {
+                        pid: hdr.pid,
+                        fd: hdr.fd,
+                    }),
                 }
             }
             KernelEvent::ProcessExit(hdr) => {
                 let pid = hdr.pid;
-                let keys: Vec<_> = self.conns.keys().filter(|(p, _)| *p == pid).copied().collect();
-                for key in keys {
-                    if let Some(conn) = self.conns.remove(&key) {
-                        self.commands.push(KernelCommand::Untrack { pid, fd: key.1 });
-                        self.finish(pid, hdr.tid, conn, hdr.ts_ns);
-                    }
+                let keys: Vec<_> = self
+                    .fds
+                    .keys()
+                    .filter(|(p, _)| *p == pid)
+                    .copied()
+                    .collect();
+                for (p, fd) in keys {
+                    self.commands.push(KernelCommand::Untrack { pid: p, fd });
+                    self.release_fd(p, fd, hdr.tid, hdr.ts_ns);
                 }
                 self.correlator.forget_thread_of(pid);
                 // Its last spans still need its resource: forget it after the next flush.
@@ -286,12 +389,23 @@ impl<H: HostView> Tracer<H> {
         }
     }
 
-    fn on_connection(&mut self, hdr: Header, role: Role, local: Option<SocketAddr>, remote: Option<SocketAddr>) {
-        let key = (hdr.pid, hdr.fd);
-        if let Some(old) = self.conns.remove(&key) {
-            // The fd was reused without us seeing a close (e.g. dup2): end the old one.
-            self.finish(hdr.pid, hdr.tid, old, hdr.ts_ns);
-        }
+    fn on_connection(
+        &mut self,
+        hdr: Header,
+        role: Role,
+        local: Option<SocketAddr>,
+        remote: Option<SocketAddr>,
+    ) {
+        tracing::debug!(
+            pid = hdr.pid,
+            fd = hdr.fd,
+            ?role,
+            ?local,
+            ?remote,
+            "connection"
+        );
+        // The fd was reused without us seeing a close: end the old connection.
+        self.release_fd(hdr.pid, hdr.fd, hdr.tid, hdr.ts_ns);
         let mut endpoints = Endpoints { local, remote };
         let local_known = local.is_some_and(|l| !l.ip().is_unspecified());
         if !local_known || remote.is_none() {
@@ -300,39 +414,59 @@ impl<H: HostView> Tracer<H> {
                     endpoints.local = Some(ep.local);
                     endpoints.remote = endpoints.remote.or(Some(ep.remote));
                 }
-                None if remote.is_none() => {
-                    // accept() without an address and no TCP socket behind the fd: a Unix
-                    // socket or already gone. Not ours.
-                    self.commands.push(KernelCommand::Untrack { pid: hdr.pid, fd: hdr.fd });
-                    self.stats.connections_ignored += 1;
-                    return;
-                }
+                None if remote.is_none() => match self.host.sole_listener(hdr.pid) {
+                    // An accept that began before sonde attached, on a connection already
+                    // gone from /proc: the process's one TCP listener is its local end.
+                    Some(listener) if role == Role::Server => endpoints.local = Some(listener),
+                    _ => {
+                        // No TCP socket behind the fd: a Unix socket, or gone. Not ours.
+                        self.commands.push(KernelCommand::Untrack {
+                            pid: hdr.pid,
+                            fd: hdr.fd,
+                        });
+                        self.stats.connections_ignored += 1;
+                        return;
+                    }
+                },
                 None => {}
             }
         }
         if !self.selected(hdr.pid, endpoints) {
-            self.commands.push(KernelCommand::Untrack { pid: hdr.pid, fd: hdr.fd });
+            self.commands.push(KernelCommand::Untrack {
+                pid: hdr.pid,
+                fd: hdr.fd,
+            });
             self.stats.connections_ignored += 1;
             return;
         }
-        self.conns.insert(key, Conn { role, endpoints, from_start: true, proto: Proto::Unknown, in_flight: HashMap::new() });
+        self.insert_conn(hdr.pid, hdr.fd, role, endpoints, true);
     }
 
-    fn ignore(&mut self, pid: u32, fd: i32) {
-        if let Some(conn) = self.conns.get_mut(&(pid, fd)) {
+    fn ignore(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(&id) {
             conn.proto = Proto::Ignored;
             conn.in_flight.clear();
+            for fd in &conn.fds {
+                self.commands.push(KernelCommand::Untrack {
+                    pid: conn.pid,
+                    fd: *fd,
+                });
+            }
         }
-        self.commands.push(KernelCommand::Untrack { pid, fd });
         self.stats.connections_ignored += 1;
     }
 
     /// Picks the protocol of a connection from its first captured bytes.
-    fn detect(&mut self, pid: u32, fd: i32, direction: Direction, payload: &[u8]) {
-        let Some(conn) = self.conns.get(&(pid, fd)) else { return };
-        let (role, from_start) = (conn.role, conn.from_start);
+    fn detect(&mut self, id: ConnId, direction: Direction, payload: &[u8]) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let (pid, role, from_start) = (conn.pid, conn.role, conn.from_start);
         // Who sends first: a client writes (egress), a server reads (ingress).
-        let request_side = matches!((role, direction), (Role::Client, Direction::Egress) | (Role::Server, Direction::Ingress));
+        let request_side = matches!(
+            (role, direction),
+            (Role::Client, Direction::Egress) | (Role::Server, Direction::Ingress)
+        );
         let proto = if request_side && sonde_http1::looks_like_request(payload) {
             Some(Proto::Http(Box::new(if from_start {
                 sonde_http1::Connection::new()
@@ -340,20 +474,27 @@ impl<H: HostView> Tracer<H> {
                 sonde_http1::Connection::new_unsynced()
             })))
         } else if request_side
-            && (sonde_postgres::looks_like_startup(payload) || (!from_start && sonde_postgres::looks_like_frontend_message(payload)))
+            && (sonde_postgres::looks_like_startup(payload)
+                || (!from_start && sonde_postgres::looks_like_frontend_message(payload)))
         {
             if role == Role::Server {
                 // The PostgreSQL server's side of a connection whose client we trace (or not):
                 // client spans come from the client side only, never twice.
                 None
             } else {
-                let pg = if from_start { sonde_postgres::Connection::new() } else { sonde_postgres::Connection::new_unsynced() };
-                self.commands.push(KernelCommand::Track {
-                    pid,
-                    fd,
-                    role,
-                    capture_bytes: self.config.postgres_capture_bytes,
-                });
+                let pg = if from_start {
+                    sonde_postgres::Connection::new()
+                } else {
+                    sonde_postgres::Connection::new_unsynced()
+                };
+                for fd in &conn.fds {
+                    self.commands.push(KernelCommand::Track {
+                        pid,
+                        fd: *fd,
+                        role,
+                        capture_bytes: self.config.postgres_capture_bytes,
+                    });
+                }
                 Some(Proto::Postgres(Box::new(pg)))
             }
         } else if !from_start && !request_side {
@@ -364,74 +505,116 @@ impl<H: HostView> Tracer<H> {
         };
         match proto {
             Some(p) => {
-                if let Some(conn) = self.conns.get_mut(&(pid, fd)) {
+                if let Some(conn) = self.conns.get_mut(&id) {
                     conn.proto = p;
                 }
             }
-            None => self.ignore(pid, fd),
+            None => self.ignore(id),
         }
     }
 
-    fn on_data(&mut self, hdr: Header, direction: Direction, payload: &[u8], lost_after: u64, ts_ns: u64) {
-        let key = (hdr.pid, hdr.fd);
-        let Some(conn) = self.conns.get(&key) else { return };
+    fn on_data(
+        &mut self,
+        hdr: Header,
+        direction: Direction,
+        payload: &[u8],
+        lost_after: u64,
+        ts_ns: u64,
+    ) {
+        let Some(&id) = self.fds.get(&(hdr.pid, hdr.fd)) else {
+            return;
+        };
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
         if matches!(conn.proto, Proto::Unknown) {
             if payload.is_empty() {
                 return;
             }
-            self.detect(hdr.pid, hdr.fd, direction, payload);
+            self.detect(id, direction, payload);
         }
-        let Some(conn) = self.conns.get_mut(&key) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         let role = conn.role;
-        let request_dir = matches!((role, direction), (Role::Client, Direction::Egress) | (Role::Server, Direction::Ingress) | (Role::Unknown, Direction::Ingress));
+        let request_dir = matches!(
+            (role, direction),
+            (Role::Client, Direction::Egress)
+                | (Role::Server, Direction::Ingress)
+                | (Role::Unknown, Direction::Ingress)
+        );
         match &mut conn.proto {
             Proto::Http(parser) => {
-                let dir = if request_dir { sonde_http1::Direction::Request } else { sonde_http1::Direction::Response };
+                let dir = if request_dir {
+                    sonde_http1::Direction::Request
+                } else {
+                    sonde_http1::Direction::Response
+                };
                 let mut events = std::mem::take(&mut self.http_events);
-                parser.feed(dir, payload, lost_after, sonde_http1::Seen { ts_ns, tid: hdr.tid }, &mut events);
-                self.on_http_events(hdr.pid, hdr.fd, &mut events, ts_ns);
+                parser.feed(
+                    dir,
+                    payload,
+                    lost_after,
+                    sonde_http1::Seen {
+                        ts_ns,
+                        tid: hdr.tid,
+                    },
+                    &mut events,
+                );
+                self.on_http_events(id, &mut events, ts_ns);
                 self.http_events = events;
             }
             Proto::Postgres(parser) => {
-                let dir = if request_dir { sonde_postgres::Direction::Frontend } else { sonde_postgres::Direction::Backend };
+                let dir = if request_dir {
+                    sonde_postgres::Direction::Frontend
+                } else {
+                    sonde_postgres::Direction::Backend
+                };
                 let mut events = std::mem::take(&mut self.pg_events);
-                parser.feed(dir, payload, lost_after, sonde_postgres::Seen { ts_ns, tid: hdr.tid }, &mut events);
-                self.on_pg_events(hdr.pid, hdr.fd, &mut events, ts_ns);
+                parser.feed(
+                    dir,
+                    payload,
+                    lost_after,
+                    sonde_postgres::Seen {
+                        ts_ns,
+                        tid: hdr.tid,
+                    },
+                    &mut events,
+                );
+                self.on_pg_events(id, &mut events, ts_ns);
                 self.pg_events = events;
             }
             Proto::Unknown | Proto::Ignored => {}
         }
     }
 
-    /// The connection ended (close, process exit, fd reuse): flush what its parser holds.
-    fn finish(&mut self, pid: u32, tid: u32, mut conn: Conn, ts_ns: u64) {
-        let fd_key = (pid, -1);
+    /// The connection ended (its last fd closed, or its process exited): flush what its
+    /// parser holds, then forget it.
+    fn finish(&mut self, id: ConnId, tid: u32, ts_ns: u64) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         match std::mem::replace(&mut conn.proto, Proto::Ignored) {
             Proto::Http(mut parser) => {
                 let mut events = std::mem::take(&mut self.http_events);
                 parser.close(sonde_http1::Seen { ts_ns, tid }, &mut events);
-                // Re-insert temporarily so the event handlers find the connection's state.
-                self.conns.insert(fd_key, conn);
-                self.on_http_events(pid, -1, &mut events, ts_ns);
+                self.on_http_events(id, &mut events, ts_ns);
                 self.http_events = events;
-                conn = match self.conns.remove(&fd_key) {
-                    Some(c) => c,
-                    None => return,
-                };
             }
             Proto::Postgres(mut parser) => {
                 let mut events = std::mem::take(&mut self.pg_events);
                 parser.close(sonde_postgres::Seen { ts_ns, tid }, &mut events);
                 let database = parser.database().map(str::to_owned);
-                self.conns.insert(fd_key, conn);
-                self.on_pg_events_with_db(pid, -1, &mut events, ts_ns, database);
+                self.on_pg_events_with_db(id, &mut events, ts_ns, database);
                 self.pg_events = events;
-                conn = match self.conns.remove(&fd_key) {
-                    Some(c) => c,
-                    None => return,
-                };
             }
             Proto::Unknown | Proto::Ignored => {}
+        }
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
+        for fd in &conn.fds {
+            self.fds.remove(&(conn.pid, *fd));
         }
         if conn.role == Role::Client {
             if let (Some(l), Some(r)) = (conn.endpoints.local, conn.endpoints.remote) {
@@ -453,16 +636,24 @@ impl<H: HostView> Tracer<H> {
         }
     }
 
-    fn on_http_events(&mut self, pid: u32, fd: i32, events: &mut Vec<sonde_http1::Event>, now_ns: u64) {
+    fn on_http_events(&mut self, id: ConnId, events: &mut Vec<sonde_http1::Event>, now_ns: u64) {
         for event in events.drain(..) {
-            let Some(conn) = self.conns.get(&(pid, fd)) else { return };
-            let (role, endpoints) = (conn.role, conn.endpoints);
+            let Some(conn) = self.conns.get(&id) else {
+                return;
+            };
+            let (pid, role, endpoints) = (conn.pid, conn.role, conn.endpoints);
             match event {
                 sonde_http1::Event::RequestHead { seq, head, first } => {
                     let ctx = if role == Role::Client {
                         let ctx = self.client_context(pid, first.tid);
                         if let (Some(l), Some(r)) = (endpoints.local, endpoints.remote) {
-                            self.correlator.register_outgoing(l, r, ctx.trace_id, ctx.span_id, first.ts_ns);
+                            self.correlator.register_outgoing(
+                                l,
+                                r,
+                                ctx.trace_id,
+                                ctx.span_id,
+                                first.ts_ns,
+                            );
                         }
                         ctx
                     } else {
@@ -470,79 +661,111 @@ impl<H: HostView> Tracer<H> {
                             (Some(l), Some(r)) => self.correlator.take_incoming(l, r),
                             _ => None,
                         };
-                        let ctx = if let Some((trace, parent)) = head.header("traceparent").and_then(parse_traceparent) {
-                            SpanContext { remote_parent: true, ..self.ids.child_of(trace, parent) }
+                        let ctx = if let Some((trace, parent)) =
+                            head.header("traceparent").and_then(parse_traceparent)
+                        {
+                            SpanContext {
+                                remote_parent: true,
+                                ..self.ids.child_of(trace, parent)
+                            }
                         } else if let Some((trace, parent)) = from_local_client {
                             self.ids.child_of(trace, parent)
                         } else {
                             self.ids.root()
                         };
-                        self.correlator.begin_serving(first.tid, pid, ctx.trace_id, ctx.span_id);
+                        self.correlator
+                            .begin_serving(first.tid, pid, ctx.trace_id, ctx.span_id);
                         ctx
                     };
-                    if let Some(conn) = self.conns.get_mut(&(pid, fd)) {
+                    if let Some(conn) = self.conns.get_mut(&id) {
                         conn.in_flight.insert(seq, ctx);
                     }
                 }
                 sonde_http1::Event::Exchange(ex) => {
                     let ctx = self
                         .conns
-                        .get_mut(&(pid, fd))
+                        .get_mut(&id)
                         .and_then(|c| c.in_flight.remove(&ex.seq))
                         .unwrap_or_else(|| self.ids.root());
                     let parts = if role == Role::Client {
                         http::client_span(&ex, endpoints, ctx, &self.clock, now_ns)
                     } else {
-                        self.correlator.end_serving(ex.request_first.tid, ctx.span_id);
-                        http::server_span(&ex, endpoints, &self.config.routes, ctx, &self.clock, now_ns)
+                        self.correlator
+                            .end_serving(ex.request_first.tid, ctx.span_id);
+                        http::server_span(
+                            &ex,
+                            endpoints,
+                            &self.config.routes,
+                            ctx,
+                            &self.clock,
+                            now_ns,
+                        )
                     };
                     self.emit(pid, parts);
                 }
                 sonde_http1::Event::NotHttp { .. } => {
-                    let real_fd = fd;
-                    if real_fd >= 0 {
-                        self.ignore(pid, real_fd);
-                    }
+                    self.ignore(id);
                     return;
                 }
             }
         }
     }
 
-    fn on_pg_events(&mut self, pid: u32, fd: i32, events: &mut Vec<sonde_postgres::Event>, now_ns: u64) {
-        let database = match self.conns.get(&(pid, fd)).map(|c| &c.proto) {
+    fn on_pg_events(&mut self, id: ConnId, events: &mut Vec<sonde_postgres::Event>, now_ns: u64) {
+        if events.is_empty() {
+            return;
+        }
+        let database = match self.conns.get(&id).map(|c| &c.proto) {
             Some(Proto::Postgres(p)) => p.database().map(str::to_owned),
             _ => None,
         };
-        self.on_pg_events_with_db(pid, fd, events, now_ns, database);
+        self.on_pg_events_with_db(id, events, now_ns, database);
     }
 
-    fn on_pg_events_with_db(&mut self, pid: u32, fd: i32, events: &mut Vec<sonde_postgres::Event>, now_ns: u64, database: Option<String>) {
+    fn on_pg_events_with_db(
+        &mut self,
+        id: ConnId,
+        events: &mut Vec<sonde_postgres::Event>,
+        now_ns: u64,
+        database: Option<String>,
+    ) {
         for event in events.drain(..) {
-            let Some(conn) = self.conns.get(&(pid, fd)) else { return };
-            let endpoints = conn.endpoints;
+            let Some(conn) = self.conns.get(&id) else {
+                return;
+            };
+            let (pid, endpoints) = (conn.pid, conn.endpoints);
             match event {
                 sonde_postgres::Event::OperationStarted { seq, first } => {
                     let ctx = self.client_context(pid, first.tid);
-                    if let Some(conn) = self.conns.get_mut(&(pid, fd)) {
+                    if let Some(conn) = self.conns.get_mut(&id) {
                         conn.in_flight.insert(seq, ctx);
                     }
                 }
                 sonde_postgres::Event::Operation(op) => {
-                    let ctx = match self.conns.get_mut(&(pid, fd)).and_then(|c| c.in_flight.remove(&op.seq)) {
+                    let ctx = match self
+                        .conns
+                        .get_mut(&id)
+                        .and_then(|c| c.in_flight.remove(&op.seq))
+                    {
                         Some(ctx) => ctx,
                         None => self.client_context(pid, op.first.tid),
                     };
-                    let parts = postgres::client_span(&op, database.as_deref(), endpoints, ctx, &self.clock, now_ns);
+                    let parts = postgres::client_span(
+                        &op,
+                        database.as_deref(),
+                        endpoints,
+                        ctx,
+                        &self.clock,
+                        now_ns,
+                    );
                     self.emit(pid, parts);
                 }
                 sonde_postgres::Event::Encrypted | sonde_postgres::Event::NotPostgres => {
-                    if fd >= 0 {
-                        self.ignore(pid, fd);
-                    }
+                    self.ignore(id);
                     return;
                 }
-                sonde_postgres::Event::Startup { .. } | sonde_postgres::Event::Notification { .. } => {}
+                sonde_postgres::Event::Startup { .. }
+                | sonde_postgres::Event::Notification { .. } => {}
             }
         }
     }

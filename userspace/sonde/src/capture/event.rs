@@ -4,7 +4,8 @@
 use std::net::{Ipv6Addr, SocketAddr};
 
 use sonde_common::{
-    ConnEvent, DATA_FLAG_LAST_CHUNK, DATA_HEADER_SIZE, DataEvent, EventHeader, direction, kind, role,
+    ConnEvent, DATA_FLAG_LAST_CHUNK, DATA_HEADER_SIZE, DataEvent, EventHeader, direction, kind,
+    role,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -64,6 +65,11 @@ pub enum KernelEvent<'a> {
     },
     Close(Header),
     ProcessExit(Header),
+    /// `hdr.fd` is a duplicate of `old_fd`.
+    Dup {
+        hdr: Header,
+        old_fd: i32,
+    },
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
@@ -117,12 +123,15 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
             // Only the header and `len` payload bytes are in the record: read the header part.
             let mut head = [0u8; DATA_HEADER_SIZE];
             head.copy_from_slice(&bytes[..DATA_HEADER_SIZE]);
-            let direction_raw = u32::from_ne_bytes(field(&head, std::mem::offset_of!(DataEvent, direction)));
+            let direction_raw =
+                u32::from_ne_bytes(field(&head, std::mem::offset_of!(DataEvent, direction)));
             let len = u32::from_ne_bytes(field(&head, std::mem::offset_of!(DataEvent, len)));
             let offset = u32::from_ne_bytes(field(&head, std::mem::offset_of!(DataEvent, offset)));
             let flags = u32::from_ne_bytes(field(&head, std::mem::offset_of!(DataEvent, flags)));
-            let total_len = u64::from_ne_bytes(field(&head, std::mem::offset_of!(DataEvent, total_len)));
-            let enter_ts_ns = u64::from_ne_bytes(field(&head, std::mem::offset_of!(DataEvent, enter_ts_ns)));
+            let total_len =
+                u64::from_ne_bytes(field(&head, std::mem::offset_of!(DataEvent, total_len)));
+            let enter_ts_ns =
+                u64::from_ne_bytes(field(&head, std::mem::offset_of!(DataEvent, enter_ts_ns)));
             let payload = bytes
                 .get(DATA_HEADER_SIZE..DATA_HEADER_SIZE + len as usize)
                 .ok_or(DecodeError::BadLength {
@@ -144,6 +153,13 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
             })
         }
         kind::CLOSE => Ok(KernelEvent::Close(hdr)),
+        kind::DUP => {
+            let ev: sonde_common::DupEvent = read(bytes)?;
+            Ok(KernelEvent::Dup {
+                hdr,
+                old_fd: ev.old_fd,
+            })
+        }
         kind::PROCESS_EXIT => Ok(KernelEvent::ProcessExit(hdr)),
         other => Err(DecodeError::UnknownKind(other)),
     }
@@ -172,7 +188,13 @@ mod tests {
     #[test]
     fn decodes_a_data_record_with_only_its_payload() {
         let mut ev = DataEvent {
-            hdr: EventHeader { kind: kind::DATA, pid: 7, tid: 8, fd: 3, ts_ns: 99 },
+            hdr: EventHeader {
+                kind: kind::DATA,
+                pid: 7,
+                tid: 8,
+                fd: 3,
+                ts_ns: 99,
+            },
             direction: direction::EGRESS,
             len: 5,
             offset: 4096,
@@ -183,33 +205,71 @@ mod tests {
         };
         ev.data[..5].copy_from_slice(b"hello");
         let bytes = &as_bytes(&ev)[..DATA_HEADER_SIZE + 5];
-        let KernelEvent::Data { hdr, direction, payload, total_len, offset, last, enter_ts_ns } = decode(bytes).unwrap() else {
+        let KernelEvent::Data {
+            hdr,
+            direction,
+            payload,
+            total_len,
+            offset,
+            last,
+            enter_ts_ns,
+        } = decode(bytes).unwrap()
+        else {
             panic!("not data")
         };
-        assert_eq!(hdr, Header { pid: 7, tid: 8, fd: 3, ts_ns: 99 });
+        assert_eq!(
+            hdr,
+            Header {
+                pid: 7,
+                tid: 8,
+                fd: 3,
+                ts_ns: 99
+            }
+        );
         assert_eq!(direction, Direction::Egress);
         assert_eq!(payload, b"hello");
-        assert_eq!((total_len, offset, last, enter_ts_ns), (10000, 4096, true, 90));
+        assert_eq!(
+            (total_len, offset, last, enter_ts_ns),
+            (10000, 4096, true, 90)
+        );
     }
 
     #[test]
     fn short_and_lying_records_are_errors() {
         assert_eq!(decode(&[1, 2, 3]), Err(DecodeError::Short(3)));
         let mut ev = DataEvent {
-            hdr: EventHeader { kind: kind::DATA, ..Default::default() },
-            direction: 1, len: 100, offset: 0, flags: 0, total_len: 100, enter_ts_ns: 0,
+            hdr: EventHeader {
+                kind: kind::DATA,
+                ..Default::default()
+            },
+            direction: 1,
+            len: 100,
+            offset: 0,
+            flags: 0,
+            total_len: 100,
+            enter_ts_ns: 0,
             data: [0; sonde_common::CHUNK_SIZE],
         };
         ev.len = 100;
-        assert!(matches!(decode(&as_bytes(&ev)[..DATA_HEADER_SIZE + 10]), Err(DecodeError::BadLength { .. })));
-        let hdr = EventHeader { kind: 77, ..Default::default() };
+        assert!(matches!(
+            decode(&as_bytes(&ev)[..DATA_HEADER_SIZE + 10]),
+            Err(DecodeError::BadLength { .. })
+        ));
+        let hdr = EventHeader {
+            kind: 77,
+            ..Default::default()
+        };
         assert_eq!(decode(as_bytes(&hdr)), Err(DecodeError::UnknownKind(77)));
     }
 
     #[test]
     fn conn_addresses_are_unmapped_from_v6() {
         let mut ev = ConnEvent {
-            hdr: EventHeader { kind: kind::CONNECT, pid: 1, ..Default::default() },
+            hdr: EventHeader {
+                kind: kind::CONNECT,
+                pid: 1,
+                ..Default::default()
+            },
             role: role::CLIENT,
             local_port: 40000,
             remote_port: 5432,
@@ -219,7 +279,16 @@ mod tests {
         ev.remote_addr[11] = 0xff;
         ev.remote_addr[12] = 127;
         ev.remote_addr[15] = 1;
-        let KernelEvent::Connection { remote, local, role, comm, .. } = decode(as_bytes(&ev)).unwrap() else { panic!() };
+        let KernelEvent::Connection {
+            remote,
+            local,
+            role,
+            comm,
+            ..
+        } = decode(as_bytes(&ev)).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(remote, Some("127.0.0.1:5432".parse().unwrap()));
         assert_eq!(local, Some("[::]:40000".parse().unwrap()));
         assert_eq!(role, Role::Client);

@@ -10,13 +10,23 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use sonde_common::{ProbeConfig, SocketState};
+use sonde_common::{AcceptArgs, DataArgs, ProbeConfig, SocketState};
 
-static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sonde-probes"));
+static PROBES_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sonde-probes"));
 
 /// (program name, tracepoint category, tracepoint name). Programs named after their syscall
-/// tracepoint; the accept family shares one pair of programs for accept and accept4.
+/// tracepoint; the accept family shares one pair of programs for accept and accept4, the dup
+/// family one exit program.
 const ATTACHMENTS: &[(&str, &str, &str)] = &[
+    ("sys_enter_dup", "syscalls", "sys_enter_dup"),
+    ("sys_enter_dup", "syscalls", "sys_enter_dup2"),
+    ("sys_enter_dup", "syscalls", "sys_enter_dup3"),
+    ("sys_enter_fcntl", "syscalls", "sys_enter_fcntl"),
+    ("sys_exit_dup", "syscalls", "sys_exit_dup"),
+    ("sys_exit_dup", "syscalls", "sys_exit_dup2"),
+    ("sys_exit_dup", "syscalls", "sys_exit_dup3"),
+    ("sys_exit_dup", "syscalls", "sys_exit_fcntl"),
     ("sys_enter_accept", "syscalls", "sys_enter_accept"),
     ("sys_enter_accept", "syscalls", "sys_enter_accept4"),
     ("sys_exit_accept", "syscalls", "sys_exit_accept"),
@@ -26,6 +36,7 @@ const ATTACHMENTS: &[(&str, &str, &str)] = &[
     ("inet_sock_set_state", "sock", "inet_sock_set_state"),
     ("sys_enter_close", "syscalls", "sys_enter_close"),
     ("sched_process_exit", "sched", "sched_process_exit"),
+    ("sched_process_fork", "sched", "sched_process_fork"),
     ("sys_enter_read", "syscalls", "sys_enter_read"),
     ("sys_exit_read", "syscalls", "sys_exit_read"),
     ("sys_enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
@@ -44,6 +55,14 @@ const ATTACHMENTS: &[(&str, &str, &str)] = &[
     ("sys_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
     ("sys_enter_sendfile64", "syscalls", "sys_enter_sendfile64"),
     ("sys_exit_sendfile64", "syscalls", "sys_exit_sendfile64"),
+];
+
+/// Tracepoints some architectures lack.
+const OPTIONAL: &[&str] = &[
+    "sys_enter_dup2",
+    "sys_exit_dup2",
+    "sys_enter_accept",
+    "sys_exit_accept",
 ];
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -89,6 +108,8 @@ pub struct ProbeSettings {
     pub capture_bytes: u32,
     pub ring_buffer_bytes: u32,
     pub wakeup_bytes: u32,
+    /// Attach programs that return at once (benchmark baseline).
+    pub noop: bool,
 }
 
 pub struct Probes {
@@ -98,6 +119,8 @@ pub struct Probes {
     pub sockets: BpfHashMap<MapData, u64, SocketState>,
     pub traced_pids: BpfHashMap<MapData, u32, u8>,
     pub lost: PerCpuArray<MapData, u64>,
+    pub data_args: BpfHashMap<MapData, u64, DataArgs>,
+    pub accept_args: BpfHashMap<MapData, u64, AcceptArgs>,
     /// "category:name" of every attached tracepoint, for the startup summary.
     pub attached: Vec<String>,
 }
@@ -111,7 +134,13 @@ pub fn ensure_tracefs() -> Result<(), LoadError> {
     let target = c"/sys/kernel/tracing";
     // SAFETY: constant NUL-terminated strings; no data argument.
     let rc = unsafe {
-        libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(LoadError::NoTracefs(std::io::Error::last_os_error()));
@@ -122,7 +151,10 @@ pub fn ensure_tracefs() -> Result<(), LoadError> {
 
 fn check_kernel() -> Result<(), LoadError> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     if (major, minor) < (5, 8) {
         return Err(LoadError::KernelTooOld(release.trim().to_owned()));
@@ -156,7 +188,10 @@ pub fn load(settings: &ProbeSettings) -> Result<Probes, LoadError> {
     check_kernel()?;
     ensure_tracefs()?;
     // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: valid pointer to a local struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
@@ -167,10 +202,19 @@ pub fn load(settings: &ProbeSettings) -> Result<Probes, LoadError> {
         filter_pids: u32::from(settings.filter_pids),
         capture_bytes: settings.capture_bytes.min(sonde_common::MAX_CAPTURE_BYTES),
         wakeup_bytes: settings.wakeup_bytes,
+        flags: if settings.noop {
+            sonde_common::probe_flags::NOOP
+        } else {
+            0
+        },
+        _reserved: 0,
     };
     let mut ebpf = EbpfLoader::new()
         .override_global("SONDE_CONFIG", &config, true)
-        .map_max_entries("EVENTS", settings.ring_buffer_bytes.next_power_of_two().max(4096))
+        .map_max_entries(
+            "EVENTS",
+            settings.ring_buffer_bytes.next_power_of_two().max(4096),
+        )
         .load(PROBES_OBJECT)?;
 
     let mut loaded = std::collections::HashSet::new();
@@ -178,22 +222,43 @@ pub fn load(settings: &ProbeSettings) -> Result<Probes, LoadError> {
     for &(program, category, name) in ATTACHMENTS {
         let tp: &mut TracePoint = ebpf
             .program_mut(program)
-            .ok_or_else(|| LoadError::MissingProgram { program: program.to_owned() })?
+            .ok_or_else(|| LoadError::MissingProgram {
+                program: program.to_owned(),
+            })?
             .try_into()
-            .map_err(|source| LoadError::Verify { program: program.to_owned(), source })?;
+            .map_err(|source| LoadError::Verify {
+                program: program.to_owned(),
+                source,
+            })?;
         if loaded.insert(program) {
-            tp.load().map_err(|source| LoadError::Verify { program: program.to_owned(), source })?;
+            tp.load().map_err(|source| LoadError::Verify {
+                program: program.to_owned(),
+                source,
+            })?;
         }
-        tp.attach(category, name).map_err(|source| LoadError::Attach {
-            category: category.to_owned(),
-            name: name.to_owned(),
-            source,
-        })?;
+        // Syscalls an architecture does not have (dup2 on arm64) are skipped, not fatal.
+        if OPTIONAL.contains(&name)
+            && !Path::new(TRACEFS)
+                .join("events")
+                .join(category)
+                .join(name)
+                .exists()
+        {
+            tracing::info!("tracepoint {category}:{name} does not exist on this kernel; skipped");
+            continue;
+        }
+        tp.attach(category, name)
+            .map_err(|source| LoadError::Attach {
+                category: category.to_owned(),
+                name: name.to_owned(),
+                source,
+            })?;
         attached.push(format!("{category}:{name}"));
     }
 
     let take = |ebpf: &mut Ebpf, name: &'static str| {
-        ebpf.take_map(name).ok_or(LoadError::Map(name, "missing from the object".into()))
+        ebpf.take_map(name)
+            .ok_or(LoadError::Map(name, "missing from the object".into()))
     };
     let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)
         .map_err(|e| LoadError::Map("EVENTS", e.to_string()))?;
@@ -203,12 +268,28 @@ pub fn load(settings: &ProbeSettings) -> Result<Probes, LoadError> {
         .map_err(|e| LoadError::Map("TRACED_PIDS", e.to_string()))?;
     let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)
         .map_err(|e| LoadError::Map("LOST", e.to_string()))?;
-    Ok(Probes { _ebpf: ebpf, events, sockets, traced_pids, lost, attached })
+    let data_args = BpfHashMap::try_from(take(&mut ebpf, "DATA_ARGS")?)
+        .map_err(|e| LoadError::Map("DATA_ARGS", e.to_string()))?;
+    let accept_args = BpfHashMap::try_from(take(&mut ebpf, "ACCEPT_ARGS")?)
+        .map_err(|e| LoadError::Map("ACCEPT_ARGS", e.to_string()))?;
+    Ok(Probes {
+        _ebpf: ebpf,
+        events,
+        sockets,
+        traced_pids,
+        lost,
+        data_args,
+        accept_args,
+        attached,
+    })
 }
 
 impl Probes {
     /// Records the ring buffer had no room for, per CPU.
     pub fn lost_per_cpu(&self) -> Vec<u64> {
-        self.lost.get(&0, 0).map(|v| v.iter().copied().collect()).unwrap_or_default()
+        self.lost
+            .get(&0, 0)
+            .map(|v| v.iter().copied().collect())
+            .unwrap_or_default()
     }
 }

@@ -22,6 +22,7 @@ pub struct TcpEndpoints {
 struct NetnsTable {
     by_inode: HashMap<u64, TcpEndpoints>,
     listening_ports: std::collections::HashSet<u16>,
+    listen_by_inode: HashMap<u64, SocketAddr>,
 }
 
 #[derive(Default)]
@@ -38,7 +39,9 @@ pub fn socket_inode(pid: u32, fd: i32) -> Option<u64> {
 
 fn netns_of(pid: u32) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(format!("/proc/{pid}/ns/net")).ok().map(|m| m.ino())
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
 }
 
 fn read_tables(pid: u32) -> Option<NetnsTable> {
@@ -53,10 +56,17 @@ fn read_tables(pid: u32) -> Option<NetnsTable> {
     for e in entries {
         if e.state == TcpState::Listen {
             table.listening_ports.insert(e.local_address.port());
+            table
+                .listen_by_inode
+                .insert(e.inode, unmap(e.local_address));
         }
         table.by_inode.insert(
             e.inode,
-            TcpEndpoints { local: unmap(e.local_address), remote: unmap(e.remote_address), established: e.state == TcpState::Established },
+            TcpEndpoints {
+                local: unmap(e.local_address),
+                remote: unmap(e.remote_address),
+                established: e.state == TcpState::Established,
+            },
         );
     }
     Some(table)
@@ -88,13 +98,37 @@ impl SocketResolver {
 
     /// Whether `port` is a listening port in `pid`'s network namespace.
     pub fn is_listening_port(&mut self, pid: u32, port: u16) -> bool {
-        let Some(ns) = netns_of(pid) else { return false };
+        let Some(ns) = netns_of(pid) else {
+            return false;
+        };
         if !self.tables.contains_key(&ns) {
             if let Some(t) = read_tables(pid) {
                 self.tables.insert(ns, t);
             }
         }
-        self.tables.get(&ns).is_some_and(|t| t.listening_ports.contains(&port))
+        self.tables
+            .get(&ns)
+            .is_some_and(|t| t.listening_ports.contains(&port))
+    }
+
+    /// The one TCP socket `pid` listens on, if it has exactly one: the local end of a
+    /// connection it accepted when nothing else is known about it.
+    pub fn sole_listener(&mut self, pid: u32) -> Option<SocketAddr> {
+        let table = read_tables(pid)?;
+        let process = Process::new(pid as i32).ok()?;
+        let mut found = None;
+        for fd in process.fd().ok()?.flatten() {
+            let FDTarget::Socket(inode) = fd.target else {
+                continue;
+            };
+            if let Some(ep) = table.listen_by_inode.get(&inode) {
+                if found.is_some_and(|f: SocketAddr| f.port() != ep.port()) {
+                    return None;
+                }
+                found = Some(*ep);
+            }
+        }
+        found
     }
 
     /// Forget cached tables (they go stale as connections come and go).
@@ -117,7 +151,9 @@ pub struct FoundSocket {
 pub fn scan_established(exclude_pid: u32, only_pids: Option<&[u32]>) -> Vec<FoundSocket> {
     let mut resolver = SocketResolver::default();
     let mut found = Vec::new();
-    let Ok(all) = procfs::process::all_processes() else { return found };
+    let Ok(all) = procfs::process::all_processes() else {
+        return found;
+    };
     for process in all.flatten() {
         let pid = process.pid as u32;
         if pid == exclude_pid || only_pids.is_some_and(|only| !only.contains(&pid)) {
@@ -125,7 +161,9 @@ pub fn scan_established(exclude_pid: u32, only_pids: Option<&[u32]>) -> Vec<Foun
         }
         let Ok(fds) = process.fd() else { continue };
         for fd in fds.flatten() {
-            let FDTarget::Socket(inode) = fd.target else { continue };
+            let FDTarget::Socket(inode) = fd.target else {
+                continue;
+            };
             let Some(ns) = netns_of(pid) else { continue };
             if !resolver.tables.contains_key(&ns) {
                 match read_tables(pid) {
@@ -135,8 +173,12 @@ pub fn scan_established(exclude_pid: u32, only_pids: Option<&[u32]>) -> Vec<Foun
                     None => continue,
                 }
             }
-            let Some(table) = resolver.tables.get(&ns) else { continue };
-            let Some(ep) = table.by_inode.get(&inode) else { continue };
+            let Some(table) = resolver.tables.get(&ns) else {
+                continue;
+            };
+            let Some(ep) = table.by_inode.get(&inode) else {
+                continue;
+            };
             if !ep.established {
                 continue;
             }

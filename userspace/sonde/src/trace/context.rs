@@ -44,11 +44,21 @@ impl IdGenerator {
     }
     /// A root span of a new trace.
     pub fn root(&mut self) -> SpanContext {
-        SpanContext { trace_id: self.trace_id(), span_id: self.span_id(), parent: None, remote_parent: false }
+        SpanContext {
+            trace_id: self.trace_id(),
+            span_id: self.span_id(),
+            parent: None,
+            remote_parent: false,
+        }
     }
     /// A child of `parent` in the same trace.
     pub fn child_of(&mut self, trace_id: TraceId, parent: SpanId) -> SpanContext {
-        SpanContext { trace_id, span_id: self.span_id(), parent: Some(parent), remote_parent: false }
+        SpanContext {
+            trace_id,
+            span_id: self.span_id(),
+            parent: Some(parent),
+            remote_parent: false,
+        }
     }
 }
 
@@ -67,7 +77,13 @@ pub fn parse_traceparent(value: &[u8]) -> Option<(TraceId, SpanId)> {
     if version == "00" && parts.next().is_some() {
         return None;
     }
-    if trace.len() != 32 || span.len() != 16 || flags.len() != 2 || !is_lower_hex(trace) || !is_lower_hex(span) || !is_hex(flags) {
+    if trace.len() != 32
+        || span.len() != 16
+        || flags.len() != 2
+        || !is_lower_hex(trace)
+        || !is_lower_hex(span)
+        || !is_hex(flags)
+    {
         return None;
     }
     let mut t = [0u8; 16];
@@ -84,7 +100,8 @@ fn is_hex(s: &str) -> bool {
     s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 fn is_lower_hex(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
@@ -93,7 +110,8 @@ mod tests {
 
     #[test]
     fn traceparent_valid_and_invalid() {
-        let (t, s) = parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let (t, s) =
+            parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
         assert_eq!(hex::encode(t.0), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(hex::encode(s.0), "00f067aa0ba902b7");
         for bad in [
@@ -106,10 +124,18 @@ mod tests {
             b"garbage",
             b"",
         ] {
-            assert_eq!(parse_traceparent(bad), None, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                parse_traceparent(bad),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         // A future version may carry more fields.
-        assert!(parse_traceparent(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz").is_some());
+        assert!(
+            parse_traceparent(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz")
+                .is_some()
+        );
     }
 
     #[test]

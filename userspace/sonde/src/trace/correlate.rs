@@ -42,7 +42,14 @@ const MAX_QUEUED_PER_CONN: usize = 64;
 
 impl Correlator {
     pub fn begin_serving(&mut self, tid: u32, pid: u32, trace_id: TraceId, span_id: SpanId) {
-        self.serving.insert(tid, Serving { pid, trace_id, span_id });
+        self.serving.insert(
+            tid,
+            Serving {
+                pid,
+                trace_id,
+                span_id,
+            },
+        );
     }
 
     /// Ends `span_id`'s claim on `tid` (a newer request on the thread keeps its own claim).
@@ -54,24 +61,42 @@ impl Correlator {
 
     /// The server span `tid` of `pid` is serving right now, if any.
     pub fn serving(&self, pid: u32, tid: u32) -> Option<(TraceId, SpanId)> {
-        self.serving.get(&tid).filter(|s| s.pid == pid).map(|s| (s.trace_id, s.span_id))
+        self.serving
+            .get(&tid)
+            .filter(|s| s.pid == pid)
+            .map(|s| (s.trace_id, s.span_id))
     }
 
     pub fn forget_thread_of(&mut self, pid: u32) {
         self.serving.retain(|_, s| s.pid != pid);
     }
 
-    pub fn register_outgoing(&mut self, local: SocketAddr, remote: SocketAddr, trace_id: TraceId, span_id: SpanId, at_ns: u64) {
+    pub fn register_outgoing(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        trace_id: TraceId,
+        span_id: SpanId,
+        at_ns: u64,
+    ) {
         let q = self.outgoing.entry((local, remote)).or_default();
         if q.len() >= MAX_QUEUED_PER_CONN {
             q.pop_front();
         }
-        q.push_back(Outgoing { trace_id, span_id, at_ns });
+        q.push_back(Outgoing {
+            trace_id,
+            span_id,
+            at_ns,
+        });
     }
 
     /// For a server that read a request on (local, remote): the client span on this machine
     /// that wrote it, if the client side is traced.
-    pub fn take_incoming(&mut self, server_local: SocketAddr, server_remote: SocketAddr) -> Option<(TraceId, SpanId)> {
+    pub fn take_incoming(
+        &mut self,
+        server_local: SocketAddr,
+        server_remote: SocketAddr,
+    ) -> Option<(TraceId, SpanId)> {
         let key = (server_remote, server_local);
         let q = self.outgoing.get_mut(&key)?;
         let hit = q.pop_front().map(|o| (o.trace_id, o.span_id));

@@ -12,7 +12,9 @@ use super::{
 };
 use crate::clock::Clock;
 
-const KNOWN_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"];
+const KNOWN_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY",
+];
 
 /// The endpoints of the connection an exchange travelled on, from the traced process's side.
 #[derive(Clone, Copy, Debug, Default)]
@@ -29,7 +31,10 @@ fn method_attrs(method: &str, attrs: &mut Vec<KeyValue>) -> &'static str {
         }
         None => {
             attrs.push(str_attr("http.request.method", "_OTHER"));
-            attrs.push(str_attr("http.request.method_original", truncate(method, 64)));
+            attrs.push(str_attr(
+                "http.request.method_original",
+                truncate(method, 64),
+            ));
             "HTTP"
         }
     }
@@ -47,14 +52,19 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 fn header_str<'a>(head: &'a RequestHead, name: &str) -> Option<&'a str> {
-    head.header(name).and_then(|v| std::str::from_utf8(v).ok()).map(str::trim)
+    head.header(name)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::trim)
 }
 
 /// Splits a Host header into host and port.
 fn split_host(host: &str) -> (String, Option<u16>) {
     if let Some(rest) = host.strip_prefix('[') {
         if let Some((h, tail)) = rest.split_once(']') {
-            return (h.to_owned(), tail.strip_prefix(':').and_then(|p| p.parse().ok()));
+            return (
+                h.to_owned(),
+                tail.strip_prefix(':').and_then(|p| p.parse().ok()),
+            );
         }
     }
     match host.rsplit_once(':') {
@@ -68,10 +78,19 @@ fn version(minor: u8) -> &'static str {
 }
 
 fn end_ns(ex: &Exchange, fallback_end_ns: u64) -> u64 {
-    ex.response_last.map(|s| s.ts_ns).unwrap_or(fallback_end_ns.max(ex.request_last.ts_ns))
+    ex.response_last
+        .map(|s| s.ts_ns)
+        .unwrap_or(fallback_end_ns.max(ex.request_last.ts_ns))
 }
 
-pub fn server_span(ex: &Exchange, conn: Endpoints, routes: &RouteTemplates, ctx: SpanContext, clock: &Clock, fallback_end_ns: u64) -> SpanParts {
+pub fn server_span(
+    ex: &Exchange,
+    conn: Endpoints,
+    routes: &RouteTemplates,
+    ctx: SpanContext,
+    clock: &Clock,
+    fallback_end_ns: u64,
+) -> SpanParts {
     let req = &ex.request;
     let mut attrs = Vec::with_capacity(16);
     let method = method_attrs(&req.method, &mut attrs);
@@ -86,7 +105,10 @@ pub fn server_span(ex: &Exchange, conn: Endpoints, routes: &RouteTemplates, ctx:
     }
     attrs.push(str_attr("url.scheme", "http"));
     attrs.push(str_attr("http.route", route.clone()));
-    attrs.push(str_attr("network.protocol.version", version(req.minor_version)));
+    attrs.push(str_attr(
+        "network.protocol.version",
+        version(req.minor_version),
+    ));
     if let Some(host) = header_str(req, "host") {
         let (h, p) = split_host(host);
         attrs.push(str_attr("server.address", h));
@@ -97,9 +119,17 @@ pub fn server_span(ex: &Exchange, conn: Endpoints, routes: &RouteTemplates, ctx:
         attrs.push(str_attr("server.address", local.ip().to_string()));
         attrs.push(int_attr("server.port", i64::from(local.port())));
     }
-    let forwarded = header_str(req, "x-forwarded-for").and_then(|v| v.split(',').next()).map(str::trim).filter(|v| !v.is_empty());
+    let forwarded = header_str(req, "x-forwarded-for")
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
     if let Some(remote) = conn.remote {
-        attrs.push(str_attr("client.address", forwarded.map(str::to_owned).unwrap_or_else(|| remote.ip().to_string())));
+        attrs.push(str_attr(
+            "client.address",
+            forwarded
+                .map(str::to_owned)
+                .unwrap_or_else(|| remote.ip().to_string()),
+        ));
         attrs.push(str_attr("network.peer.address", remote.ip().to_string()));
         attrs.push(int_attr("network.peer.port", i64::from(remote.port())));
     } else if let Some(f) = forwarded {
@@ -110,7 +140,10 @@ pub fn server_span(ex: &Exchange, conn: Endpoints, routes: &RouteTemplates, ctx:
     }
     let outcome = match &ex.response {
         Some(resp) => {
-            attrs.push(int_attr("http.response.status_code", i64::from(resp.status)));
+            attrs.push(int_attr(
+                "http.response.status_code",
+                i64::from(resp.status),
+            ));
             if resp.status >= 500 {
                 attrs.push(str_attr("error.type", resp.status.to_string()));
                 Outcome::Error(String::new())
@@ -137,7 +170,13 @@ pub fn server_span(ex: &Exchange, conn: Endpoints, routes: &RouteTemplates, ctx:
     }
 }
 
-pub fn client_span(ex: &Exchange, conn: Endpoints, ctx: SpanContext, clock: &Clock, fallback_end_ns: u64) -> SpanParts {
+pub fn client_span(
+    ex: &Exchange,
+    conn: Endpoints,
+    ctx: SpanContext,
+    clock: &Clock,
+    fallback_end_ns: u64,
+) -> SpanParts {
     let req = &ex.request;
     let mut attrs = Vec::with_capacity(10);
     let method = method_attrs(&req.method, &mut attrs);
@@ -147,7 +186,10 @@ pub fn client_span(ex: &Exchange, conn: Endpoints, ctx: SpanContext, clock: &Clo
         .map(|(h, _)| h.clone())
         .or_else(|| conn.remote.map(|r| r.ip().to_string()))
         .unwrap_or_default();
-    let server_port = host_header.as_ref().and_then(|(_, p)| *p).or(conn.remote.map(|r| r.port()));
+    let server_port = host_header
+        .as_ref()
+        .and_then(|(_, p)| *p)
+        .or(conn.remote.map(|r| r.port()));
     if !server_host.is_empty() {
         attrs.push(str_attr("server.address", server_host.clone()));
     }
@@ -158,15 +200,24 @@ pub fn client_span(ex: &Exchange, conn: Endpoints, ctx: SpanContext, clock: &Clo
         Some(80) | None => server_host,
         Some(p) => format!("{server_host}:{p}"),
     };
-    attrs.push(str_attr("url.full", truncate(&redact::url_full("http", &authority, &req.target), 4096)));
-    attrs.push(str_attr("network.protocol.version", version(req.minor_version)));
+    attrs.push(str_attr(
+        "url.full",
+        truncate(&redact::url_full("http", &authority, &req.target), 4096),
+    ));
+    attrs.push(str_attr(
+        "network.protocol.version",
+        version(req.minor_version),
+    ));
     if let Some(remote) = conn.remote {
         attrs.push(str_attr("network.peer.address", remote.ip().to_string()));
         attrs.push(int_attr("network.peer.port", i64::from(remote.port())));
     }
     let outcome = match &ex.response {
         Some(resp) => {
-            attrs.push(int_attr("http.response.status_code", i64::from(resp.status)));
+            attrs.push(int_attr(
+                "http.response.status_code",
+                i64::from(resp.status),
+            ));
             if resp.status >= 400 {
                 attrs.push(str_attr("error.type", resp.status.to_string()));
                 Outcome::Error(String::new())
@@ -199,7 +250,10 @@ mod tests {
 
     #[test]
     fn host_header_forms() {
-        assert_eq!(split_host("example.com:8080"), ("example.com".into(), Some(8080)));
+        assert_eq!(
+            split_host("example.com:8080"),
+            ("example.com".into(), Some(8080))
+        );
         assert_eq!(split_host("example.com"), ("example.com".into(), None));
         assert_eq!(split_host("[::1]:80"), ("::1".into(), Some(80)));
         assert_eq!(split_host("::1"), ("::1".into(), None));

@@ -9,7 +9,14 @@ use super::{
 };
 use crate::clock::Clock;
 
-pub fn client_span(op: &Operation, database: Option<&str>, conn: Endpoints, ctx: SpanContext, clock: &Clock, fallback_end_ns: u64) -> SpanParts {
+pub fn client_span(
+    op: &Operation,
+    database: Option<&str>,
+    conn: Endpoints,
+    ctx: SpanContext,
+    clock: &Clock,
+    fallback_end_ns: u64,
+) -> SpanParts {
     let mut attrs = Vec::with_capacity(12);
     attrs.push(str_attr("db.system.name", "postgresql"));
     if let Some(db) = database {
@@ -24,7 +31,10 @@ pub fn client_span(op: &Operation, database: Option<&str>, conn: Endpoints, ctx:
         attrs.push(str_attr("db.collection.name", coll.clone()));
     }
     if let Some(rows) = op.returned_rows {
-        attrs.push(int_attr("db.response.returned_rows", i64::try_from(rows).unwrap_or(i64::MAX)));
+        attrs.push(int_attr(
+            "db.response.returned_rows",
+            i64::try_from(rows).unwrap_or(i64::MAX),
+        ));
     }
     if let Some(remote) = conn.remote {
         attrs.push(str_attr("server.address", remote.ip().to_string()));
@@ -43,10 +53,18 @@ pub fn client_span(op: &Operation, database: Option<&str>, conn: Endpoints, ctx:
     if op.truncated {
         attrs.push(str_attr("sonde.capture.truncated", "true"));
     }
-    let end = if op.last.ts_ns >= op.first.ts_ns { op.last.ts_ns } else { fallback_end_ns };
+    let end = if op.last.ts_ns >= op.first.ts_ns {
+        op.last.ts_ns
+    } else {
+        fallback_end_ns
+    };
     SpanParts {
         ctx,
-        name: if op.summary.is_empty() { "postgresql".to_owned() } else { op.summary.clone() },
+        name: if op.summary.is_empty() {
+            "postgresql".to_owned()
+        } else {
+            op.summary.clone()
+        },
         kind: Kind::Client,
         start_unix_ns: clock.to_unix_ns(op.first.ts_ns),
         end_unix_ns: clock.to_unix_ns(end),

@@ -33,7 +33,10 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            if let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
                 out.push(v);
                 i += 3;
                 continue;
@@ -67,16 +70,27 @@ pub fn container_id_from_cgroup(cgroup: &str) -> Option<String> {
 
 /// Reads what /proc says about `pid`. Missing pieces are left empty (the process may be gone).
 pub fn read_process(pid: u32) -> ProcessInfo {
-    let mut info = ProcessInfo { pid, ..Default::default() };
+    let mut info = ProcessInfo {
+        pid,
+        ..Default::default()
+    };
     let proc_dir = format!("/proc/{pid}");
     info.executable = std::fs::read_link(format!("{proc_dir}/exe"))
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .or_else(|| std::fs::read_to_string(format!("{proc_dir}/comm")).ok().map(|s| s.trim().to_owned()))
+        .or_else(|| {
+            std::fs::read_to_string(format!("{proc_dir}/comm"))
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
         .unwrap_or_default();
     info.command_line = std::fs::read(format!("{proc_dir}/cmdline"))
         .map(|b| {
-            b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect::<Vec<_>>().join(" ")
+            b.split(|&c| c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
         })
         .unwrap_or_default();
     let environ = std::fs::read(format!("{proc_dir}/environ")).unwrap_or_default();
@@ -92,10 +106,20 @@ pub fn read_process(pid: u32) -> ProcessInfo {
             env_attrs = parse_resource_attributes(&String::from_utf8_lossy(v));
         }
     }
-    let attr_service = env_attrs.iter().find(|(k, _)| k == "service.name").map(|(_, v)| v.clone());
-    info.service_name = env_service.or(attr_service).unwrap_or_else(|| info.executable.clone());
-    info.extra = env_attrs.into_iter().filter(|(k, _)| k != "service.name").collect();
-    info.container_id = std::fs::read_to_string(format!("{proc_dir}/cgroup")).ok().and_then(|c| container_id_from_cgroup(&c));
+    let attr_service = env_attrs
+        .iter()
+        .find(|(k, _)| k == "service.name")
+        .map(|(_, v)| v.clone());
+    info.service_name = env_service
+        .or(attr_service)
+        .unwrap_or_else(|| info.executable.clone());
+    info.extra = env_attrs
+        .into_iter()
+        .filter(|(k, _)| k != "service.name")
+        .collect();
+    info.container_id = std::fs::read_to_string(format!("{proc_dir}/cgroup"))
+        .ok()
+        .and_then(|c| container_id_from_cgroup(&c));
     info
 }
 
@@ -119,7 +143,10 @@ pub struct ResourceCache {
 
 impl ResourceCache {
     pub fn new() -> Self {
-        Self { host: host_name(), by_pid: HashMap::new() }
+        Self {
+            host: host_name(),
+            by_pid: HashMap::new(),
+        }
     }
 
     pub fn info(&mut self, pid: u32) -> &ProcessInfo {
@@ -179,7 +206,10 @@ pub fn to_resource(info: &ProcessInfo, host: &str) -> Resource {
             attributes.push(str_attr(k, v.clone()));
         }
     }
-    Resource { attributes, ..Default::default() }
+    Resource {
+        attributes,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -190,7 +220,10 @@ mod tests {
     fn resource_attributes_parse_and_decode() {
         assert_eq!(
             parse_resource_attributes("service.name=my%20api, deployment.environment=prod,bad,=x"),
-            vec![("service.name".into(), "my api".into()), ("deployment.environment".into(), "prod".into())]
+            vec![
+                ("service.name".into(), "my api".into()),
+                ("deployment.environment".into(), "prod".into())
+            ]
         );
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
@@ -200,14 +233,19 @@ mod tests {
     fn container_ids_from_cgroup_paths() {
         let id = "a".repeat(64);
         for cg in [
-            format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"),
+            format!(
+                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"
+            ),
             format!("0::/system.slice/crio-{id}.scope"),
             format!("0::/system.slice/docker-{id}.scope"),
             format!("12:memory:/kubepods/burstable/pod1234/{id}"),
         ] {
             assert_eq!(container_id_from_cgroup(&cg), Some(id.clone()), "{cg}");
         }
-        assert_eq!(container_id_from_cgroup("0::/user.slice/session-1.scope"), None);
+        assert_eq!(
+            container_id_from_cgroup("0::/user.slice/session-1.scope"),
+            None
+        );
     }
 
     #[test]

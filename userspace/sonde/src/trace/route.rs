@@ -11,7 +11,12 @@ pub struct RouteTemplates {
 
 impl RouteTemplates {
     pub fn new(patterns: &[String]) -> Self {
-        Self { patterns: patterns.iter().map(|p| split(p).map(str::to_owned).collect()).collect() }
+        Self {
+            patterns: patterns
+                .iter()
+                .map(|p| split(p).map(str::to_owned).collect())
+                .collect(),
+        }
     }
 
     /// The route for a request path (without the query string).
@@ -36,7 +41,9 @@ fn matches(pattern: &[String], path: &str) -> bool {
         if p == "{*}" {
             return true;
         }
-        let Some(seg) = segments.next() else { return false };
+        let Some(seg) = segments.next() else {
+            return false;
+        };
         let wildcard = p.starts_with('{') && p.ends_with('}');
         if !wildcard && p != seg {
             return false;
@@ -85,7 +92,9 @@ fn looks_like_id(seg: &str) -> bool {
         return true;
     }
     // Long opaque tokens: base64-ish ids, slugs with many digits.
-    let alnum = bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'%' | b'=' ));
+    let alnum = bytes
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'%' | b'='));
     if alnum && bytes.len() >= 16 && digits >= 2 {
         return true;
     }
@@ -126,7 +135,10 @@ mod tests {
         let r = RouteTemplates::new(&["/api/{version}/items/{item}".into(), "/files/{*}".into()]);
         assert_eq!(r.route("/api/v1/items/abc"), "/api/{version}/items/{item}");
         assert_eq!(r.route("/files/a/b/c.txt"), "/files/{*}");
-        assert_eq!(r.route("/api/v1/items/abc/extra"), "/api/v1/items/abc/extra");
+        assert_eq!(
+            r.route("/api/v1/items/abc/extra"),
+            "/api/v1/items/abc/extra"
+        );
         assert_eq!(r.route("/users/5"), "/users/{id}");
     }
 }

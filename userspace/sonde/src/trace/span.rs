@@ -7,11 +7,23 @@ use opentelemetry_proto::tonic::{
 use super::context::SpanContext;
 
 pub fn str_attr(key: &str, value: impl Into<String>) -> KeyValue {
-    KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(Value::StringValue(value.into())) }), ..Default::default() }
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
 }
 
 pub fn int_attr(key: &str, value: i64) -> KeyValue {
-    KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(Value::IntValue(value)) }), ..Default::default() }
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(Value::IntValue(value)),
+        }),
+        ..Default::default()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +67,10 @@ impl SpanParts {
             start_time_unix_nano: self.start_unix_ns,
             end_time_unix_nano: self.end_unix_ns.max(self.start_unix_ns),
             attributes: self.attributes,
-            status: Some(Status { message, code: code as i32 }),
+            status: Some(Status {
+                message,
+                code: code as i32,
+            }),
             // W3C flags: sampled, and whether the parent is remote (OTLP span flags bits 8/9).
             flags: 0x01 | 0x100 | if self.ctx.remote_parent { 0x200 } else { 0 },
             ..Default::default()
