@@ -10,7 +10,13 @@
 //! Hostile input: bodies are bounded by [`ReceiverConfig::max_message_bytes`] before they are
 //! read (Content-Length) and while they are read and inflated (gzip bombs stop at the cap);
 //! [`ReceiverConfig::max_inflight_bytes`] bounds the bytes being read and decoded across all
-//! requests; header and body reads time out; open connections are capped.
+//! requests, including bytes being inflated; header and body reads time out ([`Limits`]); open
+//! connections are capped. Large and gzip bodies are decoded on the blocking pool.
+//!
+//! OTLP/JSON goes through the `with-serde` derives of `opentelemetry-proto` after a fix-up pass
+//! (`json`): snake_case keys, enum names and `null`s are normalised first, because the derives
+//! would ignore or silently drop them. Known limit: the derives `flatten` the protobuf oneofs,
+//! so a malformed value inside one (e.g. `"asInt": "x"`) becomes an absent value instead of a 400.
 //!
 //! Code map: [`decode`] is the pure decode path (`decode_http`, fuzzed), `json` the OTLP/JSON
 //! fix-ups, `http` and `grpc` the two protocols, `core` what they share (body reading,
@@ -22,6 +28,10 @@
 //! reads it itself over hyper's HTTP/2 and calls the tonic-generated service traits.
 //! Why not `tonic-types` for `google.rpc.Status`/`RetryInfo`: three tiny prost messages, and
 //! the HTTP side needs their JSON form, which tonic-types does not provide.
+//!
+//! Decode cost (`cargo run --release -p sonde-otlp-receive --example decode_throughput`, one
+//! core, 512-span batches with 10 attributes each): about 500-750k spans/s protobuf, 490-670k
+//! protobuf+gzip, 175k OTLP/JSON.
 //!
 //! Fuzzing the decode path (nightly, from `userspace/otlp-receive/fuzz`):
 //! `cargo +nightly fuzz run decode_http -- -max_total_time=60 -rss_limit_mb=2048`
