@@ -63,9 +63,10 @@ pub struct RunArgs {
     /// Where spans go. Default: otlp when an OTLP endpoint is configured, else text.
     #[arg(long, value_enum, overrides_with = "output")]
     pub output: Option<OutputKind>,
-    /// OTLP endpoint (base URL); overrides OTEL_EXPORTER_OTLP_ENDPOINT.
-    #[arg(long, value_name = "URL")]
-    pub otlp_endpoint: Option<String>,
+    /// OTLP endpoint (base URL); overrides OTEL_EXPORTER_OTLP_ENDPOINT. Repeat it to export
+    /// to several backends at once (e.g. Jaeger and a Collector).
+    #[arg(long = "otlp-endpoint", value_name = "URL")]
+    pub otlp_endpoints: Vec<String>,
     /// OTLP protocol; overrides OTEL_EXPORTER_OTLP_PROTOCOL.
     #[arg(long, value_enum)]
     pub otlp_protocol: Option<ProtocolArg>,
@@ -79,11 +80,29 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1000)]
     pub batch_timeout_ms: u64,
     /// OTLP receiver, gRPC address (`off` to disable).
-    #[arg(long, default_value = "0.0.0.0:4317")]
+    #[arg(
+        long,
+        default_value = "0.0.0.0:4317",
+        overrides_with = "otlp_grpc_addr"
+    )]
     pub otlp_grpc_addr: String,
     /// OTLP receiver, HTTP address (`off` to disable).
-    #[arg(long, default_value = "0.0.0.0:4318")]
+    #[arg(
+        long,
+        default_value = "0.0.0.0:4318",
+        overrides_with = "otlp_http_addr"
+    )]
     pub otlp_http_addr: String,
+    /// Largest OTLP message the receiver accepts, after decompression, in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub otlp_max_message_mib: usize,
+    /// How long eBPF spans of SDK-instrumented processes wait for the SDK's spans to merge with.
+    #[arg(long, default_value_t = 10_000)]
+    pub merge_window_ms: u64,
+    /// Memory budget of the whole daemon in MiB (default: 80% of the cgroup's limit, or 512).
+    /// The exporter queue gets half, the receiver's in-flight requests a quarter.
+    #[arg(long)]
+    pub memory_budget_mib: Option<usize>,
     /// Benchmark baseline: attach programs that do nothing (measures the cost of the hooks alone).
     #[arg(long, hide = true)]
     pub noop_probes: bool,
@@ -122,6 +141,35 @@ pub struct Config {
     pub receiver_http: Option<SocketAddr>,
     pub shutdown_timeout: Duration,
     pub noop_probes: bool,
+    pub receiver_max_message_bytes: usize,
+    pub receiver_max_inflight_bytes: usize,
+    pub merge_window: Duration,
+    pub memory_budget_bytes: usize,
+}
+
+/// The memory limit of sonde's own cgroup (v2 `memory.max`, or v1), if there is one.
+fn cgroup_memory_limit() -> Option<usize> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    for line in cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let file = if controllers.is_empty() {
+            format!("/sys/fs/cgroup{path}/memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        if let Ok(v) = std::fs::read_to_string(file) {
+            // "max" or a huge v1 sentinel mean no limit.
+            if let Ok(n) = v.trim().parse::<usize>() {
+                if n < (1 << 50) {
+                    return Some(n);
+                }
+            }
+        }
+    }
+    None
 }
 
 fn parse_addr(flag: &'static str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
@@ -153,54 +201,77 @@ impl Config {
                 });
             }
         }
-        let endpoint = match &args.otlp_endpoint {
-            Some(url) => {
-                let protocol = match args.otlp_protocol {
-                    Some(ProtocolArg::Grpc) => Protocol::Grpc,
-                    Some(ProtocolArg::HttpJson) => Protocol::HttpJson,
-                    Some(ProtocolArg::HttpProtobuf) => Protocol::HttpProtobuf,
-                    None => match env("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref().map(str::trim) {
-                        Some("grpc") => Protocol::Grpc,
-                        Some("http/json") => Protocol::HttpJson,
-                        _ => Protocol::HttpProtobuf,
-                    },
-                };
-                // Headers, timeout, TLS and compression still come from the environment.
-                let mut from_env = OtlpEndpoint::from_env(|k| {
+        let endpoints: Vec<OtlpEndpoint> = if args.otlp_endpoints.is_empty() {
+            // One endpoint per group of signals that share settings (per-signal variables).
+            OtlpEndpoint::all_from_env(&env)?
+        } else {
+            let protocol = match args.otlp_protocol {
+                Some(ProtocolArg::Grpc) => Protocol::Grpc,
+                Some(ProtocolArg::HttpJson) => Protocol::HttpJson,
+                Some(ProtocolArg::HttpProtobuf) => Protocol::HttpProtobuf,
+                None => match env("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref().map(str::trim) {
+                    Some("grpc") => Protocol::Grpc,
+                    Some("http/json") => Protocol::HttpJson,
+                    _ => Protocol::HttpProtobuf,
+                },
+            };
+            let protocol_name = match protocol {
+                Protocol::Grpc => "grpc",
+                Protocol::HttpProtobuf => "http/protobuf",
+                Protocol::HttpJson => "http/json",
+            };
+            let mut out = Vec::new();
+            for url in &args.otlp_endpoints {
+                // The flag replaces every endpoint and protocol variable; headers, timeout,
+                // TLS and compression still come from the environment.
+                let endpoint = OtlpEndpoint::from_env(|k| {
                     if k == "OTEL_EXPORTER_OTLP_ENDPOINT" {
                         Some(url.clone())
-                    } else if k.ends_with("_ENDPOINT") {
-                        // The flag replaces every endpoint variable, per-signal ones included.
-                        None
                     } else if k == "OTEL_EXPORTER_OTLP_PROTOCOL" {
-                        Some(match protocol {
-                            Protocol::Grpc => "grpc".into(),
-                            Protocol::HttpProtobuf => "http/protobuf".into(),
-                            Protocol::HttpJson => "http/json".into(),
-                        })
-                    } else if k.contains("_PROTOCOL") {
+                        Some(protocol_name.to_owned())
+                    } else if k.ends_with("_ENDPOINT") || k.ends_with("_PROTOCOL") {
                         None
                     } else {
                         env(k)
                     }
                 })?;
-                if from_env.is_none() {
-                    from_env = Some(OtlpEndpoint::for_base_url(url, protocol));
-                }
-                from_env
+                out.push(endpoint.unwrap_or_else(|| OtlpEndpoint::for_base_url(url, protocol)));
             }
-            None => OtlpEndpoint::from_env(&env)?,
+            out
         };
-        let output = match (args.output, endpoint) {
-            (Some(OutputKind::Text), _) => Output::Text,
-            (Some(OutputKind::Json), _) => Output::Json,
-            (Some(OutputKind::Otlp), None) => return Err(ConfigError::OtlpWithoutEndpoint),
-            (Some(OutputKind::Otlp) | None, Some(e)) => Output::Otlp(e),
-            (None, None) => Output::Text,
+        let outputs = match (args.output, endpoints.is_empty()) {
+            (Some(OutputKind::Text), _) => vec![Output::Text],
+            (Some(OutputKind::Json), _) => vec![Output::Json],
+            (Some(OutputKind::Otlp), true) => return Err(ConfigError::OtlpWithoutEndpoint),
+            (Some(OutputKind::Otlp) | None, false) => {
+                endpoints.into_iter().map(Output::Otlp).collect()
+            }
+            (None, true) => vec![Output::Text],
         };
+        let memory_budget_bytes = match args.memory_budget_mib {
+            Some(0) => {
+                return Err(ConfigError::Flag {
+                    flag: "memory-budget-mib",
+                    value: "0".into(),
+                    reason: "must be above 0".into(),
+                });
+            }
+            Some(mib) => mib.saturating_mul(1 << 20),
+            None => cgroup_memory_limit()
+                .map(|l| l / 10 * 8)
+                .unwrap_or(512 << 20),
+        };
+        if args.otlp_max_message_mib == 0 {
+            return Err(ConfigError::Flag {
+                flag: "otlp-max-message-mib",
+                value: "0".into(),
+                reason: "must be above 0".into(),
+            });
+        }
         let exporter = ExporterConfig {
-            outputs: vec![output],
+            outputs,
             batch_timeout: Duration::from_millis(args.batch_timeout_ms.max(1)),
+            queue_max_bytes: (memory_budget_bytes / 2).max(1 << 20),
             ..ExporterConfig::default()
         };
         Ok(Config {
@@ -218,6 +289,10 @@ impl Config {
             receiver_http: parse_addr("otlp-http-addr", &args.otlp_http_addr)?,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout_s),
             noop_probes: args.noop_probes,
+            receiver_max_message_bytes: args.otlp_max_message_mib.saturating_mul(1 << 20),
+            receiver_max_inflight_bytes: (memory_budget_bytes / 4).max(1 << 20),
+            merge_window: Duration::from_millis(args.merge_window_ms),
+            memory_budget_bytes,
         })
     }
 }
@@ -285,6 +360,29 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(&c.exporter.outputs[0], Output::Otlp(e) if e.protocol == Protocol::Grpc));
+    }
+
+    #[test]
+    fn several_endpoints_export_to_several_backends() {
+        let c = Config::resolve(
+            args(&[
+                "--otlp-endpoint",
+                "http://a:4318",
+                "--otlp-endpoint",
+                "http://b:4318",
+            ]),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(c.exporter.outputs.len(), 2);
+    }
+
+    #[test]
+    fn memory_budget_splits_into_queue_and_receiver() {
+        let c = Config::resolve(args(&["--memory-budget-mib", "100"]), |_| None).unwrap();
+        assert_eq!(c.exporter.queue_max_bytes, 50 << 20);
+        assert_eq!(c.receiver_max_inflight_bytes, 25 << 20);
+        assert!(Config::resolve(args(&["--memory-budget-mib", "0"]), |_| None).is_err());
     }
 
     #[test]

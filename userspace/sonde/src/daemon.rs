@@ -1,10 +1,13 @@
 //! Wires the daemon together: probes -> capture loop (tracer) -> exporter, plus the OTLP
 //! receiver, the startup summary and a graceful shutdown on SIGINT/SIGTERM.
 use std::{
+    collections::HashMap,
+    net::SocketAddr,
     os::fd::AsRawFd,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
+        mpsc,
     },
     time::{Duration, Instant},
 };
@@ -12,6 +15,7 @@ use std::{
 use anyhow::{Context, Result};
 use sonde_common::{SocketState, role, socket_key};
 use sonde_otlp_export::Exporter;
+use sonde_otlp_receive::{Receiver, ReceiverConfig};
 
 use crate::{
     capture::{
@@ -19,10 +23,12 @@ use crate::{
         inflight,
         loader::{self, ProbeSettings, Probes},
         preexisting,
-        sockets::SocketResolver,
+        sockets::{self, SocketResolver},
     },
     clock::{self, Clock},
     config::Config,
+    merge::{MergeConfig, Merger},
+    sdk::{self, SdkRequest},
     trace::{http::Endpoints, resource::ResourceCache},
     tracer::{KernelCommand, ProcHost, Tracer, TracerConfig},
 };
@@ -41,7 +47,11 @@ const WAKEUP_BYTES: u32 = 256 * 1024;
 struct CaptureLoop {
     probes: Probes,
     tracer: Tracer<ProcHost>,
+    merger: Merger,
     exporter: Exporter,
+    sdk_requests: mpsc::Receiver<SdkRequest>,
+    /// Receiver peers resolved through /proc (the tracer did not see their connection).
+    peer_cache: HashMap<SocketAddr, Option<u32>>,
     stop: Arc<AtomicBool>,
     spans_rejected: u64,
 }
@@ -51,10 +61,96 @@ impl CaptureLoop {
         apply_commands(&mut self.probes.sockets, &mut self.tracer);
     }
 
+    /// Hands finished spans to the exporter, except those the merger holds for SDK spans.
     fn flush(&mut self) {
-        let spans = self.tracer.take_spans();
-        if !spans.is_empty() && self.exporter.send_traces(spans).is_err() {
+        let now = clock::monotonic_now_ns();
+        let mut ready = Vec::new();
+        for (pid, span) in self.tracer.take_spans() {
+            if !self.merger.is_sdk_pid(pid) && self.tracer.is_sdk_candidate(pid) {
+                self.merger.observe_candidate(pid, now);
+            }
+            if self
+                .merger
+                .should_hold(pid, &span, self.tracer.is_marked(&span.trace_id))
+            {
+                self.merger.hold(pid, span, now);
+            } else {
+                ready.push((pid, span));
+            }
+        }
+        ready.extend(self.merger.poll(now));
+        self.export(ready);
+    }
+
+    fn export(&mut self, spans: Vec<(u32, opentelemetry_proto::tonic::trace::v1::Span)>) {
+        if spans.is_empty() {
+            return;
+        }
+        let grouped = self.tracer.group(spans);
+        if self.exporter.send_traces(grouped).is_err() {
             self.spans_rejected += 1;
+        }
+    }
+
+    fn sender_pid(&mut self, peer: SocketAddr) -> Option<u32> {
+        if let Some(pid) = self.tracer.pid_of_receiver_peer(peer) {
+            return Some(pid);
+        }
+        if let Some(hit) = self.peer_cache.get(&peer) {
+            return *hit;
+        }
+        let pid = sockets::pid_of_local_addr(peer);
+        if self.peer_cache.len() > 4096 {
+            self.peer_cache.clear();
+        }
+        self.peer_cache.insert(peer, pid);
+        pid
+    }
+
+    /// SDK telemetry from the receiver: attribute it to its process, give it that process's
+    /// resource attributes, let the merger see the spans, forward everything.
+    fn handle_sdk_requests(&mut self) {
+        let now = clock::monotonic_now_ns();
+        let before = self.merger.sdk_pids().len();
+        for _ in 0..1024 {
+            let Ok(request) = self.sdk_requests.try_recv() else {
+                break;
+            };
+            match request {
+                SdkRequest::Traces(peer, mut req) => {
+                    if let Some(pid) = self.sender_pid(peer) {
+                        let ours = self.tracer.resource_of(pid);
+                        for rs in &mut req.resource_spans {
+                            sdk::enrich(&mut rs.resource, &ours);
+                        }
+                        self.merger.observe_sdk(pid, &req, now);
+                    }
+                    if self.exporter.send_traces(req.resource_spans).is_err() {
+                        self.spans_rejected += 1;
+                    }
+                }
+                SdkRequest::Metrics(peer, mut req) => {
+                    if let Some(pid) = self.sender_pid(peer) {
+                        let ours = self.tracer.resource_of(pid);
+                        for rm in &mut req.resource_metrics {
+                            sdk::enrich(&mut rm.resource, &ours);
+                        }
+                    }
+                    let _ = self.exporter.send_metrics(req.resource_metrics);
+                }
+                SdkRequest::Logs(peer, mut req) => {
+                    if let Some(pid) = self.sender_pid(peer) {
+                        let ours = self.tracer.resource_of(pid);
+                        for rl in &mut req.resource_logs {
+                            sdk::enrich(&mut rl.resource, &ours);
+                        }
+                    }
+                    let _ = self.exporter.send_logs(req.resource_logs);
+                }
+            }
+        }
+        if self.merger.sdk_pids().len() != before {
+            self.tracer.set_sdk_pids(self.merger.sdk_pids());
         }
     }
 
@@ -96,8 +192,11 @@ impl CaptureLoop {
                 unsafe { libc::poll(&mut pfd, 1, POLL_INTERVAL.as_millis() as i32) };
             }
             self.drain();
+            self.handle_sdk_requests();
             if stopping {
                 self.flush();
+                let held = self.merger.drain();
+                self.export(held);
                 return self;
             }
             if self.tracer.pending_spans() >= FLUSH_SPANS || last_flush.elapsed() >= FLUSH_INTERVAL
@@ -108,6 +207,7 @@ impl CaptureLoop {
             if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
                 self.tracer.set_clock(Clock::sample());
                 self.tracer.tick(clock::monotonic_now_ns());
+                self.tracer.set_sdk_pids(self.merger.sdk_pids());
                 last_housekeeping = Instant::now();
             }
         }
@@ -262,19 +362,51 @@ pub async fn run(config: Config) -> Result<()> {
         sockets: SocketResolver::default(),
         resources: ResourceCache::new(),
     };
+    let own_ports = [config.receiver_grpc, config.receiver_http]
+        .into_iter()
+        .flatten()
+        .map(|a| a.port())
+        .collect();
     let tracer_config = TracerConfig {
         selection: config.selection.clone(),
         routes: config.routes.clone(),
         postgres_capture_bytes: config.postgres_capture_bytes,
+        own_ports,
     };
     let mut tracer = Tracer::new(tracer_config, host, Clock::sample());
     let preexisting = adopt_preexisting(&mut tracer, &config.pids);
+
+    let (sink, sdk_requests) = sdk::sink(exporter.clone(), 4096);
+    let receiver = if config.receiver_grpc.is_some() || config.receiver_http.is_some() {
+        let receiver_config = ReceiverConfig {
+            grpc_addr: config.receiver_grpc,
+            http_addr: config.receiver_http,
+            max_message_bytes: config.receiver_max_message_bytes,
+            max_inflight_bytes: config.receiver_max_inflight_bytes,
+        };
+        Some(
+            Receiver::start(receiver_config, Arc::new(sink))
+                .await
+                .context("starting the OTLP receiver")?,
+        )
+    } else {
+        None
+    };
+    let merger = Merger::new(MergeConfig {
+        window_ns: config.merge_window.as_nanos().min(u128::from(u64::MAX)) as u64,
+        // About 1 KiB a held span: an eighth of the memory budget.
+        max_held_spans: (config.memory_budget_bytes / 8 / 1024).max(1024),
+        ..MergeConfig::default()
+    });
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut capture = CaptureLoop {
         probes,
         tracer,
+        merger,
         exporter: exporter.clone(),
+        sdk_requests,
+        peer_cache: HashMap::new(),
         stop: stop.clone(),
         spans_rejected: 0,
     };
@@ -323,6 +455,16 @@ pub async fn run(config: Config) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    match &receiver {
+        Some(r) => eprintln!(
+            "  OTLP receiver: gRPC {}, HTTP {}",
+            r.grpc_local_addr()
+                .map_or("off".to_owned(), |a| a.to_string()),
+            r.http_local_addr()
+                .map_or("off".to_owned(), |a| a.to_string())
+        ),
+        None => eprintln!("  OTLP receiver: off"),
+    }
     eprintln!("sonde: ready");
 
     let handle = std::thread::Builder::new()
@@ -333,6 +475,11 @@ pub async fn run(config: Config) -> Result<()> {
         "sonde: {signal}, flushing (up to {:?})",
         config.shutdown_timeout
     );
+    // Stop taking SDK requests first, so everything accepted is in the queue when the
+    // capture thread drains it for the last time.
+    if let Some(r) = receiver {
+        r.shutdown().await;
+    }
     stop.store(true, Ordering::Relaxed);
     let capture = tokio::task::spawn_blocking(move || handle.join())
         .await?

@@ -3,5 +3,7 @@ pub mod capture;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod merge;
+pub mod sdk;
 pub mod trace;
 pub mod tracer;

@@ -23,7 +23,7 @@ use crate::{
     },
     clock::Clock,
     trace::{
-        context::{IdGenerator, SpanContext, parse_traceparent},
+        context::{IdGenerator, SpanContext, TraceId, parse_traceparent},
         correlate::Correlator,
         http::{self, Endpoints},
         postgres,
@@ -101,6 +101,9 @@ pub struct TracerConfig {
     pub routes: RouteTemplates,
     /// Capture size for PostgreSQL connections (long ORM queries).
     pub postgres_capture_bytes: u32,
+    /// Ports of sonde's own OTLP receiver: connections to them are SDK exports, never traced,
+    /// but remembered to tell which process an OTLP request came from.
+    pub own_ports: HashSet<u16>,
 }
 
 enum Proto {
@@ -147,7 +150,7 @@ pub struct Tracer<H: HostView> {
     conns: HashMap<ConnId, Conn>,
     fds: HashMap<(u32, i32), ConnId>,
     next_conn: ConnId,
-    spans: HashMap<u32, Vec<Span>>,
+    spans: Vec<(u32, Span)>,
     commands: Vec<KernelCommand>,
     stats: TracerStats,
     http_events: Vec<sonde_http1::Event>,
@@ -155,6 +158,13 @@ pub struct Tracer<H: HostView> {
     last_ts_ns: u64,
     /// Processes that exited since the last flush.
     exited: Vec<u32>,
+    /// Processes that send SDK spans to the receiver (from the merger).
+    sdk_pids: HashSet<u32>,
+    /// Traces that went through a server span of an SDK process: their eBPF spans wait for
+    /// the merger. Value: when marked (monotonic ns).
+    marked: HashMap<TraceId, u64>,
+    /// Local address of a connection to sonde's receiver -> the process that opened it.
+    peer_pids: HashMap<SocketAddr, u32>,
 }
 
 fn egress_or_ingress_ts(direction: Direction, hdr: &Header, enter_ts_ns: u64) -> u64 {
@@ -177,13 +187,16 @@ impl<H: HostView> Tracer<H> {
             conns: HashMap::new(),
             fds: HashMap::new(),
             next_conn: 0,
-            spans: HashMap::new(),
+            spans: Vec::new(),
             commands: Vec::new(),
             stats: TracerStats::default(),
             http_events: Vec::new(),
             pg_events: Vec::new(),
             last_ts_ns: 0,
             exited: Vec::new(),
+            sdk_pids: HashSet::new(),
+            marked: HashMap::new(),
+            peer_pids: HashMap::new(),
         }
     }
 
@@ -207,13 +220,20 @@ impl<H: HostView> Tracer<H> {
         self.stats.decode_errors += 1;
     }
 
-    /// Spans finished since the last call, grouped by process.
-    pub fn take_spans(&mut self) -> Vec<ResourceSpans> {
-        let mut out = Vec::with_capacity(self.spans.len());
-        for (pid, spans) in self.spans.drain() {
-            if spans.is_empty() {
-                continue;
-            }
+    /// Spans finished since the last call, with the pid of their process.
+    pub fn take_spans(&mut self) -> Vec<(u32, Span)> {
+        std::mem::take(&mut self.spans)
+    }
+
+    /// Groups spans under their processes' resources, ready for export. Processes that exited
+    /// are forgotten afterwards (their last spans still needed their resource).
+    pub fn group(&mut self, spans: Vec<(u32, Span)>) -> Vec<ResourceSpans> {
+        let mut by_pid: HashMap<u32, Vec<Span>> = HashMap::new();
+        for (pid, span) in spans {
+            by_pid.entry(pid).or_default().push(span);
+        }
+        let mut out = Vec::with_capacity(by_pid.len());
+        for (pid, spans) in by_pid {
             out.push(ResourceSpans {
                 resource: Some(self.host.resource(pid)),
                 scope_spans: vec![ScopeSpans {
@@ -234,13 +254,51 @@ impl<H: HostView> Tracer<H> {
         out
     }
 
+    /// The resource sonde gives `pid`'s spans (to enrich what its SDK sends).
+    pub fn resource_of(&mut self, pid: u32) -> opentelemetry_proto::tonic::resource::v1::Resource {
+        self.host.resource(pid)
+    }
+
+    /// The process behind a connection to sonde's receiver, by the connection's local address.
+    pub fn pid_of_receiver_peer(&self, peer: SocketAddr) -> Option<u32> {
+        self.peer_pids.get(&peer).copied()
+    }
+
+    pub fn set_sdk_pids(&mut self, pids: HashSet<u32>) {
+        self.sdk_pids = pids;
+    }
+
+    /// Whether `pid`'s environment says it exports OTLP to sonde's receiver: an SDK process
+    /// before its first export (its first requests must be held for merging too).
+    pub fn is_sdk_candidate(&mut self, pid: u32) -> bool {
+        if self.config.own_ports.is_empty() {
+            return false;
+        }
+        let info = self.host.process(pid);
+        info.otlp_endpoint_ports
+            .iter()
+            .any(|p| self.config.own_ports.contains(p))
+            || (info.otlp_default_endpoint
+                && (self.config.own_ports.contains(&4317) || self.config.own_ports.contains(&4318)))
+    }
+
+    /// Whether `trace_id` went through a server span of an SDK process.
+    pub fn is_marked(&self, trace_id: &[u8]) -> bool {
+        <[u8; 16]>::try_from(trace_id).is_ok_and(|t| self.marked.contains_key(&TraceId(t)))
+    }
+
     pub fn pending_spans(&self) -> usize {
-        self.spans.values().map(Vec::len).sum()
+        self.spans.len()
     }
 
     /// Housekeeping on a timer: forget unclaimed cross-process registrations.
     pub fn tick(&mut self, now_monotonic_ns: u64) {
         self.correlator.expire(now_monotonic_ns, 30_000_000_000);
+        self.marked
+            .retain(|_, at| now_monotonic_ns.saturating_sub(*at) < 120_000_000_000);
+        if self.peer_pids.len() > 65_536 {
+            self.peer_pids.clear();
+        }
     }
 
     /// A connection that was open before sonde started (found in /proc).
@@ -625,7 +683,7 @@ impl<H: HostView> Tracer<H> {
 
     fn emit(&mut self, pid: u32, parts: SpanParts) {
         self.stats.spans += 1;
-        self.spans.entry(pid).or_default().push(parts.into_otlp());
+        self.spans.push((pid, parts.into_otlp()));
     }
 
     /// Context for a client call starting on `tid`: a child of the request that thread serves.

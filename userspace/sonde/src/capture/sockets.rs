@@ -137,6 +137,34 @@ impl SocketResolver {
     }
 }
 
+/// The process owning the TCP socket whose local address is `local` (in sonde's network
+/// namespace or any process's), by scanning /proc. Slow: callers cache the answer.
+pub fn pid_of_local_addr(local: SocketAddr) -> Option<u32> {
+    let mut inodes_by_ns: HashMap<u64, Option<u64>> = HashMap::new();
+    let all = procfs::process::all_processes().ok()?;
+    for process in all.flatten() {
+        let pid = process.pid as u32;
+        let Some(ns) = netns_of(pid) else { continue };
+        let inode = *inodes_by_ns.entry(ns).or_insert_with(|| {
+            read_tables(pid).and_then(|t| {
+                t.by_inode
+                    .iter()
+                    .find(|(_, ep)| ep.local == local)
+                    .map(|(i, _)| *i)
+            })
+        });
+        let Some(inode) = inode else { continue };
+        let Ok(fds) = process.fd() else { continue };
+        if fds
+            .flatten()
+            .any(|fd| matches!(fd.target, FDTarget::Socket(i) if i == inode))
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
 /// An established TCP connection of some process, found by scanning /proc.
 #[derive(Clone, Debug)]
 pub struct FoundSocket {

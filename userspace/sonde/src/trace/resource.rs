@@ -16,6 +16,26 @@ pub struct ProcessInfo {
     /// Other attributes from the process's OTEL_RESOURCE_ATTRIBUTES.
     pub extra: Vec<(String, String)>,
     pub container_id: Option<String>,
+    /// Ports of the OTLP endpoints its environment configures (an SDK exporting somewhere).
+    pub otlp_endpoint_ports: Vec<u16>,
+    /// Its environment selects the OTLP traces exporter without naming an endpoint (the
+    /// SDK default: localhost:4317/4318).
+    pub otlp_default_endpoint: bool,
+}
+
+/// The port of an OTLP endpoint URL (`http://host:4317`, `https://host/...` -> 443).
+fn url_port(url: &str) -> Option<u16> {
+    let (scheme, rest) = url.trim().split_once("://")?;
+    let authority = rest.split('/').next()?;
+    let authority = authority.rsplit('@').next()?;
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || host.contains('[') => port.parse().ok(),
+        _ => match scheme {
+            "https" => Some(443),
+            "http" => Some(80),
+            _ => None,
+        },
+    }
 }
 
 /// Parses `k=v,k2=v2` (values percent-decoded) as in OTEL_RESOURCE_ATTRIBUTES.
@@ -95,6 +115,7 @@ pub fn read_process(pid: u32) -> ProcessInfo {
         .unwrap_or_default();
     let environ = std::fs::read(format!("{proc_dir}/environ")).unwrap_or_default();
     let mut env_service = None;
+    let mut traces_exporter_otlp = false;
     let mut env_attrs = Vec::new();
     for var in environ.split(|&c| c == 0) {
         if let Some(v) = var.strip_prefix(b"OTEL_SERVICE_NAME=") {
@@ -104,6 +125,14 @@ pub fn read_process(pid: u32) -> ProcessInfo {
             }
         } else if let Some(v) = var.strip_prefix(b"OTEL_RESOURCE_ATTRIBUTES=") {
             env_attrs = parse_resource_attributes(&String::from_utf8_lossy(v));
+        } else if let Some(v) = var
+            .strip_prefix(b"OTEL_EXPORTER_OTLP_ENDPOINT=")
+            .or_else(|| var.strip_prefix(b"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="))
+        {
+            info.otlp_endpoint_ports
+                .extend(url_port(&String::from_utf8_lossy(v)));
+        } else if let Some(v) = var.strip_prefix(b"OTEL_TRACES_EXPORTER=") {
+            traces_exporter_otlp = String::from_utf8_lossy(v).contains("otlp");
         }
     }
     let attr_service = env_attrs
@@ -117,6 +146,7 @@ pub fn read_process(pid: u32) -> ProcessInfo {
         .into_iter()
         .filter(|(k, _)| k != "service.name")
         .collect();
+    info.otlp_default_endpoint = traces_exporter_otlp && info.otlp_endpoint_ports.is_empty();
     info.container_id = std::fs::read_to_string(format!("{proc_dir}/cgroup"))
         .ok()
         .and_then(|c| container_id_from_cgroup(&c));
@@ -227,6 +257,15 @@ mod tests {
         );
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn otlp_endpoint_ports() {
+        assert_eq!(url_port("http://localhost:4317"), Some(4317));
+        assert_eq!(url_port("http://10.0.0.1:4318/v1/traces"), Some(4318));
+        assert_eq!(url_port("https://collector.example"), Some(443));
+        assert_eq!(url_port("http://[::1]:4317"), Some(4317));
+        assert_eq!(url_port("nonsense"), None);
     }
 
     #[test]

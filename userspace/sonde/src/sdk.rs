@@ -1,0 +1,159 @@
+//! The daemon's side of the OTLP receiver: admitting SDK requests (within the exporter's room
+//! and a bounded hand-off queue), and giving SDK telemetry the same resource attributes sonde
+//! gives the sending process's eBPF spans.
+use std::{
+    net::SocketAddr,
+    sync::mpsc::{Receiver as QueueReceiver, SyncSender, TrySendError, sync_channel},
+    time::Duration,
+};
+
+use opentelemetry_proto::tonic::{
+    collector::{
+        logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
+        trace::v1::ExportTraceServiceRequest,
+    },
+    common::v1::any_value::Value,
+    resource::v1::Resource,
+};
+use sonde_otlp_export::Exporter;
+use sonde_otlp_receive::{Admit, Peer, Sink};
+
+/// A request from an SDK, on its way to the capture thread (which knows the processes).
+pub enum SdkRequest {
+    Traces(SocketAddr, ExportTraceServiceRequest),
+    Metrics(SocketAddr, ExportMetricsServiceRequest),
+    Logs(SocketAddr, ExportLogsServiceRequest),
+}
+
+/// How long an overloaded client is asked to wait.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+pub struct ReceiverSink {
+    queue: SyncSender<SdkRequest>,
+    exporter: Exporter,
+}
+
+/// The sink for the receiver and the queue the capture thread drains.
+pub fn sink(exporter: Exporter, queue_len: usize) -> (ReceiverSink, QueueReceiver<SdkRequest>) {
+    let (tx, rx) = sync_channel(queue_len);
+    (
+        ReceiverSink {
+            queue: tx,
+            exporter,
+        },
+        rx,
+    )
+}
+
+impl ReceiverSink {
+    fn admit(&self, encoded_len: usize, request: SdkRequest) -> Admit {
+        // Refuse with a retryable answer before the exporter's byte budget would overflow.
+        if !self.exporter.has_room(encoded_len) {
+            return Admit::Overloaded {
+                retry_after: RETRY_AFTER,
+            };
+        }
+        match self.queue.try_send(request) {
+            Ok(()) => Admit::Accepted,
+            Err(TrySendError::Full(_)) => Admit::Overloaded {
+                retry_after: RETRY_AFTER,
+            },
+            Err(TrySendError::Disconnected(_)) => Admit::Overloaded {
+                retry_after: RETRY_AFTER,
+            },
+        }
+    }
+}
+
+impl Sink for ReceiverSink {
+    fn traces(&self, peer: Peer, request: ExportTraceServiceRequest, encoded_len: usize) -> Admit {
+        self.admit(encoded_len, SdkRequest::Traces(peer, request))
+    }
+    fn metrics(
+        &self,
+        peer: Peer,
+        request: ExportMetricsServiceRequest,
+        encoded_len: usize,
+    ) -> Admit {
+        self.admit(encoded_len, SdkRequest::Metrics(peer, request))
+    }
+    fn logs(&self, peer: Peer, request: ExportLogsServiceRequest, encoded_len: usize) -> Admit {
+        self.admit(encoded_len, SdkRequest::Logs(peer, request))
+    }
+}
+
+/// Adds sonde's attributes for the sending process to an SDK resource. The SDK's own values
+/// win, except an SDK default `service.name` (`unknown_service...`), which sonde's resolved
+/// name replaces.
+pub fn enrich(resource: &mut Option<Resource>, ours: &Resource) {
+    let target = resource.get_or_insert_with(Resource::default);
+    for attr in &ours.attributes {
+        match target.attributes.iter_mut().find(|a| a.key == attr.key) {
+            Some(existing) if attr.key == "service.name" => {
+                let default = matches!(existing.value.as_ref().and_then(|v| v.value.as_ref()), Some(Value::StringValue(s)) if s.starts_with("unknown_service"));
+                if default {
+                    existing.value = attr.value.clone();
+                }
+            }
+            Some(_) => {}
+            None => target.attributes.push(attr.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+
+    use super::*;
+
+    fn kv(k: &str, v: &str) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn get<'a>(r: &'a Resource, k: &str) -> Option<&'a str> {
+        r.attributes.iter().find(|a| a.key == k).and_then(|a| {
+            match a.value.as_ref()?.value.as_ref()? {
+                Value::StringValue(s) => Some(s.as_str()),
+                _ => None,
+            }
+        })
+    }
+
+    #[test]
+    fn sdk_values_win_and_missing_ones_are_added() {
+        let ours = Resource {
+            attributes: vec![
+                kv("service.name", "gunicorn"),
+                kv("host.name", "node-1"),
+                kv("container.id", "abc"),
+            ],
+            ..Default::default()
+        };
+        let mut sdk = Some(Resource {
+            attributes: vec![kv("service.name", "shop"), kv("host.name", "pod-xyz")],
+            ..Default::default()
+        });
+        enrich(&mut sdk, &ours);
+        let r = sdk.unwrap();
+        assert_eq!(get(&r, "service.name"), Some("shop"));
+        assert_eq!(get(&r, "host.name"), Some("pod-xyz"));
+        assert_eq!(get(&r, "container.id"), Some("abc"));
+
+        let mut sdk = Some(Resource {
+            attributes: vec![kv("service.name", "unknown_service:python3")],
+            ..Default::default()
+        });
+        enrich(&mut sdk, &ours);
+        assert_eq!(get(sdk.as_ref().unwrap(), "service.name"), Some("gunicorn"));
+        let mut none = None;
+        enrich(&mut none, &ours);
+        assert_eq!(none.unwrap().attributes.len(), 3);
+    }
+}
