@@ -10,6 +10,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 /// Nightly whose LLVM (22) matches bpf-linker's; keep in sync with build.rs and bootstrap.sh.
 const EBPF_TOOLCHAIN: &str = "nightly-2026-05-01";
 
@@ -40,11 +42,8 @@ enum Cmd {
     },
     /// fmt --check and clippy -D warnings.
     Lint,
-    /// Benchmarks (see `cargo xtask bench --help`).
-    Bench {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    /// Benchmarks: HTTP, PostgreSQL and OTLP-forwarding overhead against the issue budgets.
+    Bench(bench::Args),
 }
 
 fn root() -> PathBuf {
@@ -69,13 +68,22 @@ fn build_ebpf() -> Result<()> {
         .current_dir(root().join("ebpf/probes"))
         .env_remove("RUSTUP_TOOLCHAIN")
         .arg(format!("+{EBPF_TOOLCHAIN}"))
-        .args(["build", "-Z", "build-std=core", "--target", "bpfel-unknown-none", "--release"])
+        .args([
+            "build",
+            "-Z",
+            "build-std=core",
+            "--target",
+            "bpfel-unknown-none",
+            "--release",
+        ])
         .arg("--target-dir")
         .arg(root().join("target/ebpf")))
 }
 
 fn lint() -> Result<()> {
-    run(Command::new("cargo").current_dir(root()).args(["fmt", "--all", "--check"]))?;
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["fmt", "--all", "--check"]))?;
     run(Command::new("cargo").current_dir(root()).args([
         "clippy",
         "--workspace",
@@ -108,7 +116,12 @@ fn real_main() -> Result<()> {
         Cmd::Run { args } => {
             bootstrap()?;
             build_ebpf()?;
-            run(Command::new("cargo").current_dir(root()).args(["build", "--release", "-p", "sonde"]))?;
+            run(Command::new("cargo").current_dir(root()).args([
+                "build",
+                "--release",
+                "-p",
+                "sonde",
+            ]))?;
             let mut cmd = if nix_is_root() {
                 Command::new(root().join("target/release/sonde"))
             } else {
@@ -123,17 +136,28 @@ fn real_main() -> Result<()> {
             build_ebpf()?;
             lint()?;
             // Binaries the end-to-end tests run (the daemon, the test server) are built first.
-            run(Command::new("cargo").current_dir(root()).args(["build", "--workspace", "--bins"]))?;
+            run(Command::new("cargo").current_dir(root()).args([
+                "build",
+                "--workspace",
+                "--bins",
+            ]))?;
             run(Command::new("cargo")
                 .current_dir(root())
                 .args(["test", "--workspace", "--no-fail-fast"])
                 .args(args))
         }
-        Cmd::Bench { args } => {
-            bootstrap()?;
-            build_ebpf()?;
-            run(Command::new("cargo").current_dir(root()).args(["build", "--release", "--workspace", "--bins"]))?;
-            run(Command::new(root().join("target/release/sonde-bench")).args(args))
+        Cmd::Bench(args) => {
+            if !args.no_build {
+                bootstrap()?;
+                build_ebpf()?;
+                run(Command::new("cargo").current_dir(root()).args([
+                    "build",
+                    "--release",
+                    "--workspace",
+                    "--bins",
+                ]))?;
+            }
+            bench::run(&args, &root())
         }
     }
 }

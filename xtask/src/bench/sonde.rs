@@ -1,0 +1,159 @@
+//! Starting the daemon under test, sampling it, and reading its final `sonde: stopped` line.
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::{
+    measure,
+    procs::{Lines, Proc},
+};
+
+/// Counters from `sonde: stopped; N events, N spans, N ring buffer records lost, N span
+/// batches refused by a full queue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StopLine {
+    pub events: u64,
+    pub spans: u64,
+    pub lost: u64,
+    pub refused: u64,
+}
+
+pub fn parse_stop_line(line: &str) -> Option<StopLine> {
+    let rest = line.trim().strip_prefix("sonde: stopped;")?;
+    let mut out = StopLine::default();
+    let mut seen = 0;
+    for part in rest.split(',') {
+        let part = part.trim();
+        let (n, what) = part.split_once(' ')?;
+        let n: u64 = n.parse().ok()?;
+        let slot = if what == "events" {
+            &mut out.events
+        } else if what == "spans" {
+            &mut out.spans
+        } else if what.starts_with("ring buffer records lost") {
+            &mut out.lost
+        } else if what.starts_with("span batches refused") {
+            &mut out.refused
+        } else {
+            continue;
+        };
+        *slot = n;
+        seen += 1;
+    }
+    (seen == 4).then_some(out)
+}
+
+/// A running `sonde run ...`.
+pub struct Sonde {
+    proc: Proc,
+    stderr: Lines,
+}
+
+impl Sonde {
+    /// Starts sonde (pinned to `cpu` with taskset when given) and waits for `sonde: ready`.
+    pub fn start(bin: &Path, args: &[String], cpu: Option<usize>) -> Result<Sonde> {
+        let mut cmd = match cpu {
+            Some(c) => {
+                let mut t = Command::new("taskset");
+                t.arg("-c").arg(c.to_string()).arg(bin);
+                t
+            }
+            None => Command::new(bin),
+        };
+        cmd.arg("run")
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut proc = Proc::spawn("sonde", &mut cmd)?;
+        let stderr = proc.child_mut().stderr.take().context("sonde stderr")?;
+        let stderr = Lines::follow(stderr, None);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if stderr.find(|l| l.trim() == "sonde: ready").is_some() {
+                return Ok(Sonde { proc, stderr });
+            }
+            if let Some(status) = proc.exited() {
+                thread::sleep(Duration::from_millis(100));
+                bail!(
+                    "sonde exited before ready ({status}); args {args:?}; stderr:\n{}",
+                    stderr.tail(15)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("sonde not ready after 90 s; stderr:\n{}", stderr.tail(15));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        measure::cpu_seconds(self.pid())
+    }
+
+    pub fn peak_rss_mib(&self) -> Result<f64> {
+        measure::peak_rss_mib(self.pid())
+    }
+
+    /// SIGTERM, wait for the flush, and return the counters of the final line.
+    pub fn stop(mut self) -> Result<StopLine> {
+        let status = self.proc.stop(libc::SIGTERM, Duration::from_secs(40))?;
+        // The reader thread may still be draining the pipe.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            if let Some(line) = self.stderr.find(|l| l.starts_with("sonde: stopped;")) {
+                return parse_stop_line(&line)
+                    .with_context(|| format!("unparsable stop line: {line}"));
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "sonde exited ({status}) without a stop line; stderr:\n{}",
+                    self.stderr.tail(15)
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_line_parses() {
+        let line = "sonde: stopped; 120034 events, 60010 spans, 7 ring buffer records lost, 2 span batches refused by a full queue";
+        assert_eq!(
+            parse_stop_line(line),
+            Some(StopLine {
+                events: 120034,
+                spans: 60010,
+                lost: 7,
+                refused: 2
+            })
+        );
+    }
+
+    #[test]
+    fn stop_line_rejects_other_lines() {
+        assert_eq!(parse_stop_line("sonde: ready"), None);
+        assert_eq!(parse_stop_line("sonde: stopped; 1 events, 2 spans"), None);
+        assert_eq!(
+            parse_stop_line(
+                "sonde: stopped; x events, 2 spans, 0 ring buffer records lost, 0 span batches refused by a full queue"
+            ),
+            None
+        );
+    }
+}
