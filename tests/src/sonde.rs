@@ -51,9 +51,20 @@ impl Sonde {
         let bin = sonde_bin()?;
         let dir = TestDir::new("sonde")?;
         let mut cmd = Command::new(&bin);
-        // The OTLP receiver is off unless a test asks for it (its default ports would collide
+        // The OTLP receiver and metrics endpoint are off unless a test asks (their default ports would collide
         // between tests running in parallel); later flags override these.
-        cmd.args(["run", "--output", "json", "--otlp-grpc-addr", "off", "--otlp-http-addr", "off"]).args(args);
+        cmd.args([
+            "run",
+            "--output",
+            "json",
+            "--otlp-grpc-addr",
+            "off",
+            "--otlp-http-addr",
+            "off",
+            "--metrics-addr",
+            "off",
+        ])
+        .args(args);
         // Plain logs in the captured stderr (tracing-subscriber colours them otherwise).
         cmd.env("NO_COLOR", "1");
         for (k, v) in env {

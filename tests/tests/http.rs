@@ -466,3 +466,54 @@ fn text_output_is_the_default_and_flushes_on_sigterm() {
         .unwrap_or_else(|| panic!("no server span line in:\n{out}"));
     assert!(line.contains("http.response.status_code=200"), "{line}");
 }
+
+#[test]
+fn self_metrics_are_exposed_and_promtool_clean() {
+    let server = TestServer::start();
+    let metrics_port = sonde_e2e::free_port();
+    let sonde = Sonde::start(&[
+        "--port",
+        &port_arg(server.port()),
+        "--metrics-addr",
+        &format!("127.0.0.1:{metrics_port}"),
+    ]);
+    for i in 0..10 {
+        assert_eq!(http_get(&format!("{}/len/{i}", server.base_url())).0, 200);
+    }
+    wait_servers(&sonde, server.port(), 10);
+    let (status, body) = http_get(&format!("http://127.0.0.1:{metrics_port}/metrics"));
+    assert_eq!(status, 200);
+    let value = |name: &str| -> u64 {
+        body.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert!(value("sonde_tracer_spans_total") >= 20, "{body}");
+    assert_eq!(value("sonde_ringbuf_lost_records_total"), 0);
+    assert!(
+        body.contains("sonde_ringbuf_lost_records_total{cpu=\"0\"}"),
+        "lost records are per CPU"
+    );
+    assert!(value("sonde_exporter_exported_items_total") >= 10, "{body}");
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

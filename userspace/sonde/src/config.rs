@@ -93,6 +93,9 @@ pub struct RunArgs {
         overrides_with = "otlp_http_addr"
     )]
     pub otlp_http_addr: String,
+    /// Prometheus endpoint for sonde's own metrics (`off` to disable).
+    #[arg(long, default_value = "0.0.0.0:9464", overrides_with = "metrics_addr")]
+    pub metrics_addr: String,
     /// Largest OTLP message the receiver accepts, after decompression, in MiB.
     #[arg(long, default_value_t = 64)]
     pub otlp_max_message_mib: usize,
@@ -145,6 +148,7 @@ pub struct Config {
     pub receiver_max_inflight_bytes: usize,
     pub merge_window: Duration,
     pub memory_budget_bytes: usize,
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The memory limit of sonde's own cgroup (v2 `memory.max`, or v1), if there is one.
@@ -293,6 +297,7 @@ impl Config {
             receiver_max_inflight_bytes: (memory_budget_bytes / 4).max(1 << 20),
             merge_window: Duration::from_millis(args.merge_window_ms),
             memory_budget_bytes,
+            metrics_addr: parse_addr("metrics-addr", &args.metrics_addr)?,
         })
     }
 }

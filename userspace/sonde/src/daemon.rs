@@ -5,7 +5,7 @@ use std::{
     net::SocketAddr,
     os::fd::AsRawFd,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
@@ -28,6 +28,7 @@ use crate::{
     clock::{self, Clock},
     config::Config,
     merge::{MergeConfig, Merger},
+    metrics::{self, CaptureSnapshot},
     sdk::{self, SdkRequest},
     trace::{http::Endpoints, resource::ResourceCache},
     tracer::{KernelCommand, ProcHost, Tracer, TracerConfig},
@@ -39,6 +40,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(25);
 const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 const FLUSH_SPANS: usize = 1024;
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the capture thread publishes its counters for the metrics endpoint.
+const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 /// `bpf_map_update_elem` flag: only insert, never overwrite what the programs wrote.
 const BPF_NOEXIST: u64 = 1;
 /// Wake the reader when this much is queued in the ring buffer.
@@ -54,11 +57,24 @@ struct CaptureLoop {
     peer_cache: HashMap<SocketAddr, Option<u32>>,
     stop: Arc<AtomicBool>,
     spans_rejected: u64,
+    /// Published for the metrics endpoint.
+    snapshot: Arc<Mutex<CaptureSnapshot>>,
 }
 
 impl CaptureLoop {
     fn apply_commands(&mut self) {
         apply_commands(&mut self.probes.sockets, &mut self.tracer);
+    }
+
+    fn publish(&mut self) {
+        let snapshot = CaptureSnapshot {
+            lost_per_cpu: self.probes.lost_per_cpu(),
+            tracer: self.tracer.stats(),
+            merge: self.merger.stats(),
+        };
+        if let Ok(mut guard) = self.snapshot.lock() {
+            *guard = snapshot;
+        }
     }
 
     /// Hands finished spans to the exporter, except those the merger holds for SDK spans.
@@ -180,6 +196,7 @@ impl CaptureLoop {
         let fd = self.probes.events.as_raw_fd();
         let mut last_flush = Instant::now();
         let mut last_housekeeping = Instant::now();
+        let mut last_snapshot = Instant::now();
         loop {
             let stopping = self.stop.load(Ordering::Relaxed);
             let mut pfd = libc::pollfd {
@@ -203,6 +220,10 @@ impl CaptureLoop {
             {
                 self.flush();
                 last_flush = Instant::now();
+            }
+            if last_snapshot.elapsed() >= SNAPSHOT_INTERVAL {
+                self.publish();
+                last_snapshot = Instant::now();
             }
             if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
                 self.tracer.set_clock(Clock::sample());
@@ -384,11 +405,11 @@ pub async fn run(config: Config) -> Result<()> {
             max_message_bytes: config.receiver_max_message_bytes,
             max_inflight_bytes: config.receiver_max_inflight_bytes,
         };
-        Some(
+        Some(Arc::new(
             Receiver::start(receiver_config, Arc::new(sink))
                 .await
                 .context("starting the OTLP receiver")?,
-        )
+        ))
     } else {
         None
     };
@@ -409,6 +430,7 @@ pub async fn run(config: Config) -> Result<()> {
         peer_cache: HashMap::new(),
         stop: stop.clone(),
         spans_rejected: 0,
+        snapshot: Arc::new(Mutex::new(CaptureSnapshot::default())),
     };
     capture.apply_commands();
     let blocked = stash_blocked_syscalls(&mut capture.probes, &config.pids, config.capture_bytes);
@@ -465,6 +487,30 @@ pub async fn run(config: Config) -> Result<()> {
         ),
         None => eprintln!("  OTLP receiver: off"),
     }
+    let metrics_task = match config.metrics_addr {
+        Some(addr) => {
+            let listener = metrics::bind(addr).await?;
+            eprintln!(
+                "  metrics: http://{}/metrics",
+                listener
+                    .local_addr()
+                    .map_or(addr.to_string(), |a| a.to_string())
+            );
+            let weak = receiver.as_ref().map(|r| Arc::downgrade(r));
+            let sources = metrics::Sources {
+                capture: capture.snapshot.clone(),
+                exporter: exporter.clone(),
+                receiver: weak.map(
+                    |w| -> Arc<dyn Fn() -> sonde_otlp_receive::ReceiverStats + Send + Sync> {
+                        Arc::new(move || w.upgrade().map(|r| r.stats()).unwrap_or_default())
+                    },
+                ),
+                memory_budget_bytes: config.memory_budget_bytes,
+            };
+            Some(tokio::spawn(metrics::serve(listener, sources)))
+        }
+        None => None,
+    };
     eprintln!("sonde: ready");
 
     let handle = std::thread::Builder::new()
@@ -477,8 +523,15 @@ pub async fn run(config: Config) -> Result<()> {
     );
     // Stop taking SDK requests first, so everything accepted is in the queue when the
     // capture thread drains it for the last time.
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     if let Some(r) = receiver {
-        r.shutdown().await;
+        match Arc::try_unwrap(r) {
+            Ok(r) => r.shutdown().await,
+            // A scrape holds it this instant: dropping it stops the listeners all the same.
+            Err(r) => drop(r),
+        }
     }
     stop.store(true, Ordering::Relaxed);
     let capture = tokio::task::spawn_blocking(move || handle.join())

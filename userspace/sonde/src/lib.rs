@@ -4,6 +4,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod merge;
+pub mod metrics;
 pub mod sdk;
 pub mod trace;
 pub mod tracer;
