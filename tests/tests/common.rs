@@ -1,4 +1,6 @@
 //! Helpers shared by the end-to-end scenario files (`mod common;` in each).
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
 use std::time::Duration;

@@ -3,6 +3,8 @@
 //! exact span tree per request: the server span, its database children with sanitized text,
 //! durations nested inside the parent, error statuses, and an outgoing HTTP call nested the
 //! same way down to the downstream server's span.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
 mod common;
 
 use std::time::Duration;

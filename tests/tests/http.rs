@@ -1,6 +1,8 @@
 //! End-to-end HTTP/1.x capture: the real daemon with real probes against real servers
 //! (our test server, nginx, Python's http.server) and real clients (curl, a raw socket
 //! client), asserting exact span counts, attributes, kinds and timing order.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
 mod common;
 
 use std::{io::Write, net::TcpStream, time::Duration};

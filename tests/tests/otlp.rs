@@ -3,6 +3,8 @@
 //! correct trace (the SDK's server span with sonde's PostgreSQL spans as children, no duplicate
 //! server span; with psycopg2 instrumentation on, no duplicate database spans). Also: the
 //! daemon keeps serving after garbage, and loses nothing accepted while its sink is down.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! client-side binding), psycopg 3 (server-side binding, prepared statements, pipeline mode),
 //! pgbench in all three query modes, errors, COPY, LISTEN/NOTIFY, and a connection pooled
 //! before sonde started. Span counts must equal statements run, with sanitized text.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
 mod common;
 
 use std::{

@@ -166,10 +166,10 @@ fn cgroup_memory_limit() -> Option<usize> {
         };
         if let Ok(v) = std::fs::read_to_string(file) {
             // "max" or a huge v1 sentinel mean no limit.
-            if let Ok(n) = v.trim().parse::<usize>() {
-                if n < (1 << 50) {
-                    return Some(n);
-                }
+            if let Ok(n) = v.trim().parse::<usize>()
+                && n < (1 << 50)
+            {
+                return Some(n);
             }
         }
     }

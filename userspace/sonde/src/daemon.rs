@@ -496,7 +496,7 @@ pub async fn run(config: Config) -> Result<()> {
                     .local_addr()
                     .map_or(addr.to_string(), |a| a.to_string())
             );
-            let weak = receiver.as_ref().map(|r| Arc::downgrade(r));
+            let weak = receiver.as_ref().map(Arc::downgrade);
             let sources = metrics::Sources {
                 capture: capture.snapshot.clone(),
                 exporter: exporter.clone(),

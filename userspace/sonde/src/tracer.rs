@@ -674,10 +674,10 @@ impl<H: HostView> Tracer<H> {
         for fd in &conn.fds {
             self.fds.remove(&(conn.pid, *fd));
         }
-        if conn.role == Role::Client {
-            if let (Some(l), Some(r)) = (conn.endpoints.local, conn.endpoints.remote) {
-                self.correlator.forget_connection(l, r);
-            }
+        if conn.role == Role::Client
+            && let (Some(l), Some(r)) = (conn.endpoints.local, conn.endpoints.remote)
+        {
+            self.correlator.forget_connection(l, r);
         }
     }
 

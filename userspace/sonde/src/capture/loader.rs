@@ -82,21 +82,21 @@ pub enum LoadError {
     #[error("this kernel ({0}) is too old: sonde needs Linux 5.8 or newer (BPF ring buffer)")]
     KernelTooOld(String),
     #[error("loading the eBPF programs failed: {0}")]
-    Load(#[from] aya::EbpfError),
+    Load(Box<aya::EbpfError>),
     #[error("eBPF program {program} is missing from the object")]
     MissingProgram { program: String },
     #[error("could not load eBPF program {program}: {source}")]
     Verify {
         program: String,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("could not attach to tracepoint {category}:{name}: {source}")]
     Attach {
         category: String,
         name: String,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("map {0}: {1}")]
     Map(&'static str, String),
@@ -215,7 +215,8 @@ pub fn load(settings: &ProbeSettings) -> Result<Probes, LoadError> {
             "EVENTS",
             settings.ring_buffer_bytes.next_power_of_two().max(4096),
         )
-        .load(PROBES_OBJECT)?;
+        .load(PROBES_OBJECT)
+        .map_err(|e| LoadError::Load(Box::new(e)))?;
 
     let mut loaded = std::collections::HashSet::new();
     let mut attached = Vec::new();
@@ -228,12 +229,12 @@ pub fn load(settings: &ProbeSettings) -> Result<Probes, LoadError> {
             .try_into()
             .map_err(|source| LoadError::Verify {
                 program: program.to_owned(),
-                source,
+                source: Box::new(source),
             })?;
         if loaded.insert(program) {
             tp.load().map_err(|source| LoadError::Verify {
                 program: program.to_owned(),
-                source,
+                source: Box::new(source),
             })?;
         }
         // Syscalls an architecture does not have (dup2 on arm64) are skipped, not fatal.
@@ -251,7 +252,7 @@ pub fn load(settings: &ProbeSettings) -> Result<Probes, LoadError> {
             .map_err(|source| LoadError::Attach {
                 category: category.to_owned(),
                 name: name.to_owned(),
-                source,
+                source: Box::new(source),
             })?;
         attached.push(format!("{category}:{name}"));
     }

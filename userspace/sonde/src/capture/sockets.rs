@@ -101,10 +101,10 @@ impl SocketResolver {
         let Some(ns) = netns_of(pid) else {
             return false;
         };
-        if !self.tables.contains_key(&ns) {
-            if let Some(t) = read_tables(pid) {
-                self.tables.insert(ns, t);
-            }
+        if !self.tables.contains_key(&ns)
+            && let Some(t) = read_tables(pid)
+        {
+            self.tables.insert(ns, t);
         }
         self.tables
             .get(&ns)
@@ -193,10 +193,10 @@ pub fn scan_established(exclude_pid: u32, only_pids: Option<&[u32]>) -> Vec<Foun
                 continue;
             };
             let Some(ns) = netns_of(pid) else { continue };
-            if !resolver.tables.contains_key(&ns) {
+            if let std::collections::hash_map::Entry::Vacant(e) = resolver.tables.entry(ns) {
                 match read_tables(pid) {
                     Some(t) => {
-                        resolver.tables.insert(ns, t);
+                        e.insert(t);
                     }
                     None => continue,
                 }

@@ -59,13 +59,13 @@ fn header_str<'a>(head: &'a RequestHead, name: &str) -> Option<&'a str> {
 
 /// Splits a Host header into host and port.
 fn split_host(host: &str) -> (String, Option<u16>) {
-    if let Some(rest) = host.strip_prefix('[') {
-        if let Some((h, tail)) = rest.split_once(']') {
-            return (
-                h.to_owned(),
-                tail.strip_prefix(':').and_then(|p| p.parse().ok()),
-            );
-        }
+    if let Some(rest) = host.strip_prefix('[')
+        && let Some((h, tail)) = rest.split_once(']')
+    {
+        return (
+            h.to_owned(),
+            tail.strip_prefix(':').and_then(|p| p.parse().ok()),
+        );
     }
     match host.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => (h.to_owned(), p.parse().ok()),
