@@ -519,3 +519,106 @@ fn self_metrics_are_exposed_and_promtool_clean() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn ipv6_loopback_and_child_processes_of_a_chosen_pid() {
+    let py = PyHttpServer::start(&[("six.txt", 10)]);
+    // A server on ::1, traced by pid: http.server is one process; --pid also covers the
+    // workers of servers that fork (tested with gunicorn in django.rs via its master pid).
+    let dir = sonde_e2e::TestDir::new("v6").unwrap();
+    let port = sonde_e2e::free_port();
+    let mut cmd = std::process::Command::new(sonde_e2e::python());
+    cmd.args(["-m", "http.server", "--bind", "::1", &port.to_string()])
+        .current_dir(dir.path());
+    let server = sonde_e2e::Proc::spawn("v6-server", cmd, dir.path()).unwrap();
+    server
+        .wait_for_line("Serving HTTP", Duration::from_secs(20))
+        .unwrap();
+    let sonde = Sonde::start(&[
+        "--pid",
+        &server.pid().to_string(),
+        "--pid",
+        &py.pid().to_string(),
+    ]);
+    let out = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-g",
+        &format!("http://[::1]:{port}/"),
+    ]);
+    assert!(out.status.success());
+    let spans = wait_servers(&sonde, port, 1);
+    let srv = servers(&spans, port);
+    assert_eq!(srv.len(), 1, "{}", sonde_e2e::dump_spans(&spans));
+    assert_eq!(srv[0].attr_str("network.peer.address"), Some("::1"));
+    assert_eq!(clients(&spans, port).len(), 0, "curl is not a chosen pid");
+}
+
+#[test]
+fn bad_configuration_and_missing_privileges_are_clear_errors() {
+    let bin = sonde_e2e::sonde::sonde_bin().unwrap();
+    let out = std::process::Command::new(&bin)
+        .args(["run", "--capture-bytes", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--capture-bytes"));
+    let out = std::process::Command::new(&bin)
+        .args(["run", "--otlp-grpc-addr", "999.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("otlp-grpc-addr"));
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(&bin)
+        .args([
+            "run",
+            "--otlp-grpc-addr",
+            "off",
+            "--otlp-http-addr",
+            "off",
+            "--metrics-addr",
+            "off",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("needs root") && err.contains("CAP_BPF"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tracefs_missing_is_mounted_by_the_daemon() {
+    // In a private mount namespace without tracefs, the daemon mounts it itself and starts.
+    let bin = sonde_e2e::sonde::sonde_bin().unwrap();
+    let script = format!(
+        "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; test ! -e /sys/kernel/tracing/events || exit 90; \
+         timeout -s INT 8 {} run --port 1 --otlp-grpc-addr off --otlp-http-addr off --metrics-addr off",
+        bin.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(
+        out.status.code(),
+        Some(90),
+        "could not set up a namespace without tracefs"
+    );
+    assert!(
+        err.contains("mounted tracefs") && err.contains("sonde: ready"),
+        "{err}"
+    );
+}

@@ -295,3 +295,57 @@ fn connection_pooled_before_sonde_started() {
         db[3]
     );
 }
+
+#[test]
+fn a_20_kib_orm_query_is_captured_whole() {
+    let pg = Postgres::start();
+    let sonde = Sonde::start(&["--port", &pg.port().to_string()]);
+    let columns: Vec<String> = (0..900)
+        .map(|i| format!("'value-{i:04}' AS \"column_{i:04}\""))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM pg_class WHERE relname = 'pg_type'",
+        columns.join(", ")
+    );
+    assert!(sql.len() > 20 * 1024, "{}", sql.len());
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            &sql,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spans = settle(&sonde, pg.port(), |db| {
+        db.iter().any(|s| s.name == "SELECT pg_class")
+    });
+    let db = db_spans(&spans, pg.port());
+    let big = named(&db, "SELECT pg_class");
+    assert_eq!(big.len(), 1, "{}", dump_spans(&spans));
+    let text = big[0].attr_str("db.query.text").unwrap();
+    assert!(
+        text.ends_with("FROM pg_class WHERE relname = ?"),
+        "cut short: ...{}",
+        &text[text.len().saturating_sub(80)..]
+    );
+    assert!(
+        text.contains("AS \"column_0899\""),
+        "middle of the query missing"
+    );
+    assert!(!text.contains("value-"), "literal leaked");
+    assert_eq!(big[0].attr_i64("db.response.returned_rows"), Some(1));
+}

@@ -139,6 +139,15 @@ pub struct DataArgs {
     pub direction: u32,
     pub capture_bytes: u32,
     pub enter_ts_ns: u64,
+    /// `data_flags` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// `DataArgs::flags` bits.
+pub mod data_flags {
+    /// A client socket with no protocol-specific capture size yet: look at what it writes.
+    pub const SNIFF: u32 = 1;
 }
 
 /// An accept in flight, by thread; written by the daemon too, as for [`DataArgs`].
@@ -169,7 +178,9 @@ pub struct ProbeConfig {
     pub wakeup_bytes: u32,
     /// `probe_flags` bits.
     pub flags: u32,
-    pub _reserved: u32,
+    /// Capture size for a client socket whose first write is a PostgreSQL startup or
+    /// SSLRequest (set in the kernel, so the first query is already captured whole).
+    pub postgres_capture_bytes: u32,
 }
 
 /// `ProbeConfig::flags` bits.
@@ -184,7 +195,7 @@ const _: () = assert!(core::mem::size_of::<ConnEvent>() == 88);
 const _: () = assert!(DATA_HEADER_SIZE == 56);
 const _: () = assert!(core::mem::size_of::<DupEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<SocketState>() == 8);
-const _: () = assert!(core::mem::size_of::<DataArgs>() == 40);
+const _: () = assert!(core::mem::size_of::<DataArgs>() == 48);
 const _: () = assert!(core::mem::size_of::<AcceptArgs>() == 8);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 24);
 

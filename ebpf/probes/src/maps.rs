@@ -14,7 +14,7 @@ pub static SONDE_CONFIG: ProbeConfig = ProbeConfig {
     capture_bytes: 4096,
     wakeup_bytes: 256 * 1024,
     flags: 0,
-    _reserved: 0,
+    postgres_capture_bytes: 65536,
 };
 
 /// All records for the daemon. Size set by the daemon at load time.
@@ -119,6 +119,8 @@ pub fn output_raw(data: *const u8, size: u64) {
 /// Copy a fixed-size record into the ring buffer.
 #[inline(always)]
 pub fn output<T>(record: &T) {
-    output_raw((record as *const T).cast(), core::mem::size_of::<T>() as u64);
+    output_raw(
+        (record as *const T).cast(),
+        core::mem::size_of::<T>() as u64,
+    );
 }
-

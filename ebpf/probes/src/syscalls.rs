@@ -8,12 +8,14 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use sonde_common::{
-    AcceptArgs, CHUNK_SIZE, ConnEvent, DATA_FLAG_LAST_CHUNK, DataArgs, DupEvent, DATA_HEADER_SIZE, EventHeader, MAX_CAPTURE_BYTES,
-    MAX_CHUNKS, MAX_IOVECS, SocketState, direction, kind, role, socket_key,
+    AcceptArgs, CHUNK_SIZE, ConnEvent, DATA_FLAG_LAST_CHUNK, DATA_HEADER_SIZE, DataArgs, DupEvent,
+    EventHeader, MAX_CAPTURE_BYTES, MAX_CHUNKS, MAX_IOVECS, SocketState, direction, kind, role,
+    socket_key,
 };
 
 use crate::maps::{
-    SCRATCH, TRACED_PIDS, noop, SOCKETS, config, now_ns, output, output_raw, pid_tgid, process_wanted,
+    SCRATCH, SOCKETS, TRACED_PIDS, config, noop, now_ns, output, output_raw, pid_tgid,
+    process_wanted,
 };
 
 // Offsets in the syscall tracepoint records (stable: see events/syscalls/*/format).
@@ -31,7 +33,9 @@ const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
 
-use sonde_common::buf_kind::{IOVEC as BUF_IOVEC, MSGHDR as BUF_MSGHDR, NONE as BUF_NONE, PLAIN as BUF_PLAIN};
+use sonde_common::buf_kind::{
+    IOVEC as BUF_IOVEC, MSGHDR as BUF_MSGHDR, NONE as BUF_NONE, PLAIN as BUF_PLAIN,
+};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -193,7 +197,11 @@ fn exit_accept(ctx: &TracePointContext) -> u32 {
         event.family = family;
         event.remote_port = port;
         event.remote_addr = addr;
-        let key = Endpoint { addr, port, _pad: [0; 6] };
+        let key = Endpoint {
+            addr,
+            port,
+            _pad: [0; 6],
+        };
         // SAFETY: copy out of the map before removing the entry.
         if let Some(local) = (unsafe { ESTABLISHED.get(&key) }).copied() {
             event.local_addr = local.addr;
@@ -272,8 +280,16 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
         // A server-side connection completed its handshake (softirq: any process).
         let dport: u16 = arg(&ctx, 26).unwrap_or(0);
-        let remote = Endpoint { addr: v6_field(36, 56), port: dport, _pad: [0; 6] };
-        let local = Endpoint { addr: v6_field(32, 40), port: sport, _pad: [0; 6] };
+        let remote = Endpoint {
+            addr: v6_field(36, 56),
+            port: dport,
+            _pad: [0; 6],
+        };
+        let local = Endpoint {
+            addr: v6_field(32, 40),
+            port: sport,
+            _pad: [0; 6],
+        };
         let _ = ESTABLISHED.insert(&remote, &local, 0);
         return 0;
     }
@@ -409,6 +425,13 @@ fn enter_data(ctx: &TracePointContext, buf_kind: u32, dir: u32) -> u32 {
             capture
         },
         enter_ts_ns: now_ns(),
+        flags: if state.capture_bytes == 0 && state.role == role::CLIENT && dir == direction::EGRESS
+        {
+            sonde_common::data_flags::SNIFF
+        } else {
+            0
+        },
+        _pad: 0,
     };
     let _ = DATA_ARGS.insert(&id, &args, 0);
     0
@@ -427,6 +450,9 @@ fn exit_data(ctx: &TracePointContext) -> u32 {
     if ret <= 0 {
         return 0;
     }
+    if args.flags & sonde_common::data_flags::SNIFF != 0 && args.buf_kind == BUF_PLAIN && ret >= 8 {
+        sniff_postgres(id, &args);
+    }
     if args.buf_kind == BUF_MSGHDR {
         // struct user_msghdr { void *name; int namelen; struct iovec *iov; size_t iovlen; ... }
         args.iov_count = read_user::<u64>(args.ptr + 24).unwrap_or(0);
@@ -435,6 +461,29 @@ fn exit_data(ctx: &TracePointContext) -> u32 {
     }
     emit_data(id, &args, ret as u64);
     0
+}
+
+/// A client's write that is a PostgreSQL StartupMessage (protocol 3.0) or SSLRequest: raise
+/// the socket's capture size now, so the queries that follow (long ORM SQL) arrive whole
+/// without waiting for the daemon to notice.
+#[inline(always)]
+fn sniff_postgres(id: u64, args: &DataArgs) {
+    let Some(head) = read_user::<[u8; 8]>(args.ptr) else {
+        return;
+    };
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    let startup = code == 196_608 && (8..10_000).contains(&len);
+    let ssl_request = code == 80_877_103 && len == 8;
+    if !startup && !ssl_request {
+        return;
+    }
+    let key = socket_key((id >> 32) as u32, args.fd as u32);
+    let state = SocketState {
+        role: role::CLIENT,
+        capture_bytes: config().postgres_capture_bytes,
+    };
+    let _ = SOCKETS.insert(&key, &state, 0);
 }
 
 #[inline(always)]
@@ -459,7 +508,10 @@ fn emit_data(id: u64, args: &DataArgs, total: u64) {
         event.offset = 0;
         event.len = 0;
         event.flags = DATA_FLAG_LAST_CHUNK;
-        output_raw((event as *const sonde_common::DataEvent).cast(), DATA_HEADER_SIZE as u64);
+        output_raw(
+            (event as *const sonde_common::DataEvent).cast(),
+            DATA_HEADER_SIZE as u64,
+        );
         return;
     }
 
@@ -473,18 +525,33 @@ fn emit_data(id: u64, args: &DataArgs, total: u64) {
 /// Copies `len` (1..=CHUNK_SIZE after masking) bytes from `src` and outputs one record.
 /// Returns false if the user memory could not be read.
 #[inline(always)]
-fn emit_chunk(event: &mut sonde_common::DataEvent, src: u64, len: u32, offset: u32, last: bool) -> bool {
+fn emit_chunk(
+    event: &mut sonde_common::DataEvent,
+    src: u64,
+    len: u32,
+    offset: u32,
+    last: bool,
+) -> bool {
     // Bound for the verifier: 1..=CHUNK_SIZE.
     let len = (len.wrapping_sub(1) & (CHUNK_SIZE as u32 - 1)) + 1;
     // SAFETY: `len` <= CHUNK_SIZE = size of `data`; the helper fails on a bad user pointer.
-    let ret = unsafe { bpf_probe_read_user(event.data.as_mut_ptr().cast(), len, src as *const core::ffi::c_void) };
+    let ret = unsafe {
+        bpf_probe_read_user(
+            event.data.as_mut_ptr().cast(),
+            len,
+            src as *const core::ffi::c_void,
+        )
+    };
     if ret < 0 {
         return false;
     }
     event.offset = offset;
     event.len = len;
     event.flags = if last { DATA_FLAG_LAST_CHUNK } else { 0 };
-    output_raw((event as *const sonde_common::DataEvent).cast(), DATA_HEADER_SIZE as u64 + len as u64);
+    output_raw(
+        (event as *const sonde_common::DataEvent).cast(),
+        DATA_HEADER_SIZE as u64 + len as u64,
+    );
     true
 }
 
@@ -497,8 +564,18 @@ fn emit_buffer(event: &mut sonde_common::DataEvent, base: u64, captured: u32) {
             break;
         }
         let remaining = captured - offset;
-        let len = if remaining > CHUNK_SIZE as u32 { CHUNK_SIZE as u32 } else { remaining };
-        if !emit_chunk(event, base + offset as u64, len, offset, remaining <= CHUNK_SIZE as u32) {
+        let len = if remaining > CHUNK_SIZE as u32 {
+            CHUNK_SIZE as u32
+        } else {
+            remaining
+        };
+        if !emit_chunk(
+            event,
+            base + offset as u64,
+            len,
+            offset,
+            remaining <= CHUNK_SIZE as u32,
+        ) {
             break;
         }
     }
@@ -521,12 +598,17 @@ fn emit_iovecs(event: &mut sonde_common::DataEvent, iov_ptr: u64, iov_count: u64
             continue;
         }
         let remaining = captured - offset;
-        let mut len = if iov.len > CHUNK_SIZE as u64 { CHUNK_SIZE as u32 } else { iov.len as u32 };
+        let mut len = if iov.len > CHUNK_SIZE as u64 {
+            CHUNK_SIZE as u32
+        } else {
+            iov.len as u32
+        };
         if len > remaining {
             len = remaining;
         }
         let whole = len as u64 == iov.len;
-        let last = !whole || offset + len >= captured || j as u64 + 1 >= iov_count || j + 1 >= MAX_IOVECS;
+        let last =
+            !whole || offset + len >= captured || j as u64 + 1 >= iov_count || j + 1 >= MAX_IOVECS;
         if !emit_chunk(event, iov.base, len, offset, last) || !whole {
             break;
         }
@@ -554,13 +636,48 @@ macro_rules! data_syscall {
 }
 
 data_syscall!(sys_enter_read, sys_exit_read, BUF_PLAIN, direction::INGRESS);
-data_syscall!(sys_enter_recvfrom, sys_exit_recvfrom, BUF_PLAIN, direction::INGRESS);
-data_syscall!(sys_enter_readv, sys_exit_readv, BUF_IOVEC, direction::INGRESS);
-data_syscall!(sys_enter_recvmsg, sys_exit_recvmsg, BUF_MSGHDR, direction::INGRESS);
-data_syscall!(sys_enter_write, sys_exit_write, BUF_PLAIN, direction::EGRESS);
-data_syscall!(sys_enter_sendto, sys_exit_sendto, BUF_PLAIN, direction::EGRESS);
-data_syscall!(sys_enter_writev, sys_exit_writev, BUF_IOVEC, direction::EGRESS);
-data_syscall!(sys_enter_sendmsg, sys_exit_sendmsg, BUF_MSGHDR, direction::EGRESS);
+data_syscall!(
+    sys_enter_recvfrom,
+    sys_exit_recvfrom,
+    BUF_PLAIN,
+    direction::INGRESS
+);
+data_syscall!(
+    sys_enter_readv,
+    sys_exit_readv,
+    BUF_IOVEC,
+    direction::INGRESS
+);
+data_syscall!(
+    sys_enter_recvmsg,
+    sys_exit_recvmsg,
+    BUF_MSGHDR,
+    direction::INGRESS
+);
+data_syscall!(
+    sys_enter_write,
+    sys_exit_write,
+    BUF_PLAIN,
+    direction::EGRESS
+);
+data_syscall!(
+    sys_enter_sendto,
+    sys_exit_sendto,
+    BUF_PLAIN,
+    direction::EGRESS
+);
+data_syscall!(
+    sys_enter_writev,
+    sys_exit_writev,
+    BUF_IOVEC,
+    direction::EGRESS
+);
+data_syscall!(
+    sys_enter_sendmsg,
+    sys_exit_sendmsg,
+    BUF_MSGHDR,
+    direction::EGRESS
+);
 
 /// sendfile(out_fd, in_fd, ...): the bytes come from a file, so only their count is reported.
 #[tracepoint]

@@ -301,6 +301,8 @@ fn stash_blocked_syscalls(probes: &mut Probes, pids: &[u32], default_capture: u3
                         default_capture
                     },
                     enter_ts_ns: clock::monotonic_now_ns(),
+                    flags: 0,
+                    _pad: 0,
                 };
                 probes.data_args.insert(key, args, BPF_NOEXIST).is_ok()
             }
@@ -321,6 +323,37 @@ fn stash_blocked_syscalls(probes: &mut Probes, pids: &[u32], default_capture: u3
         stashed += 1;
     }
     stashed
+}
+
+/// `pids` plus all their descendants, from the parent links in /proc.
+fn with_descendants(pids: &[u32]) -> Vec<u32> {
+    if pids.is_empty() {
+        return Vec::new();
+    }
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    if let Ok(all) = procfs::process::all_processes() {
+        for p in all.flatten() {
+            if let Ok(stat) = p.stat() {
+                children
+                    .entry(stat.ppid as u32)
+                    .or_default()
+                    .push(p.pid as u32);
+            }
+        }
+    }
+    let mut out: Vec<u32> = pids.to_vec();
+    let mut i = 0;
+    while i < out.len() {
+        if let Some(kids) = children.get(&out[i]) {
+            for k in kids {
+                if !out.contains(k) {
+                    out.push(*k);
+                }
+            }
+        }
+        i += 1;
+    }
+    out
 }
 
 fn adopt_preexisting(tracer: &mut Tracer<ProcHost>, pids: &[u32]) -> usize {
@@ -366,12 +399,16 @@ pub async fn run(config: Config) -> Result<()> {
         self_pid: std::process::id(),
         filter_pids: !config.pids.is_empty(),
         capture_bytes: config.capture_bytes,
+        postgres_capture_bytes: config.postgres_capture_bytes,
         ring_buffer_bytes: config.ring_buffer_bytes,
         wakeup_bytes: WAKEUP_BYTES,
         noop: config.noop_probes,
     };
     let mut probes = loader::load(&settings)?;
-    for pid in &config.pids {
+    // A chosen process's existing children are traced too (gunicorn's or nginx's workers);
+    // children forked later are added by the kernel program on fork.
+    let pids = with_descendants(&config.pids);
+    for pid in &pids {
         probes
             .traced_pids
             .insert(*pid, 1, 0)
@@ -395,7 +432,7 @@ pub async fn run(config: Config) -> Result<()> {
         own_ports,
     };
     let mut tracer = Tracer::new(tracer_config, host, Clock::sample());
-    let preexisting = adopt_preexisting(&mut tracer, &config.pids);
+    let preexisting = adopt_preexisting(&mut tracer, &pids);
 
     let (sink, sdk_requests) = sdk::sink(exporter.clone(), 4096);
     let receiver = if config.receiver_grpc.is_some() || config.receiver_http.is_some() {
@@ -433,7 +470,7 @@ pub async fn run(config: Config) -> Result<()> {
         snapshot: Arc::new(Mutex::new(CaptureSnapshot::default())),
     };
     capture.apply_commands();
-    let blocked = stash_blocked_syscalls(&mut capture.probes, &config.pids, config.capture_bytes);
+    let blocked = stash_blocked_syscalls(&mut capture.probes, &pids, config.capture_bytes);
     let attached = capture.probes.attached.len();
 
     eprintln!(
@@ -445,7 +482,7 @@ pub async fn run(config: Config) -> Result<()> {
         if config.pids.is_empty() {
             "all processes".to_owned()
         } else {
-            format!("pids {:?}", config.pids)
+            format!("pids {:?}", pids)
         },
         if config.selection.ports.is_empty() {
             String::new()

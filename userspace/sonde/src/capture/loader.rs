@@ -106,6 +106,7 @@ pub struct ProbeSettings {
     pub self_pid: u32,
     pub filter_pids: bool,
     pub capture_bytes: u32,
+    pub postgres_capture_bytes: u32,
     pub ring_buffer_bytes: u32,
     pub wakeup_bytes: u32,
     /// Attach programs that return at once (benchmark baseline).
@@ -207,7 +208,9 @@ pub fn load(settings: &ProbeSettings) -> Result<Probes, LoadError> {
         } else {
             0
         },
-        _reserved: 0,
+        postgres_capture_bytes: settings
+            .postgres_capture_bytes
+            .min(sonde_common::MAX_CAPTURE_BYTES),
     };
     let mut ebpf = EbpfLoader::new()
         .override_global("SONDE_CONFIG", &config, true)
