@@ -29,8 +29,15 @@ impl FixedRateResult {
     }
 }
 
-/// How many bytes make up the first complete response in `buf`, if there is one.
-pub fn complete_response_len(buf: &[u8]) -> Result<Option<usize>> {
+/// The first complete response in `buf`: its length and whether the server closes after it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Framed {
+    pub len: usize,
+    pub close: bool,
+}
+
+/// Frames the first complete response in `buf`, if there is one.
+pub fn complete_response_len(buf: &[u8]) -> Result<Option<Framed>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(buf).context("bad HTTP response")? {
@@ -48,9 +55,39 @@ pub fn complete_response_len(buf: &[u8]) -> Result<Option<usize>> {
                         .ok()
                 })
                 .context("response without Content-Length")?;
+            let close = resp.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("connection") && h.value.eq_ignore_ascii_case(b"close")
+            });
             let total = head.checked_add(len).context("absurd Content-Length")?;
-            Ok((buf.len() >= total).then_some(total))
+            Ok((buf.len() >= total).then_some(Framed { len: total, close }))
         }
+    }
+}
+
+async fn connect(port: u16) -> Result<TcpStream> {
+    let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Sends one request and reads its response; `Ok(false)` if the server closes afterwards.
+async fn exchange(stream: &mut TcpStream, buf: &mut Vec<u8>, errors: &mut u64) -> Result<bool> {
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: sonde-bench\r\n\r\n";
+    let mut chunk = [0u8; 4096];
+    stream.write_all(REQUEST).await?;
+    loop {
+        if let Some(f) = complete_response_len(buf)? {
+            if !buf.starts_with(b"HTTP/1.1 200") {
+                *errors += 1;
+            }
+            buf.drain(..f.len);
+            return Ok(!f.close);
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            anyhow::bail!("server closed the connection mid-response");
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
     }
 }
 
@@ -60,13 +97,10 @@ async fn connection(
     period: Duration,
     end: Instant,
 ) -> Result<(Vec<u64>, u64)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-    stream.set_nodelay(true)?;
-    let request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: sonde-bench\r\n\r\n";
+    let mut stream = connect(port).await?;
     let mut latencies = Vec::new();
     let mut errors = 0;
     let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
     let mut due = first;
     while due < end {
         tokio::time::sleep_until(due.into()).await;
@@ -78,22 +112,21 @@ async fn connection(
         } else {
             due
         };
-        stream.write_all(request).await?;
-        loop {
-            if let Some(n) = complete_response_len(&buf)? {
-                if !buf.starts_with(b"HTTP/1.1 200") {
-                    errors += 1;
+        match exchange(&mut stream, &mut buf, &mut errors).await {
+            Ok(keep) => {
+                latencies.push(u64::try_from(from.elapsed().as_micros()).unwrap_or(u64::MAX));
+                if !keep {
+                    stream = connect(port).await?;
                 }
-                buf.drain(..n);
-                break;
             }
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                anyhow::bail!("server closed the connection");
+            Err(e) => {
+                // Counted, then a fresh connection keeps the schedule going.
+                eprintln!("[bench] fixed-rate request failed: {e:#}");
+                errors += 1;
+                buf.clear();
+                stream = connect(port).await?;
             }
-            buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
         }
-        latencies.push(u64::try_from(from.elapsed().as_micros()).unwrap_or(u64::MAX));
         due += period;
     }
     Ok((latencies, errors))
@@ -151,13 +184,59 @@ mod tests {
     #[test]
     fn response_framing() {
         let one = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 6\r\n\r\nhello\n";
-        assert_eq!(complete_response_len(one).unwrap(), Some(one.len()));
+        let framed = |len, close| Some(Framed { len, close });
+        assert_eq!(
+            complete_response_len(one).unwrap(),
+            framed(one.len(), false)
+        );
         assert_eq!(complete_response_len(&one[..one.len() - 1]).unwrap(), None);
         assert_eq!(complete_response_len(&one[..10]).unwrap(), None);
         let mut two = one.to_vec();
         two.extend_from_slice(one);
-        assert_eq!(complete_response_len(&two).unwrap(), Some(one.len()));
+        assert_eq!(
+            complete_response_len(&two).unwrap(),
+            framed(one.len(), false)
+        );
+        let last = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        assert_eq!(
+            complete_response_len(last).unwrap(),
+            framed(last.len(), true)
+        );
         assert!(complete_response_len(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
         assert!(complete_response_len(b"\x00\x01garbage\r\n\r\n").is_err());
+    }
+
+    /// A keep-alive server that closes every connection after 5 responses, like nginx after
+    /// `keepalive_requests`: the client reconnects and keeps its rate.
+    #[test]
+    fn holds_the_rate_across_server_closes() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 1024];
+                    for i in 1..=5 {
+                        let Ok(n) = conn.read(&mut buf) else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        let close = if i == 5 { "Connection: close\r\n" } else { "" };
+                        let resp =
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: 6\r\n{close}\r\nhello\n");
+                        if conn.write_all(resp.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let r = run(port, 400, 4, Duration::from_secs(1)).unwrap();
+        assert_eq!(r.errors, 0);
+        assert!((380..=420).contains(&r.completed), "{r:?}");
+        assert!(r.achieved_rps() > 300.0, "{r:?}");
+        assert!(r.p99_us < 100_000, "{r:?}");
     }
 }

@@ -126,7 +126,7 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
         col("delivered_pct", "delivered %", 1),
         col("failed_requests", "failed req", 0),
         col("sonde_cores", "sonde cores", 2),
-        col("cpu_us_per_span", "sonde CPU us/span", 2),
+        col("cpu_us_per_span", "sonde CPU us/span in", 2),
         col("rss_mib", "sonde RSS MiB", 1),
     ];
     let mut s = Section::new(

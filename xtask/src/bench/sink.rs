@@ -130,3 +130,34 @@ impl Drop for DiscardSink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::bench::loadgen::{self, LoadConfig};
+
+    #[test]
+    fn counts_every_span_the_generator_had_accepted() {
+        let sink = DiscardSink::start(None).unwrap();
+        for rate in [None, Some(2000.0)] {
+            let before = sink.spans();
+            let cfg = LoadConfig {
+                endpoint: sink.endpoint(),
+                spans_per_request: 64,
+                rate,
+                duration: Duration::from_millis(500),
+                concurrency: 2,
+            };
+            let r = loadgen::run(&cfg, None).unwrap();
+            assert_eq!(r.requests_failed, 0, "{r:?}");
+            assert!(r.spans_accepted >= 64, "{r:?}");
+            assert_eq!(sink.spans() - before, r.spans_accepted);
+            if rate.is_some() {
+                // 2000 spans/s for 0.5 s in requests of 64 spans: about 16 requests.
+                assert!((640..=1472).contains(&r.spans_accepted), "{r:?}");
+            }
+        }
+    }
+}
