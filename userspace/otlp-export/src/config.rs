@@ -271,6 +271,8 @@ pub struct ExporterConfig {
     pub batch_timeout: Duration,
     /// Retry policy for transient failures.
     pub retry: RetryPolicy,
+    /// Batches an OTLP output may have in flight at once (per signal).
+    pub max_concurrent_batches: usize,
     /// Deadline [`crate::Exporter::shutdown`] uses when the caller has none (Kubernetes grace: 30 s).
     pub shutdown_timeout: Duration,
 }
@@ -285,6 +287,7 @@ impl Default for ExporterConfig {
             batch_timeout: Duration::from_secs(5),
             retry: RetryPolicy::default(),
             shutdown_timeout: Duration::from_secs(30),
+            max_concurrent_batches: 4,
         }
     }
 }

@@ -119,7 +119,17 @@ impl Exporter {
         let mut tasks = Vec::new();
         for out in &outputs {
             for signal in Signal::ALL {
-                if out.accepts(signal) {
+                if !out.accepts(signal) {
+                    continue;
+                }
+                // OTLP outputs keep several batches in flight (a round trip per batch would
+                // cap throughput); stdout outputs write one batch at a time, in order.
+                let workers = if out.kind.starts_with("otlp") {
+                    config.max_concurrent_batches.max(1)
+                } else {
+                    1
+                };
+                for _ in 0..workers {
                     let watch = ShutdownWatch::new(shutdown_rx.clone(), config.shutdown_timeout);
                     tasks.push(runtime.spawn(worker::run_lane(
                         Arc::clone(out),

@@ -414,12 +414,13 @@ async fn deliver(
     settings: &Settings,
     shutdown: &mut ShutdownWatch,
 ) {
+    // Several workers of one lane may each have a batch in flight: add, then subtract.
     let flight = out.in_flight(signal);
-    flight.items.store(items, Ordering::Release);
-    flight.bytes.store(bytes, Ordering::Release);
+    flight.items.fetch_add(items, Ordering::AcqRel);
+    flight.bytes.fetch_add(bytes, Ordering::AcqRel);
     attempt_all(out, signal, payload, items, settings, shutdown).await;
-    flight.items.store(0, Ordering::Release);
-    flight.bytes.store(0, Ordering::Release);
+    flight.items.fetch_sub(items, Ordering::AcqRel);
+    flight.bytes.fetch_sub(bytes, Ordering::AcqRel);
     out.budget.release(bytes);
 }
 
