@@ -132,6 +132,7 @@ async fn bench_pipeline(compression: Compression) {
         batch_timeout: Duration::from_millis(200),
         retry: RetryPolicy::default(),
         shutdown_timeout: Duration::from_secs(30),
+        max_concurrent_batches: 4,
     })
     .expect("start");
     let total = 200_000u64;

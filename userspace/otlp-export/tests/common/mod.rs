@@ -249,6 +249,7 @@ pub fn config(outputs: Vec<Output>) -> ExporterConfig {
         batch_timeout: Duration::from_millis(50),
         retry: fast_retry(),
         shutdown_timeout: Duration::from_secs(5),
+        max_concurrent_batches: 4,
     }
 }
 
