@@ -84,6 +84,10 @@ fn lint() -> Result<()> {
     run(Command::new("cargo")
         .current_dir(root())
         .args(["fmt", "--all", "--check"]))?;
+    // The kernel programs are outside the workspace: check their formatting too.
+    run(Command::new("cargo")
+        .current_dir(root().join("ebpf/probes"))
+        .args(["fmt", "--check"]))?;
     run(Command::new("cargo").current_dir(root()).args([
         "clippy",
         "--workspace",

@@ -106,6 +106,10 @@ pub struct RunArgs {
     /// The exporter queue gets half, the receiver's in-flight requests a quarter.
     #[arg(long)]
     pub memory_budget_mib: Option<usize>,
+    /// Scheduling niceness of the daemon (0..19). sonde yields the CPU to the applications it
+    /// traces: its work can wait a few milliseconds, theirs is user-facing.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub nice: i32,
     /// Benchmark baseline: attach programs that do nothing (measures the cost of the hooks alone).
     #[arg(long, hide = true)]
     pub noop_probes: bool,
@@ -144,6 +148,7 @@ pub struct Config {
     pub receiver_http: Option<SocketAddr>,
     pub shutdown_timeout: Duration,
     pub noop_probes: bool,
+    pub nice: i32,
     pub receiver_max_message_bytes: usize,
     pub receiver_max_inflight_bytes: usize,
     pub merge_window: Duration,
@@ -293,6 +298,7 @@ impl Config {
             receiver_http: parse_addr("otlp-http-addr", &args.otlp_http_addr)?,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout_s),
             noop_probes: args.noop_probes,
+            nice: args.nice,
             receiver_max_message_bytes: args.otlp_max_message_mib.saturating_mul(1 << 20),
             receiver_max_inflight_bytes: (memory_budget_bytes / 4).max(1 << 20),
             merge_window: Duration::from_millis(args.merge_window_ms),

@@ -405,6 +405,13 @@ pub async fn run(config: Config) -> Result<()> {
         noop: config.noop_probes,
     };
     let mut probes = loader::load(&settings)?;
+    // SAFETY: plain syscall on this process.
+    if config.nice > 0 && unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, config.nice) } != 0 {
+        tracing::warn!(
+            "could not lower sonde's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     // A chosen process's existing children are traced too (gunicorn's or nginx's workers);
     // children forked later are added by the kernel program on fork.
     let pids = with_descendants(&config.pids);

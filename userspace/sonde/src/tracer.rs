@@ -6,10 +6,11 @@
 //! kernel I/O itself: changes it wants in the kernel's socket table come out as
 //! [`KernelCommand`]s, and what it needs from /proc comes through [`HostView`], so it can be
 //! driven by recorded events in tests.
-use std::{
-    collections::{HashMap, HashSet},
-    net::SocketAddr,
-};
+use std::{collections::HashSet, net::SocketAddr};
+
+// The connection and fd tables are looked up for every ring-buffer record: a fast,
+// non-cryptographic hash (keys are pids, fds and ids we assign, not attacker-chosen).
+use rustc_hash::FxHashMap as HashMap;
 
 use opentelemetry_proto::tonic::{
     common::v1::InstrumentationScope,
@@ -184,8 +185,8 @@ impl<H: HostView> Tracer<H> {
             clock,
             ids: IdGenerator::default(),
             correlator: Correlator::default(),
-            conns: HashMap::new(),
-            fds: HashMap::new(),
+            conns: HashMap::default(),
+            fds: HashMap::default(),
             next_conn: 0,
             spans: Vec::new(),
             commands: Vec::new(),
@@ -195,8 +196,8 @@ impl<H: HostView> Tracer<H> {
             last_ts_ns: 0,
             exited: Vec::new(),
             sdk_pids: HashSet::new(),
-            marked: HashMap::new(),
-            peer_pids: HashMap::new(),
+            marked: HashMap::default(),
+            peer_pids: HashMap::default(),
         }
     }
 
@@ -228,7 +229,7 @@ impl<H: HostView> Tracer<H> {
     /// Groups spans under their processes' resources, ready for export. Processes that exited
     /// are forgotten afterwards (their last spans still needed their resource).
     pub fn group(&mut self, spans: Vec<(u32, Span)>) -> Vec<ResourceSpans> {
-        let mut by_pid: HashMap<u32, Vec<Span>> = HashMap::new();
+        let mut by_pid: HashMap<u32, Vec<Span>> = HashMap::default();
         for (pid, span) in spans {
             by_pid.entry(pid).or_default().push(span);
         }
@@ -334,7 +335,7 @@ impl<H: HostView> Tracer<H> {
                 endpoints,
                 from_start,
                 proto: Proto::Unknown,
-                in_flight: HashMap::new(),
+                in_flight: HashMap::default(),
                 fds: vec![fd],
             },
         );
