@@ -52,7 +52,8 @@ struct CaptureLoop {
     tracer: Tracer<ProcHost>,
     merger: Merger,
     exporter: Exporter,
-    sdk_requests: mpsc::Receiver<SdkRequest>,
+    sdk_requests: mpsc::Receiver<sdk::Queued>,
+    sdk_queued: sdk::QueuedBytes,
     /// Receiver peers resolved through /proc (the tracer did not see their connection).
     peer_cache: HashMap<SocketAddr, Option<u32>>,
     stop: Arc<AtomicBool>,
@@ -129,9 +130,10 @@ impl CaptureLoop {
         let now = clock::monotonic_now_ns();
         let before = self.merger.sdk_pids().len();
         for _ in 0..1024 {
-            let Ok(request) = self.sdk_requests.try_recv() else {
+            let Ok(sdk::Queued { request, bytes }) = self.sdk_requests.try_recv() else {
                 break;
             };
+            self.sdk_queued.release(bytes);
             match request {
                 SdkRequest::Traces(peer, mut req) => {
                     if let Some(pid) = self.sender_pid(peer) {
@@ -441,7 +443,11 @@ pub async fn run(config: Config) -> Result<()> {
     let mut tracer = Tracer::new(tracer_config, host, Clock::sample());
     let preexisting = adopt_preexisting(&mut tracer, &pids);
 
-    let (sink, sdk_requests) = sdk::sink(exporter.clone(), 4096);
+    // Decoded SDK requests waiting for the capture thread: an eighth of the memory budget.
+    let (sink, sdk_requests, sdk_queued) = sdk::sink(
+        exporter.clone(),
+        (config.memory_budget_bytes / 8).max(1 << 20),
+    );
     let receiver = if config.receiver_grpc.is_some() || config.receiver_http.is_some() {
         let receiver_config = ReceiverConfig {
             grpc_addr: config.receiver_grpc,
@@ -461,6 +467,8 @@ pub async fn run(config: Config) -> Result<()> {
         window_ns: config.merge_window.as_nanos().min(u128::from(u64::MAX)) as u64,
         // About 1 KiB a held span: an eighth of the memory budget.
         max_held_spans: (config.memory_budget_bytes / 8 / 1024).max(1024),
+        // About 200 bytes a remembered SDK span: a sixteenth of the budget.
+        max_sdk_spans: (config.memory_budget_bytes / 16 / 200).max(1024),
         ..MergeConfig::default()
     });
 
@@ -471,6 +479,7 @@ pub async fn run(config: Config) -> Result<()> {
         merger,
         exporter: exporter.clone(),
         sdk_requests,
+        sdk_queued,
         peer_cache: HashMap::new(),
         stop: stop.clone(),
         spans_rejected: 0,

@@ -36,6 +36,8 @@ pub struct MergeConfig {
     pub tolerance_ns: u64,
     /// Bound on held spans; past it the oldest groups are released unmerged.
     pub max_held_spans: usize,
+    /// Bound on SDK spans remembered for matching; past it the oldest are forgotten.
+    pub max_sdk_spans: usize,
 }
 
 impl Default for MergeConfig {
@@ -44,6 +46,7 @@ impl Default for MergeConfig {
             window_ns: 10_000_000_000,
             tolerance_ns: 20_000_000,
             max_held_spans: 100_000,
+            max_sdk_spans: 100_000,
         }
     }
 }
@@ -88,7 +91,8 @@ pub struct Merger {
     config: MergeConfig,
     /// SDK processes: pid -> last time they sent spans.
     sdk_pids: HashMap<u32, u64>,
-    sdk_spans: HashMap<u32, Vec<SdkSpan>>,
+    sdk_spans: HashMap<u32, std::collections::VecDeque<SdkSpan>>,
+    sdk_span_count: usize,
     held: HashMap<Vec<u8>, HeldGroup>,
     held_count: usize,
     stats: MergeStats,
@@ -139,6 +143,7 @@ impl Merger {
             config,
             sdk_pids: HashMap::new(),
             sdk_spans: HashMap::new(),
+            sdk_span_count: 0,
             held: HashMap::new(),
             held_count: 0,
             stats: MergeStats::default(),
@@ -169,6 +174,20 @@ impl Merger {
     /// Spans an SDK in `pid` sent (already on their way to the exporter): remember them.
     pub fn observe_sdk(&mut self, pid: u32, request: &ExportTraceServiceRequest, now_ns: u64) {
         self.sdk_pids.insert(pid, now_ns);
+        self.observe_spans(pid, request, now_ns);
+        // Bounded: forget the oldest remembered spans of the busiest process.
+        while self.sdk_span_count > self.config.max_sdk_spans {
+            let Some(list) = self.sdk_spans.values_mut().max_by_key(|l| l.len()) else {
+                break;
+            };
+            if list.pop_front().is_none() {
+                break;
+            }
+            self.sdk_span_count -= 1;
+        }
+    }
+
+    fn observe_spans(&mut self, pid: u32, request: &ExportTraceServiceRequest, now_ns: u64) {
         let list = self.sdk_spans.entry(pid).or_default();
         for rs in &request.resource_spans {
             for ss in &rs.scope_spans {
@@ -177,13 +196,19 @@ impl Merger {
                     if kind != SpanKind::Server as i32 && kind != SpanKind::Client as i32 {
                         continue;
                     }
-                    list.push(SdkSpan {
+                    // Only HTTP and database spans can have eBPF twins.
+                    let protocol = protocol_of(&span.attributes);
+                    if protocol == Protocol::Other {
+                        continue;
+                    }
+                    self.sdk_span_count += 1;
+                    list.push_back(SdkSpan {
                         trace_id: span.trace_id.clone(),
                         span_id: span.span_id.clone(),
                         kind,
                         start: span.start_time_unix_nano,
                         end: span.end_time_unix_nano,
-                        protocol: protocol_of(&span.attributes),
+                        protocol,
                         method: method_of(&span.attributes),
                         path: path_of(&span.attributes),
                         seen_ns: now_ns,
@@ -378,7 +403,14 @@ impl Merger {
     fn expire(&mut self, now_ns: u64) {
         let window = self.config.window_ns;
         for list in self.sdk_spans.values_mut() {
-            list.retain(|s| now_ns.saturating_sub(s.seen_ns) < window);
+            // Time order: the expired ones are at the front.
+            while list
+                .front()
+                .is_some_and(|s| now_ns.saturating_sub(s.seen_ns) >= window)
+            {
+                list.pop_front();
+                self.sdk_span_count = self.sdk_span_count.saturating_sub(1);
+            }
         }
         self.sdk_spans.retain(|_, l| !l.is_empty());
         // A process stays an SDK process for a few windows after its last export.

@@ -3,7 +3,11 @@
 //! gives the sending process's eBPF spans.
 use std::{
     net::SocketAddr,
-    sync::mpsc::{Receiver as QueueReceiver, SyncSender, TrySendError, sync_channel},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+        mpsc::{Receiver as QueueReceiver, SyncSender, TrySendError, sync_channel},
+    },
     time::Duration,
 };
 
@@ -25,42 +29,77 @@ pub enum SdkRequest {
     Logs(SocketAddr, ExportLogsServiceRequest),
 }
 
+/// A request and the bytes it counts against the hand-off queue's bound.
+pub struct Queued {
+    pub request: SdkRequest,
+    pub bytes: usize,
+}
+
+/// Bytes of SDK requests between the receiver and the capture thread. The capture thread
+/// calls [`QueuedBytes::release`] once it has forwarded a request.
+#[derive(Clone, Default)]
+pub struct QueuedBytes(Arc<AtomicUsize>);
+
+impl QueuedBytes {
+    pub fn release(&self, bytes: usize) {
+        self.0.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// Heap bytes a decoded request takes per byte of its encoding (strings, vectors, structs).
+const DECODED_MEMORY_FACTOR: usize = 8;
+
 /// How long an overloaded client is asked to wait.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 pub struct ReceiverSink {
-    queue: SyncSender<SdkRequest>,
+    queue: SyncSender<Queued>,
+    queued: QueuedBytes,
+    max_queued_bytes: usize,
     exporter: Exporter,
 }
 
-/// The sink for the receiver and the queue the capture thread drains.
-pub fn sink(exporter: Exporter, queue_len: usize) -> (ReceiverSink, QueueReceiver<SdkRequest>) {
-    let (tx, rx) = sync_channel(queue_len);
-    (
-        ReceiverSink {
-            queue: tx,
-            exporter,
-        },
-        rx,
-    )
+/// The sink for the receiver and the queue the capture thread drains, bounded to
+/// `max_queued_bytes` of decoded requests in memory.
+pub fn sink(
+    exporter: Exporter,
+    max_queued_bytes: usize,
+) -> (ReceiverSink, QueueReceiver<Queued>, QueuedBytes) {
+    let (tx, rx) = sync_channel(4096);
+    let queued = QueuedBytes::default();
+    let sink = ReceiverSink {
+        queue: tx,
+        queued: queued.clone(),
+        max_queued_bytes,
+        exporter,
+    };
+    (sink, rx, queued)
 }
 
 impl ReceiverSink {
     fn admit(&self, encoded_len: usize, request: SdkRequest) -> Admit {
-        // Refuse with a retryable answer before the exporter's byte budget would overflow.
-        if !self.exporter.has_room(encoded_len) {
-            return Admit::Overloaded {
-                retry_after: RETRY_AFTER,
-            };
+        let overloaded = Admit::Overloaded {
+            retry_after: RETRY_AFTER,
+        };
+        // Refuse with a retryable answer while the exporter could not take this request and
+        // what is already waiting: accepting it would mean dropping it later.
+        let waiting = self.queued.0.load(Ordering::Acquire) / DECODED_MEMORY_FACTOR;
+        if !self.exporter.has_room(encoded_len.saturating_add(waiting)) {
+            return overloaded;
         }
-        match self.queue.try_send(request) {
+        let bytes = encoded_len.saturating_mul(DECODED_MEMORY_FACTOR);
+        let before = self.queued.0.fetch_add(bytes, Ordering::AcqRel);
+        // One request is always let through when nothing waits, however large.
+        if before > 0 && before.saturating_add(bytes) > self.max_queued_bytes {
+            self.queued.release(bytes);
+            return overloaded;
+        }
+        match self.queue.try_send(Queued { request, bytes }) {
             Ok(()) => Admit::Accepted,
-            Err(TrySendError::Full(_)) => Admit::Overloaded {
-                retry_after: RETRY_AFTER,
-            },
-            Err(TrySendError::Disconnected(_)) => Admit::Overloaded {
-                retry_after: RETRY_AFTER,
-            },
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.queued.release(bytes);
+                overloaded
+            }
         }
     }
 }
