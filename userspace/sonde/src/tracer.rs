@@ -295,8 +295,15 @@ impl<H: HostView> Tracer<H> {
     /// Housekeeping on a timer: forget unclaimed cross-process registrations.
     pub fn tick(&mut self, now_monotonic_ns: u64) {
         self.correlator.expire(now_monotonic_ns, 30_000_000_000);
+        // Marks only need to outlive the merge window of the requests that started them.
         self.marked
-            .retain(|_, at| now_monotonic_ns.saturating_sub(*at) < 120_000_000_000);
+            .retain(|_, at| now_monotonic_ns.saturating_sub(*at) < 60_000_000_000);
+        // Processes that exited are forgotten at the next export; without spans, here.
+        if self.spans.is_empty() {
+            for pid in self.exited.drain(..) {
+                self.host.forget_process(pid);
+            }
+        }
         if self.peer_pids.len() > 65_536 {
             self.peer_pids.clear();
         }
