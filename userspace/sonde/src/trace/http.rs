@@ -83,6 +83,33 @@ fn end_ns(ex: &Exchange, fallback_end_ns: u64) -> u64 {
         .unwrap_or(fallback_end_ns.max(ex.request_last.ts_ns))
 }
 
+/// Status code, `error.type` and status: statuses from `error_from` up are errors (5xx on a
+/// server span, 4xx and 5xx on a client span); no response at all is an error too.
+fn outcome(ex: &Exchange, error_from: u16, missing: &str, attrs: &mut Vec<KeyValue>) -> Outcome {
+    let outcome = match &ex.response {
+        Some(resp) => {
+            attrs.push(int_attr(
+                "http.response.status_code",
+                i64::from(resp.status),
+            ));
+            if resp.status >= error_from {
+                attrs.push(str_attr("error.type", resp.status.to_string()));
+                Outcome::Error(String::new())
+            } else {
+                Outcome::Unset
+            }
+        }
+        None => {
+            attrs.push(str_attr("error.type", "response_missing"));
+            Outcome::Error(missing.to_owned())
+        }
+    };
+    if ex.truncated {
+        attrs.push(str_attr("sonde.capture.truncated", "true"));
+    }
+    outcome
+}
+
 pub fn server_span(
     ex: &Exchange,
     conn: Endpoints,
@@ -138,27 +165,12 @@ pub fn server_span(
     if let Some(ua) = header_str(req, "user-agent") {
         attrs.push(str_attr("user_agent.original", truncate(ua, 512)));
     }
-    let outcome = match &ex.response {
-        Some(resp) => {
-            attrs.push(int_attr(
-                "http.response.status_code",
-                i64::from(resp.status),
-            ));
-            if resp.status >= 500 {
-                attrs.push(str_attr("error.type", resp.status.to_string()));
-                Outcome::Error(String::new())
-            } else {
-                Outcome::Unset
-            }
-        }
-        None => {
-            attrs.push(str_attr("error.type", "response_missing"));
-            Outcome::Error("the connection ended before a response was sent".into())
-        }
-    };
-    if ex.truncated {
-        attrs.push(str_attr("sonde.capture.truncated", "true"));
-    }
+    let outcome = outcome(
+        ex,
+        500,
+        "the connection ended before a response was sent",
+        &mut attrs,
+    );
     SpanParts {
         ctx,
         name: format!("{method} {route}"),
@@ -212,27 +224,12 @@ pub fn client_span(
         attrs.push(str_attr("network.peer.address", remote.ip().to_string()));
         attrs.push(int_attr("network.peer.port", i64::from(remote.port())));
     }
-    let outcome = match &ex.response {
-        Some(resp) => {
-            attrs.push(int_attr(
-                "http.response.status_code",
-                i64::from(resp.status),
-            ));
-            if resp.status >= 400 {
-                attrs.push(str_attr("error.type", resp.status.to_string()));
-                Outcome::Error(String::new())
-            } else {
-                Outcome::Unset
-            }
-        }
-        None => {
-            attrs.push(str_attr("error.type", "response_missing"));
-            Outcome::Error("the connection ended before a response arrived".into())
-        }
-    };
-    if ex.truncated {
-        attrs.push(str_attr("sonde.capture.truncated", "true"));
-    }
+    let outcome = outcome(
+        ex,
+        400,
+        "the connection ended before a response arrived",
+        &mut attrs,
+    );
     SpanParts {
         ctx,
         name: method.to_owned(),
