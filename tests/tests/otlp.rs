@@ -294,3 +294,21 @@ fn nothing_accepted_is_lost_while_the_sink_is_down() {
     );
     sonde.stop();
 }
+
+#[test]
+fn a_taken_receiver_port_does_not_stop_the_tracer() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let server = TestServer::start();
+    let sonde = Sonde::start(&[
+        "--port",
+        &server.port().to_string(),
+        "--otlp-grpc-addr",
+        &format!("127.0.0.1:{port}"),
+        "--otlp-http-addr",
+        "127.0.0.1:0",
+    ]);
+    assert!(sonde.stderr().contains("not started"), "{}", sonde.stderr());
+    assert_eq!(http_get(&format!("{}/len/1", server.base_url())).0, 200);
+    sonde.wait_for_spans(|s| common::servers(s, server.port()).len() == 1, WAIT);
+}

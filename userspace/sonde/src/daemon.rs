@@ -269,6 +269,40 @@ fn apply_commands(
     }
 }
 
+/// Starts the OTLP receiver. A listen address that is taken (another agent or collector on
+/// 4317/4318) does not stop the tracer: that listener is skipped with a clear warning.
+async fn start_receiver(
+    config: &Config,
+    sink: Arc<dyn sonde_otlp_receive::Sink>,
+) -> Option<Receiver> {
+    let mut receiver_config = ReceiverConfig {
+        grpc_addr: config.receiver_grpc,
+        http_addr: config.receiver_http,
+        max_message_bytes: config.receiver_max_message_bytes,
+        max_inflight_bytes: config.receiver_max_inflight_bytes,
+    };
+    loop {
+        if receiver_config.grpc_addr.is_none() && receiver_config.http_addr.is_none() {
+            return None;
+        }
+        match Receiver::start(receiver_config.clone(), sink.clone()).await {
+            Ok(r) => return Some(r),
+            Err(sonde_otlp_receive::ReceiveError::Bind { addr, hint, .. }) => {
+                eprintln!("sonde: warning: OTLP receiver listener {addr} not started: {hint}");
+                if receiver_config.grpc_addr == Some(addr) {
+                    receiver_config.grpc_addr = None;
+                } else {
+                    receiver_config.http_addr = None;
+                }
+            }
+            Err(e) => {
+                eprintln!("sonde: warning: OTLP receiver not started: {e}");
+                return None;
+            }
+        }
+    }
+}
+
 /// Stashes the arguments of syscalls that threads were already blocked in when the probes
 /// attached, so their exits are not dropped (see `capture::inflight`).
 fn stash_blocked_syscalls(probes: &mut Probes, pids: &[u32], default_capture: u32) -> usize {
@@ -429,8 +463,16 @@ pub async fn run(config: Config) -> Result<()> {
         sockets: SocketResolver::default(),
         resources: ResourceCache::new(),
     };
-    let own_ports = [config.receiver_grpc, config.receiver_http]
-        .into_iter()
+    // Decoded SDK requests waiting for the capture thread: an eighth of the memory budget.
+    let (sink, sdk_requests, sdk_queued) = sdk::sink(
+        exporter.clone(),
+        (config.memory_budget_bytes / 8).max(1 << 20),
+    );
+    let receiver = start_receiver(&config, Arc::new(sink)).await.map(Arc::new);
+    // Only ports actually bound: connections to them are SDK exports to this daemon.
+    let own_ports = receiver
+        .iter()
+        .flat_map(|r| [r.grpc_local_addr(), r.http_local_addr()])
         .flatten()
         .map(|a| a.port())
         .collect();
@@ -443,26 +485,6 @@ pub async fn run(config: Config) -> Result<()> {
     let mut tracer = Tracer::new(tracer_config, host, Clock::sample());
     let preexisting = adopt_preexisting(&mut tracer, &pids);
 
-    // Decoded SDK requests waiting for the capture thread: an eighth of the memory budget.
-    let (sink, sdk_requests, sdk_queued) = sdk::sink(
-        exporter.clone(),
-        (config.memory_budget_bytes / 8).max(1 << 20),
-    );
-    let receiver = if config.receiver_grpc.is_some() || config.receiver_http.is_some() {
-        let receiver_config = ReceiverConfig {
-            grpc_addr: config.receiver_grpc,
-            http_addr: config.receiver_http,
-            max_message_bytes: config.receiver_max_message_bytes,
-            max_inflight_bytes: config.receiver_max_inflight_bytes,
-        };
-        Some(Arc::new(
-            Receiver::start(receiver_config, Arc::new(sink))
-                .await
-                .context("starting the OTLP receiver")?,
-        ))
-    } else {
-        None
-    };
     let merger = Merger::new(MergeConfig {
         window_ns: config.merge_window.as_nanos().min(u128::from(u64::MAX)) as u64,
         // About 1 KiB a held span: an eighth of the memory budget.
@@ -540,9 +562,19 @@ pub async fn run(config: Config) -> Result<()> {
         ),
         None => eprintln!("  OTLP receiver: off"),
     }
-    let metrics_task = match config.metrics_addr {
-        Some(addr) => {
-            let listener = metrics::bind(addr).await?;
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => match metrics::bind(addr).await {
+            Ok(l) => Some((addr, l)),
+            Err(e) => {
+                // Self-metrics are not worth stopping the tracer for.
+                eprintln!("sonde: warning: {e:#}");
+                None
+            }
+        },
+        None => None,
+    };
+    let metrics_task = match metrics_listener {
+        Some((addr, listener)) => {
             eprintln!(
                 "  metrics: http://{}/metrics",
                 listener

@@ -317,7 +317,7 @@ pub async fn serve(listener: tokio::net::TcpListener, sources: Sources) {
     }
 }
 
-/// Binds the metrics listener (errors say which flag to change).
+/// Binds the metrics listener (errors say which flag to change; the daemon goes on without).
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
