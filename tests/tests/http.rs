@@ -622,3 +622,42 @@ fn tracefs_missing_is_mounted_by_the_daemon() {
         "{err}"
     );
 }
+
+#[test]
+fn head_sampling_follows_otel_traces_sampler_and_the_callers_decision() {
+    let server = TestServer::start();
+    let sonde = Sonde::start(&["--port", &port_arg(server.port())]);
+    let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let sampled = "00-5bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for tp in [unsampled, sampled] {
+        let mut c = RawHttpClient::connect(server.addr()).unwrap();
+        c.send(format!("GET /len/1 HTTP/1.1\r\nHost: a\r\ntraceparent: {tp}\r\n\r\n").as_bytes())
+            .unwrap();
+        assert_eq!(c.read_response().unwrap().status, 200);
+    }
+    let spans = wait_servers(&sonde, server.port(), 1);
+    let srv = servers(&spans, server.port());
+    assert_eq!(
+        srv.len(),
+        1,
+        "the caller's unsampled decision is followed\n{}",
+        sonde_e2e::dump_spans(&spans)
+    );
+    assert_eq!(srv[0].trace_id, "5bf92f3577b34da6a3ce929d0e0e4736");
+
+    let mut off = Sonde::start_with_env(
+        &["--port", &port_arg(server.port())],
+        &[("OTEL_TRACES_SAMPLER", "always_off")],
+    );
+    for i in 0..5 {
+        assert_eq!(http_get(&format!("{}/len/{i}", server.base_url())).0, 200);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let spans = off.stop();
+    assert!(
+        spans.is_empty(),
+        "always_off exports nothing\n{}",
+        sonde_e2e::dump_spans(&spans)
+    );
+    assert!(off.stderr().contains(" 0 spans"), "{}", off.stderr());
+}

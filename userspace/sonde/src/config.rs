@@ -5,7 +5,10 @@ use std::{collections::HashSet, net::SocketAddr, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sonde_otlp_export::{ExporterConfig, OtlpEndpoint, Output, Protocol};
 
-use crate::{trace::route::RouteTemplates, tracer::Selection};
+use crate::{
+    trace::{route::RouteTemplates, sampler::Sampler},
+    tracer::Selection,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -106,6 +109,14 @@ pub struct RunArgs {
     /// The exporter queue gets half, the receiver's in-flight requests an eighth.
     #[arg(long)]
     pub memory_budget_mib: Option<usize>,
+    /// Head sampler (default: OTEL_TRACES_SAMPLER, else parentbased_always_on): always_on,
+    /// always_off, traceidratio, parentbased_always_on, parentbased_always_off,
+    /// parentbased_traceidratio.
+    #[arg(long)]
+    pub traces_sampler: Option<String>,
+    /// The sampler's argument (the ratio for *traceidratio; default OTEL_TRACES_SAMPLER_ARG, else 1).
+    #[arg(long)]
+    pub traces_sampler_arg: Option<String>,
     /// Scheduling niceness of the daemon (0..19). A higher value lets the traced applications
     /// win the CPU (their p99 at 10k req/s halves at 10) but, on a saturated node, sonde may then
     /// fall behind and lose ring-buffer records; the default keeps every record.
@@ -150,6 +161,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub noop_probes: bool,
     pub nice: i32,
+    pub sampler: Sampler,
     pub receiver_max_message_bytes: usize,
     pub receiver_max_inflight_bytes: usize,
     pub merge_window: Duration,
@@ -261,6 +273,22 @@ impl Config {
             }
             (None, true) => vec![Output::Text],
         };
+        let sampler_name = args
+            .traces_sampler
+            .clone()
+            .or_else(|| env("OTEL_TRACES_SAMPLER"));
+        let sampler_arg = args
+            .traces_sampler_arg
+            .clone()
+            .or_else(|| env("OTEL_TRACES_SAMPLER_ARG"));
+        let sampler =
+            Sampler::parse(sampler_name.as_deref(), sampler_arg.as_deref()).map_err(|reason| {
+                ConfigError::Flag {
+                    flag: "traces-sampler",
+                    value: sampler_name.unwrap_or_default(),
+                    reason,
+                }
+            })?;
         let memory_budget_bytes = match args.memory_budget_mib {
             Some(0) => {
                 return Err(ConfigError::Flag {
@@ -306,6 +334,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout_s),
             noop_probes: args.noop_probes,
             nice: args.nice,
+            sampler,
             receiver_max_message_bytes: args.otlp_max_message_mib.saturating_mul(1 << 20),
             receiver_max_inflight_bytes: (memory_budget_bytes / 8).max(1 << 20),
             merge_window: Duration::from_millis(args.merge_window_ms),
@@ -404,6 +433,23 @@ mod tests {
         );
         assert_eq!(c.receiver_max_inflight_bytes, (100 << 20) / 8);
         assert!(Config::resolve(args(&["--memory-budget-mib", "0"]), |_| None).is_err());
+    }
+
+    #[test]
+    fn sampler_from_env_and_flags() {
+        let env = |k: &str| match k {
+            "OTEL_TRACES_SAMPLER" => Some("traceidratio".to_owned()),
+            "OTEL_TRACES_SAMPLER_ARG" => Some("0.5".to_owned()),
+            _ => None,
+        };
+        let c = Config::resolve(args(&[]), env).unwrap();
+        assert_eq!(
+            c.sampler,
+            Sampler::parse(Some("traceidratio"), Some("0.5")).unwrap()
+        );
+        let c = Config::resolve(args(&["--traces-sampler", "always_off"]), env).unwrap();
+        assert_eq!(c.sampler.root, crate::trace::sampler::RootRule::AlwaysOff);
+        assert!(Config::resolve(args(&["--traces-sampler", "nope"]), |_| None).is_err());
     }
 
     #[test]

@@ -480,6 +480,7 @@ pub async fn run(config: Config) -> Result<()> {
         selection: config.selection.clone(),
         routes: config.routes.clone(),
         postgres_capture_bytes: config.postgres_capture_bytes,
+        sampler: config.sampler,
         own_ports,
     };
     let mut tracer = Tracer::new(tracer_config, host, Clock::sample());

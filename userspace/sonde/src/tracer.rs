@@ -24,12 +24,13 @@ use crate::{
     },
     clock::Clock,
     trace::{
-        context::{IdGenerator, SpanContext, TraceId, parse_traceparent},
+        context::{IdGenerator, SpanContext, SpanId, TraceId, parse_traceparent},
         correlate::Correlator,
         http::{self, Endpoints},
         postgres,
         resource::{ProcessInfo, ResourceCache},
         route::RouteTemplates,
+        sampler::Sampler,
         span::SpanParts,
     },
 };
@@ -102,6 +103,8 @@ pub struct TracerConfig {
     pub routes: RouteTemplates,
     /// Capture size for PostgreSQL connections (long ORM queries).
     pub postgres_capture_bytes: u32,
+    /// Head sampling (OTEL_TRACES_SAMPLER).
+    pub sampler: Sampler,
     /// Ports of sonde's own OTLP receiver: connections to them are SDK exports, never traced,
     /// but remembered to tell which process an OTLP request came from.
     pub own_ports: HashSet<u16>,
@@ -137,6 +140,8 @@ pub struct TracerStats {
     pub events: u64,
     pub data_bytes: u64,
     pub spans: u64,
+    /// Spans not built because the sampler dropped their trace.
+    pub spans_unsampled: u64,
     pub connections_open: usize,
     pub connections_ignored: u64,
     pub decode_errors: u64,
@@ -690,6 +695,10 @@ impl<H: HostView> Tracer<H> {
     }
 
     fn emit(&mut self, pid: u32, parts: SpanParts) {
+        if !parts.ctx.sampled {
+            self.stats.spans_unsampled += 1;
+            return;
+        }
         self.stats.spans += 1;
         self.spans.push((pid, parts.into_otlp()));
     }
@@ -697,8 +706,26 @@ impl<H: HostView> Tracer<H> {
     /// Context for a client call starting on `tid`: a child of the request that thread serves.
     fn client_context(&mut self, pid: u32, tid: u32) -> SpanContext {
         match self.correlator.serving(pid, tid) {
-            Some((trace, parent)) => self.ids.child_of(trace, parent),
-            None => self.ids.root(),
+            Some((trace, parent, sampled)) => self.child(trace, parent, sampled),
+            None => self.root(),
+        }
+    }
+
+    /// A new trace, sampled by the configured sampler.
+    fn root(&mut self) -> SpanContext {
+        let ctx = self.ids.root();
+        SpanContext {
+            sampled: self.config.sampler.sample(&ctx.trace_id, None),
+            ..ctx
+        }
+    }
+
+    /// A child of `parent`, whose sampling decision a parent-based sampler follows.
+    fn child(&mut self, trace: TraceId, parent: SpanId, parent_sampled: bool) -> SpanContext {
+        let ctx = self.ids.child_of(trace, parent);
+        SpanContext {
+            sampled: self.config.sampler.sample(&trace, Some(parent_sampled)),
+            ..ctx
         }
     }
 
@@ -713,13 +740,7 @@ impl<H: HostView> Tracer<H> {
                     let ctx = if role == Role::Client {
                         let ctx = self.client_context(pid, first.tid);
                         if let (Some(l), Some(r)) = (endpoints.local, endpoints.remote) {
-                            self.correlator.register_outgoing(
-                                l,
-                                r,
-                                ctx.trace_id,
-                                ctx.span_id,
-                                first.ts_ns,
-                            );
+                            self.correlator.register_outgoing(l, r, &ctx, first.ts_ns);
                         }
                         ctx
                     } else {
@@ -727,20 +748,19 @@ impl<H: HostView> Tracer<H> {
                             (Some(l), Some(r)) => self.correlator.take_incoming(l, r),
                             _ => None,
                         };
-                        let ctx = if let Some((trace, parent)) =
+                        let ctx = if let Some((trace, parent, sampled)) =
                             head.header("traceparent").and_then(parse_traceparent)
                         {
                             SpanContext {
                                 remote_parent: true,
-                                ..self.ids.child_of(trace, parent)
+                                ..self.child(trace, parent, sampled)
                             }
-                        } else if let Some((trace, parent)) = from_local_client {
-                            self.ids.child_of(trace, parent)
+                        } else if let Some((trace, parent, sampled)) = from_local_client {
+                            self.child(trace, parent, sampled)
                         } else {
-                            self.ids.root()
+                            self.root()
                         };
-                        self.correlator
-                            .begin_serving(first.tid, pid, ctx.trace_id, ctx.span_id);
+                        self.correlator.begin_serving(first.tid, pid, &ctx);
                         ctx
                     };
                     if let Some(conn) = self.conns.get_mut(&id) {
@@ -752,7 +772,7 @@ impl<H: HostView> Tracer<H> {
                         .conns
                         .get_mut(&id)
                         .and_then(|c| c.in_flight.remove(&ex.seq))
-                        .unwrap_or_else(|| self.ids.root());
+                        .unwrap_or_else(|| self.root());
                     let parts = if role == Role::Client {
                         http::client_span(&ex, endpoints, ctx, &self.clock, now_ns)
                     } else {

@@ -14,6 +14,8 @@ pub struct SpanContext {
     pub parent: Option<SpanId>,
     /// The parent is in another process (came in a `traceparent` header).
     pub remote_parent: bool,
+    /// The head-sampling decision: an unsampled span is neither built nor exported.
+    pub sampled: bool,
 }
 
 /// Generates random, non-zero ids. Not cryptographic; ids only need to be unique.
@@ -49,6 +51,7 @@ impl IdGenerator {
             span_id: self.span_id(),
             parent: None,
             remote_parent: false,
+            sampled: true,
         }
     }
     /// A child of `parent` in the same trace.
@@ -58,13 +61,15 @@ impl IdGenerator {
             span_id: self.span_id(),
             parent: Some(parent),
             remote_parent: false,
+            sampled: true,
         }
     }
 }
 
 /// Parses `traceparent: 00-<32 hex>-<16 hex>-<2 hex>` (version 00, and later versions'
-/// first four fields per the spec). All-zero ids and version ff are invalid.
-pub fn parse_traceparent(value: &[u8]) -> Option<(TraceId, SpanId)> {
+/// first four fields per the spec) into trace id, parent span id and the sampled flag.
+/// All-zero ids and version ff are invalid.
+pub fn parse_traceparent(value: &[u8]) -> Option<(TraceId, SpanId, bool)> {
     let s = std::str::from_utf8(value).ok()?.trim();
     let mut parts = s.split('-');
     let version = parts.next()?;
@@ -93,7 +98,8 @@ pub fn parse_traceparent(value: &[u8]) -> Option<(TraceId, SpanId)> {
     if t == [0; 16] || p == [0; 8] {
         return None;
     }
-    Some((TraceId(t), SpanId(p)))
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    Some((TraceId(t), SpanId(p), flags & 1 == 1))
 }
 
 fn is_hex(s: &str) -> bool {
@@ -110,8 +116,12 @@ mod tests {
 
     #[test]
     fn traceparent_valid_and_invalid() {
-        let (t, s) =
+        let (t, s, sampled) =
             parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert!(sampled);
+        let unsampled =
+            parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        assert!(!unsampled.unwrap().2);
         assert_eq!(hex::encode(t.0), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(hex::encode(s.0), "00f067aa0ba902b7");
         for bad in [

@@ -14,19 +14,21 @@ use std::{
     net::SocketAddr,
 };
 
-use super::context::{SpanId, TraceId};
+use super::context::{SpanContext, SpanId, TraceId};
 
 #[derive(Clone, Copy, Debug)]
 struct Serving {
     pid: u32,
     trace_id: TraceId,
     span_id: SpanId,
+    sampled: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Outgoing {
     trace_id: TraceId,
     span_id: SpanId,
+    sampled: bool,
     at_ns: u64,
 }
 
@@ -41,15 +43,14 @@ pub struct Correlator {
 const MAX_QUEUED_PER_CONN: usize = 64;
 
 impl Correlator {
-    pub fn begin_serving(&mut self, tid: u32, pid: u32, trace_id: TraceId, span_id: SpanId) {
-        self.serving.insert(
-            tid,
-            Serving {
-                pid,
-                trace_id,
-                span_id,
-            },
-        );
+    pub fn begin_serving(&mut self, tid: u32, pid: u32, ctx: &SpanContext) {
+        let serving = Serving {
+            pid,
+            trace_id: ctx.trace_id,
+            span_id: ctx.span_id,
+            sampled: ctx.sampled,
+        };
+        self.serving.insert(tid, serving);
     }
 
     /// Ends `span_id`'s claim on `tid` (a newer request on the thread keeps its own claim).
@@ -59,12 +60,12 @@ impl Correlator {
         }
     }
 
-    /// The server span `tid` of `pid` is serving right now, if any.
-    pub fn serving(&self, pid: u32, tid: u32) -> Option<(TraceId, SpanId)> {
+    /// The server span `tid` of `pid` is serving right now, if any: (trace, span, sampled).
+    pub fn serving(&self, pid: u32, tid: u32) -> Option<(TraceId, SpanId, bool)> {
         self.serving
             .get(&tid)
             .filter(|s| s.pid == pid)
-            .map(|s| (s.trace_id, s.span_id))
+            .map(|s| (s.trace_id, s.span_id, s.sampled))
     }
 
     pub fn forget_thread_of(&mut self, pid: u32) {
@@ -75,8 +76,7 @@ impl Correlator {
         &mut self,
         local: SocketAddr,
         remote: SocketAddr,
-        trace_id: TraceId,
-        span_id: SpanId,
+        ctx: &SpanContext,
         at_ns: u64,
     ) {
         let q = self.outgoing.entry((local, remote)).or_default();
@@ -84,8 +84,9 @@ impl Correlator {
             q.pop_front();
         }
         q.push_back(Outgoing {
-            trace_id,
-            span_id,
+            trace_id: ctx.trace_id,
+            span_id: ctx.span_id,
+            sampled: ctx.sampled,
             at_ns,
         });
     }
@@ -96,10 +97,10 @@ impl Correlator {
         &mut self,
         server_local: SocketAddr,
         server_remote: SocketAddr,
-    ) -> Option<(TraceId, SpanId)> {
+    ) -> Option<(TraceId, SpanId, bool)> {
         let key = (server_remote, server_local);
         let q = self.outgoing.get_mut(&key)?;
-        let hit = q.pop_front().map(|o| (o.trace_id, o.span_id));
+        let hit = q.pop_front().map(|o| (o.trace_id, o.span_id, o.sampled));
         if q.is_empty() {
             self.outgoing.remove(&key);
         }
@@ -132,12 +133,19 @@ mod tests {
     fn serving_claims_are_per_thread_and_per_process() {
         let mut c = Correlator::default();
         let (t, s1, s2) = (TraceId([1; 16]), SpanId([1; 8]), SpanId([2; 8]));
-        c.begin_serving(10, 100, t, s1);
-        assert_eq!(c.serving(100, 10), Some((t, s1)));
+        let ctx = |s| SpanContext {
+            trace_id: t,
+            span_id: s,
+            parent: None,
+            remote_parent: false,
+            sampled: true,
+        };
+        c.begin_serving(10, 100, &ctx(s1));
+        assert_eq!(c.serving(100, 10), Some((t, s1, true)));
         assert_eq!(c.serving(101, 10), None);
-        c.begin_serving(10, 100, t, s2);
+        c.begin_serving(10, 100, &ctx(s2));
         c.end_serving(10, s1); // stale end does not remove the newer claim
-        assert_eq!(c.serving(100, 10), Some((t, s2)));
+        assert_eq!(c.serving(100, 10), Some((t, s2, true)));
         c.end_serving(10, s2);
         assert_eq!(c.serving(100, 10), None);
     }
@@ -147,12 +155,22 @@ mod tests {
         let mut c = Correlator::default();
         let cl: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let sv: SocketAddr = "127.0.0.1:8000".parse().unwrap();
-        c.register_outgoing(cl, sv, TraceId([1; 16]), SpanId([1; 8]), 0);
-        c.register_outgoing(cl, sv, TraceId([2; 16]), SpanId([2; 8]), 0);
+        let ctx = |n: u8| SpanContext {
+            trace_id: TraceId([n; 16]),
+            span_id: SpanId([n; 8]),
+            parent: None,
+            remote_parent: false,
+            sampled: n != 2,
+        };
+        c.register_outgoing(cl, sv, &ctx(1), 0);
+        c.register_outgoing(cl, sv, &ctx(2), 0);
         assert_eq!(c.take_incoming(sv, cl).map(|x| x.1), Some(SpanId([1; 8])));
-        assert_eq!(c.take_incoming(sv, cl).map(|x| x.1), Some(SpanId([2; 8])));
+        assert_eq!(
+            c.take_incoming(sv, cl),
+            Some((TraceId([2; 16]), SpanId([2; 8]), false))
+        );
         assert_eq!(c.take_incoming(sv, cl), None);
-        c.register_outgoing(cl, sv, TraceId([3; 16]), SpanId([3; 8]), 0);
+        c.register_outgoing(cl, sv, &ctx(3), 0);
         c.expire(10, 5);
         assert_eq!(c.take_incoming(sv, cl), None);
     }

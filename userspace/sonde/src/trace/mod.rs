@@ -7,4 +7,5 @@ pub mod postgres;
 pub mod redact;
 pub mod resource;
 pub mod route;
+pub mod sampler;
 pub mod span;
