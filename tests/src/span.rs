@@ -480,7 +480,7 @@ pub fn parse_json_lines(text: &str) -> Result<Vec<Span>> {
         if field(&v, "resourceSpans", "resource_spans").is_some() {
             out.extend(parse_export_request(&v)?);
         } else if v.get("signal").and_then(Value::as_str) == Some("traces") {
-            // sonde's `--output json`: {"signal":"traces","request":{...}}
+            // The sink-style wrapper {"signal":"traces","request":{...}} is accepted too.
             if let Some(req) = v.get("request") {
                 out.extend(parse_export_request(req)?);
             }

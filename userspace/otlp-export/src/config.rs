@@ -208,9 +208,8 @@ pub enum Output {
     Otlp(OtlpEndpoint),
     /// One readable line per span on stdout (metrics and logs: a short line per metric / record).
     Text,
-    /// One line per export request on stdout:
-    /// `{"signal":"traces","request":<OTLP/JSON ExportTraceServiceRequest>}` (resp. `"metrics"`,
-    /// `"logs"`), the same shape the test sink writes.
+    /// One OTLP/JSON export request per line on stdout, as the OpenTelemetry file exporter
+    /// writes them: `{"resourceSpans":[...]}` (resp. `resourceMetrics`, `resourceLogs`).
     Json,
 }
 

@@ -16,18 +16,16 @@ pub fn encode_request(req: &Request) -> Result<Vec<u8>, serde_json::Error> {
     }
 }
 
-/// `{"signal":"traces","request":{...}}` followed by a newline (the stdout `Json` output line,
-/// same shape as the test sink's lines minus `transport`).
+/// One OTLP/JSON export request followed by a newline: the stdout `Json` output line, the
+/// format of the OpenTelemetry file exporter (`{"resourceSpans":[...]}`,
+/// `{"resourceMetrics":[...]}` or `{"resourceLogs":[...]}`, so the key tells the signal).
 pub fn encode_line(req: &Request, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-    out.extend_from_slice(b"{\"signal\":\"");
-    out.extend_from_slice(req.signal().as_str().as_bytes());
-    out.extend_from_slice(b"\",\"request\":");
     match req {
         Request::Traces(r) => serde_json::to_writer(&mut *out, r)?,
         Request::Metrics(r) => serde_json::to_writer(&mut *out, r)?,
         Request::Logs(r) => serde_json::to_writer(&mut *out, r)?,
     }
-    out.extend_from_slice(b"}\n");
+    out.push(b'\n');
     Ok(())
 }
 
@@ -67,8 +65,7 @@ mod tests {
         assert!(encode_line(&req, &mut out).is_ok());
         assert_eq!(out.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
-        assert_eq!(v["signal"], "traces");
-        let span = &v["request"]["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+        let span = &v["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
         assert_eq!(span["traceId"], "ab".repeat(16));
         assert_eq!(span["spanId"], "0f".repeat(8));
         assert_eq!(span["kind"], 3);
@@ -76,6 +73,6 @@ mod tests {
         assert_eq!(span["attributes"][0]["value"]["intValue"], "-5");
         let body = encode_request(&req).unwrap_or_default();
         let direct: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        assert_eq!(direct, v["request"]);
+        assert_eq!(direct, v, "the line is exactly the OTLP/JSON request");
     }
 }

@@ -121,15 +121,15 @@ async fn stdout_outputs() {
     assert_eq!(lines.len(), 3, "{json:#?}");
     let traces = lines
         .iter()
-        .find(|l| l["signal"] == "traces")
+        .find(|l| l.get("resourceSpans").is_some())
         .expect("traces line");
-    let s = &traces["request"]["resourceSpans"][0]["scopeSpans"][0]["spans"];
+    let s = &traces["resourceSpans"][0]["scopeSpans"][0]["spans"];
     assert_eq!(s.as_array().map(Vec::len), Some(3));
     assert_eq!(s[1]["traceId"], hex(&trace_id(40, 1)));
     assert_eq!(s[1]["spanId"], hex(&span_id(1)));
     assert_eq!(s[1]["kind"], 2);
-    assert!(lines.iter().any(|l| l["signal"] == "metrics"
-        && l["request"]["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["name"]
+    assert!(lines.iter().any(|l| l.get("resourceMetrics").is_some()
+        && l["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["name"]
             == "process.cpu.time"));
-    assert!(lines.iter().any(|l| l["signal"] == "logs"));
+    assert!(lines.iter().any(|l| l.get("resourceLogs").is_some()));
 }
