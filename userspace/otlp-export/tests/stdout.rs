@@ -129,7 +129,6 @@ async fn stdout_outputs() {
     assert_eq!(s[1]["spanId"], hex(&span_id(1)));
     assert_eq!(s[1]["kind"], 2);
     assert!(lines.iter().any(|l| l.get("resourceMetrics").is_some()
-        && l["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["name"]
-            == "process.cpu.time"));
+        && l["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["name"] == "process.cpu.time"));
     assert!(lines.iter().any(|l| l.get("resourceLogs").is_some()));
 }
