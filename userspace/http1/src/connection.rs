@@ -66,6 +66,29 @@ impl Half {
     }
 }
 
+/// What [`Connection::take_head`] made of a feed's head bytes.
+enum HeadStep<T> {
+    /// All bytes buffered (this many); the head is not complete yet.
+    More(usize),
+    /// The head, and how many bytes of this feed it used.
+    Done(T, usize),
+    /// Over the size or header-count limit: the message cannot be used.
+    Lost,
+    /// Not HTTP/1.x.
+    NotHttp,
+}
+
+/// Empty lines between messages are allowed (RFC 9112 section 2.2): how many bytes of them
+/// start `data`, when a new head begins there.
+fn blank_lines(at_message_start: bool, data: &[u8]) -> usize {
+    if !at_message_start {
+        return 0;
+    }
+    data.iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count()
+}
+
 /// A request whose exchange is not emitted yet.
 #[derive(Debug)]
 struct Pending {
@@ -410,14 +433,7 @@ impl Connection {
     /// Reads head bytes from `data`. Returns how many bytes were consumed, or None when the rest
     /// of the feed is to be dropped.
     fn request_head(&mut self, data: &[u8], seen: Seen, out: &mut Vec<Event>) -> Option<usize> {
-        let skipped = if self.req.buf.is_empty() {
-            // Empty lines between messages are allowed (RFC 9112 section 2.2).
-            data.iter()
-                .take_while(|&&b| b == b'\r' || b == b'\n')
-                .count()
-        } else {
-            0
-        };
+        let skipped = blank_lines(self.req.buf.is_empty(), data);
         let data = data.get(skipped..).unwrap_or_default();
         if data.is_empty() {
             return Some(skipped);
@@ -425,49 +441,67 @@ impl Connection {
         if self.req.buf.is_empty() {
             self.req_first = Some(seen);
         }
-        let prev = self.req.buf.len();
-        let Some(end) = head::find_head_end(&self.req.buf, data) else {
-            if prev.saturating_add(data.len()) > MAX_HEAD_BYTES {
-                self.buffer_up_to_limit(Direction::Request, data);
-                self.request_head_lost(seen, out);
-                return None;
+        match self.take_head(Direction::Request, data, head::parse_request) {
+            HeadStep::More(n) => Some(skipped.saturating_add(n)),
+            HeadStep::Done(head, n) => {
+                self.start_request(head, seen, out);
+                Some(skipped.saturating_add(n))
             }
-            self.req.buf.extend_from_slice(data);
+            HeadStep::Lost => {
+                self.request_head_lost(seen, out);
+                None
+            }
+            HeadStep::NotHttp => {
+                self.not_http(Direction::Request, out);
+                None
+            }
+        }
+    }
+
+    /// Accumulates head bytes in `direction`'s buffer and parses the head once complete. Shared
+    /// by both directions; callers do their own start-of-message bookkeeping.
+    fn take_head<T>(
+        &mut self,
+        direction: Direction,
+        data: &[u8],
+        parse: fn(&[u8]) -> Parsed<T>,
+    ) -> HeadStep<T> {
+        let half = match direction {
+            Direction::Request => &mut self.req,
+            Direction::Response => &mut self.resp,
+        };
+        let prev = half.buf.len();
+        let Some(end) = head::find_head_end(&half.buf, data) else {
+            if prev.saturating_add(data.len()) > MAX_HEAD_BYTES {
+                self.buffer_up_to_limit(direction, data);
+                return HeadStep::Lost;
+            }
+            half.buf.extend_from_slice(data);
             // Check a new head's first bytes at once so garbage is recognised early; later
             // feeds are checked when the head is complete (re-parsing each time is quadratic).
-            if prev == 0 && matches!(head::parse_request(&self.req.buf), Parsed::Invalid) {
-                self.not_http(Direction::Request, out);
-                return None;
+            if prev == 0 && matches!(parse(&half.buf), Parsed::Invalid) {
+                return HeadStep::NotHttp;
             }
-            return Some(skipped.saturating_add(data.len()));
+            return HeadStep::More(data.len());
         };
         if prev.saturating_add(end) > MAX_HEAD_BYTES {
-            self.buffer_up_to_limit(Direction::Request, data);
-            self.request_head_lost(seen, out);
-            return None;
+            self.buffer_up_to_limit(direction, data);
+            return HeadStep::Lost;
         }
         let parsed = if prev == 0 {
-            head::parse_request(data.get(..end).unwrap_or_default())
+            parse(data.get(..end).unwrap_or_default())
         } else {
-            self.req
-                .buf
+            half.buf
                 .extend_from_slice(data.get(..end).unwrap_or_default());
-            head::parse_request(&self.req.buf)
+            parse(&half.buf)
         };
         match parsed {
             Parsed::Complete(head, len) if len > prev => {
-                self.req.reset_buf();
-                self.start_request(head, seen, out);
-                Some(skipped.saturating_add(len.saturating_sub(prev)))
+                half.reset_buf();
+                HeadStep::Done(head, len.saturating_sub(prev))
             }
-            Parsed::TooManyHeaders => {
-                self.request_head_lost(seen, out);
-                None
-            }
-            Parsed::Complete(..) | Parsed::Partial | Parsed::Invalid => {
-                self.not_http(Direction::Request, out);
-                None
-            }
+            Parsed::TooManyHeaders => HeadStep::Lost,
+            Parsed::Complete(..) | Parsed::Partial | Parsed::Invalid => HeadStep::NotHttp,
         }
     }
 
@@ -701,60 +735,27 @@ impl Connection {
 
     /// Reads response head bytes; like [`Self::request_head`].
     fn response_head(&mut self, data: &[u8], seen: Seen, out: &mut Vec<Event>) -> Option<usize> {
-        let skipped = if self.resp.buf.is_empty() {
-            data.iter()
-                .take_while(|&&b| b == b'\r' || b == b'\n')
-                .count()
-        } else {
-            0
-        };
+        let skipped = blank_lines(self.resp.buf.is_empty(), data);
         let data = data.get(skipped..).unwrap_or_default();
         if data.is_empty() {
             return Some(skipped);
         }
-        let prev = self.resp.buf.len();
-        if prev == 0 && !self.begin_response(seen) {
+        if self.resp.buf.is_empty() && !self.begin_response(seen) {
             // Nobody asked: these bytes cannot be matched; wait for a clean message start.
             self.resp.stage = Stage::Resync;
             return None;
         }
-        let Some(end) = head::find_head_end(&self.resp.buf, data) else {
-            if prev.saturating_add(data.len()) > MAX_HEAD_BYTES {
-                self.buffer_up_to_limit(Direction::Response, data);
-                self.response_head_lost(seen, out);
-                return None;
-            }
-            self.resp.buf.extend_from_slice(data);
-            if prev == 0 && matches!(head::parse_response(&self.resp.buf), Parsed::Invalid) {
-                self.not_http(Direction::Response, out);
-                return None;
-            }
-            return Some(skipped.saturating_add(data.len()));
-        };
-        if prev.saturating_add(end) > MAX_HEAD_BYTES {
-            self.buffer_up_to_limit(Direction::Response, data);
-            self.response_head_lost(seen, out);
-            return None;
-        }
-        let parsed = if prev == 0 {
-            head::parse_response(data.get(..end).unwrap_or_default())
-        } else {
-            self.resp
-                .buf
-                .extend_from_slice(data.get(..end).unwrap_or_default());
-            head::parse_response(&self.resp.buf)
-        };
-        match parsed {
-            Parsed::Complete(head, len) if len > prev => {
-                self.resp.reset_buf();
+        match self.take_head(Direction::Response, data, head::parse_response) {
+            HeadStep::More(n) => Some(skipped.saturating_add(n)),
+            HeadStep::Done(head, n) => {
                 self.response_head_done(head, seen, out);
-                Some(skipped.saturating_add(len.saturating_sub(prev)))
+                Some(skipped.saturating_add(n))
             }
-            Parsed::TooManyHeaders => {
+            HeadStep::Lost => {
                 self.response_head_lost(seen, out);
                 None
             }
-            Parsed::Complete(..) | Parsed::Partial | Parsed::Invalid => {
+            HeadStep::NotHttp => {
                 self.not_http(Direction::Response, out);
                 None
             }
