@@ -320,21 +320,7 @@ impl Django {
     /// an SDK exporter ever sees warm-up traffic.
     fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let alive = || {
-            if self.server.is_running() {
-                Ok(())
-            } else {
-                Err(Error::Exited {
-                    name: self.server.name().to_string(),
-                    status: self
-                        .server
-                        .try_status()
-                        .map(|s| s.to_string())
-                        .unwrap_or_default(),
-                    logs: self.server.logs_tail(50),
-                })
-            }
-        };
+        let alive = || self.server.ensure_running();
         match self.opts.server {
             DjangoServer::Gunicorn => {
                 self.server.wait_for_line(

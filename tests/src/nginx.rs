@@ -186,21 +186,7 @@ impl Nginx {
 
     fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let alive = || {
-            if self.proc.is_running() {
-                Ok(())
-            } else {
-                Err(Error::Exited {
-                    name: "nginx".into(),
-                    status: self
-                        .proc
-                        .try_status()
-                        .map(|s| s.to_string())
-                        .unwrap_or_default(),
-                    logs: self.proc.logs_tail(50),
-                })
-            }
-        };
+        let alive = || self.proc.ensure_running();
         // The master binds before it forks the worker, which logs "start worker process".
         self.proc.wait_for_line("start worker process", timeout)?;
         wait_for_listen(

@@ -158,6 +158,18 @@ impl Proc {
         self.try_status().is_none()
     }
 
+    /// `Ok` while the process runs; once it exited, an error with its status and last logs.
+    pub fn ensure_running(&self) -> Result<()> {
+        match self.try_status() {
+            None => Ok(()),
+            Some(status) => Err(Error::Exited {
+                name: self.name.clone(),
+                status: status.to_string(),
+                logs: self.logs_tail(50),
+            }),
+        }
+    }
+
     /// Waits until a line of stdout or stderr matches `pattern` and returns that line.
     /// Fails early, with the logs, if the process exits first.
     pub fn wait_for_line(

@@ -78,21 +78,7 @@ impl PyHttpServer {
 
     fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let alive = || {
-            if self.proc.is_running() {
-                Ok(())
-            } else {
-                Err(Error::Exited {
-                    name: "http.server".into(),
-                    status: self
-                        .proc
-                        .try_status()
-                        .map(|s| s.to_string())
-                        .unwrap_or_default(),
-                    logs: self.proc.logs_tail(50),
-                })
-            }
-        };
+        let alive = || self.proc.ensure_running();
         // Printed right after the socket is bound.
         self.proc.wait_for_line("Serving HTTP on", timeout)?;
         wait_for_listen(
