@@ -163,33 +163,17 @@ fn psycopg3_prepared_statements_and_pipeline_give_one_span_per_execute() {
     );
 }
 
-fn pgbench(pg: &Postgres, mode: &str, transactions: u32) {
-    let bin = std::path::Path::new("/usr/lib/postgresql/15/bin/pgbench");
-    let out = Command::new(bin)
-        .args([
-            "-n",
-            "-S",
-            "-M",
-            mode,
-            "-c",
-            "2",
-            "-j",
-            "1",
-            "-t",
-            &transactions.to_string(),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port().to_string(),
-            "-U",
-            "postgres",
-            "bench",
-        ])
+/// Runs pgbench against `pg`'s `bench` database with `args` before the connection options.
+fn pgbench(pg: &Postgres, args: &[&str]) {
+    let port = pg.port().to_string();
+    let out = Command::new("/usr/lib/postgresql/15/bin/pgbench")
+        .args(args)
+        .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "bench"])
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "pgbench: {}",
+        "pgbench {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -198,31 +182,14 @@ fn pgbench(pg: &Postgres, mode: &str, transactions: u32) {
 fn pgbench_span_count_equals_statements_run_in_every_mode() {
     let pg = Postgres::start();
     pg.create_database("bench");
-    let init = Command::new("/usr/lib/postgresql/15/bin/pgbench")
-        .args([
-            "-i",
-            "-s",
-            "1",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port().to_string(),
-            "-U",
-            "postgres",
-            "bench",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    pgbench(&pg, &["-i", "-s", "1", "-q"]);
     let sonde = Sonde::start(&["--port", &pg.port().to_string()]);
     let mut expected = 0;
     for mode in ["simple", "extended", "prepared"] {
-        pgbench(&pg, mode, 100);
+        pgbench(
+            &pg,
+            &["-n", "-S", "-M", mode, "-c", "2", "-j", "1", "-t", "100"],
+        );
         expected += 200;
         let spans = settle(&sonde, pg.port(), |db| {
             named(db, "SELECT pgbench_accounts").len() >= expected
