@@ -128,7 +128,7 @@ impl CaptureLoop {
     /// resource attributes, let the merger see the spans, forward everything.
     fn handle_sdk_requests(&mut self) {
         let now = clock::monotonic_now_ns();
-        let before = self.merger.sdk_pids().len();
+        let before = self.merger.sdk_pid_count();
         for _ in 0..1024 {
             let Ok(sdk::Queued { request, bytes }) = self.sdk_requests.try_recv() else {
                 break;
@@ -167,7 +167,7 @@ impl CaptureLoop {
                 }
             }
         }
-        if self.merger.sdk_pids().len() != before {
+        if self.merger.sdk_pid_count() != before {
             self.tracer.set_sdk_pids(self.merger.sdk_pids());
         }
     }

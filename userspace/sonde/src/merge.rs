@@ -161,6 +161,11 @@ impl Merger {
         self.sdk_pids.keys().copied().collect()
     }
 
+    /// How many SDK processes are known (cheap; the capture loop checks it every poll).
+    pub fn sdk_pid_count(&self) -> usize {
+        self.sdk_pids.len()
+    }
+
     pub fn is_sdk_pid(&self, pid: u32) -> bool {
         self.sdk_pids.contains_key(&pid)
     }
