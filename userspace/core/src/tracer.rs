@@ -20,11 +20,14 @@ use opentelemetry_proto::tonic::{
 use crate::{
     clock::Clock,
     event::{Direction, Header, KernelEvent, Role},
+    protocols::{
+        self, AnyExchange, Chunk, Detection, GiveUp, MapContext, Output, Parser, ProtocolSettings,
+        Seen, Side, Source,
+    },
     trace::{
         context::{IdGenerator, SpanContext, SpanId, TraceId, parse_traceparent},
         correlate::Correlator,
-        http::{self, Endpoints},
-        postgres,
+        http::Endpoints,
         resource::ProcessInfo,
         route::RouteTemplates,
         sampler::Sampler,
@@ -80,8 +83,11 @@ pub struct Selection {
 pub struct TracerConfig {
     pub selection: Selection,
     pub routes: RouteTemplates,
-    /// Capture size for PostgreSQL connections (long ORM queries).
-    pub postgres_capture_bytes: u32,
+    /// Per-protocol settings (capture sizes), applied through the registry.
+    pub protocols: ProtocolSettings,
+    /// A TLS plaintext source exists (uprobes): a connection whose syscall bytes turn out to
+    /// be encrypted stays tracked, its ciphertext dropped, waiting for the plaintext.
+    pub tls_plaintext: bool,
     /// Head sampling (OTEL_TRACES_SAMPLER).
     pub sampler: Sampler,
     /// Ports of sonde's own OTLP receiver: connections to them are SDK exports, never traced,
@@ -92,8 +98,8 @@ pub struct TracerConfig {
 enum Proto {
     /// No payload seen yet.
     Unknown,
-    Http(Box<sonde_http1::Connection>),
-    Postgres(Box<sonde_postgres::Connection>),
+    /// A registered protocol claimed the connection.
+    Parsing(Parser),
     /// Not ours to parse (another protocol, the server side of PostgreSQL, encrypted).
     Ignored,
 }
@@ -109,6 +115,9 @@ struct Conn {
     in_flight: HashMap<u64, SpanContext>,
     /// The process's fds naming this socket (more than one after dup).
     fds: Vec<i32>,
+    /// The syscall bytes are ciphertext: dropped, while the socket stays tracked for the
+    /// plaintext of its TLS library calls.
+    ciphertext: bool,
 }
 
 /// Identifies a connection independently of its fds (which dup multiplies and close reuses).
@@ -138,8 +147,8 @@ pub struct Tracer<H: HostView> {
     spans: Vec<(u32, Span)>,
     commands: Vec<KernelCommand>,
     stats: TracerStats,
-    http_events: Vec<sonde_http1::Event>,
-    pg_events: Vec<sonde_postgres::Event>,
+    /// Reused buffer of the current parser's outputs.
+    outputs: Vec<Output<AnyExchange>>,
     last_ts_ns: u64,
     /// Processes that exited since the last flush.
     exited: Vec<u32>,
@@ -175,8 +184,7 @@ impl<H: HostView> Tracer<H> {
             spans: Vec::new(),
             commands: Vec::new(),
             stats: TracerStats::default(),
-            http_events: Vec::new(),
-            pg_events: Vec::new(),
+            outputs: Vec::new(),
             last_ts_ns: 0,
             exited: Vec::new(),
             sdk_pids: HashSet::new(),
@@ -328,6 +336,7 @@ impl<H: HostView> Tracer<H> {
                 proto: Proto::Unknown,
                 in_flight: HashMap::default(),
                 fds: vec![fd],
+                ciphertext: false,
             },
         );
         self.fds.insert((pid, fd), id);
@@ -389,6 +398,7 @@ impl<H: HostView> Tracer<H> {
                 offset,
                 payload,
                 last,
+                source,
             } => {
                 self.last_ts_ns = self.last_ts_ns.max(hdr.ts_ns);
                 self.stats.data_bytes += payload.len() as u64;
@@ -398,7 +408,7 @@ impl<H: HostView> Tracer<H> {
                     0
                 };
                 let ts = egress_or_ingress_ts(direction, &hdr, enter_ts_ns);
-                self.on_data(hdr, direction, payload, lost_after, ts);
+                self.on_data(hdr, direction, payload, lost_after, ts, source);
             }
             KernelEvent::Close(hdr) => {
                 self.last_ts_ns = self.last_ts_ns.max(hdr.ts_ns);
@@ -506,7 +516,8 @@ impl<H: HostView> Tracer<H> {
         self.stats.connections_ignored += 1;
     }
 
-    /// Picks the protocol of a connection from its first captured bytes.
+    /// Picks the protocol of a connection from its first captured bytes, asking the
+    /// registered protocols in order.
     fn detect(&mut self, id: ConnId, direction: Direction, payload: &[u8]) {
         let Some(conn) = self.conns.get(&id) else {
             return;
@@ -517,49 +528,37 @@ impl<H: HostView> Tracer<H> {
             (role, direction),
             (Role::Client, Direction::Egress) | (Role::Server, Direction::Ingress)
         );
-        let proto = if request_side && sonde_http1::looks_like_request(payload) {
-            Some(Proto::Http(Box::new(if from_start {
-                sonde_http1::Connection::new()
-            } else {
-                sonde_http1::Connection::new_unsynced()
-            })))
-        } else if request_side
-            && (sonde_postgres::looks_like_startup(payload)
-                || (!from_start && sonde_postgres::looks_like_frontend_message(payload)))
-        {
-            if role == Role::Server {
-                // The PostgreSQL server's side of a connection whose client we trace (or not):
-                // client spans come from the client side only, never twice.
-                None
-            } else {
-                let pg = if from_start {
-                    sonde_postgres::Connection::new()
-                } else {
-                    sonde_postgres::Connection::new_unsynced()
-                };
-                for fd in &conn.fds {
-                    self.commands.push(KernelCommand::Track {
-                        pid,
-                        fd: *fd,
-                        role,
-                        capture_bytes: self.config.postgres_capture_bytes,
-                    });
-                }
-                Some(Proto::Postgres(Box::new(pg)))
+        if !request_side {
+            if !from_start {
+                // A pre-existing connection seen mid-response: wait for the next request.
+                return;
             }
-        } else if !from_start && !request_side {
-            // A pre-existing connection seen mid-response: wait for the next request.
+            self.ignore(id);
             return;
+        }
+        let side = if role == Role::Client {
+            Side::Client
         } else {
-            None
+            Side::Server
         };
-        match proto {
-            Some(p) => {
+        match Parser::detect(payload, side, from_start) {
+            Detection::Found(parser) => {
+                if let Some(capture_bytes) = parser.capture_bytes(&self.config.protocols) {
+                    for fd in &conn.fds {
+                        self.commands.push(KernelCommand::Track {
+                            pid,
+                            fd: *fd,
+                            role,
+                            capture_bytes,
+                        });
+                    }
+                }
                 if let Some(conn) = self.conns.get_mut(&id) {
-                    conn.proto = p;
+                    conn.proto = Proto::Parsing(parser);
                 }
             }
-            None => self.ignore(id),
+            Detection::NeedMore => {}
+            Detection::None => self.ignore(id),
         }
     }
 
@@ -570,6 +569,7 @@ impl<H: HostView> Tracer<H> {
         payload: &[u8],
         lost_after: u64,
         ts_ns: u64,
+        source: Source,
     ) {
         let Some(&id) = self.fds.get(&(hdr.pid, hdr.fd)) else {
             return;
@@ -577,6 +577,9 @@ impl<H: HostView> Tracer<H> {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
+        if conn.ciphertext && source == Source::Syscall {
+            return;
+        }
         if matches!(conn.proto, Proto::Unknown) {
             if payload.is_empty() {
                 return;
@@ -586,56 +589,35 @@ impl<H: HostView> Tracer<H> {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let role = conn.role;
         let request_dir = matches!(
-            (role, direction),
+            (conn.role, direction),
             (Role::Client, Direction::Egress)
                 | (Role::Server, Direction::Ingress)
                 | (Role::Unknown, Direction::Ingress)
         );
-        match &mut conn.proto {
-            Proto::Http(parser) => {
-                let dir = if request_dir {
-                    sonde_http1::Direction::Request
+        let Proto::Parsing(parser) = &mut conn.proto else {
+            return;
+        };
+        let mut outputs = std::mem::take(&mut self.outputs);
+        parser.feed(
+            Chunk {
+                direction: if request_dir {
+                    protocols::Direction::Request
                 } else {
-                    sonde_http1::Direction::Response
-                };
-                let mut events = std::mem::take(&mut self.http_events);
-                parser.feed(
-                    dir,
-                    payload,
-                    lost_after,
-                    sonde_http1::Seen {
-                        ts_ns,
-                        tid: hdr.tid,
-                    },
-                    &mut events,
-                );
-                self.on_http_events(id, &mut events, ts_ns);
-                self.http_events = events;
-            }
-            Proto::Postgres(parser) => {
-                let dir = if request_dir {
-                    sonde_postgres::Direction::Frontend
-                } else {
-                    sonde_postgres::Direction::Backend
-                };
-                let mut events = std::mem::take(&mut self.pg_events);
-                parser.feed(
-                    dir,
-                    payload,
-                    lost_after,
-                    sonde_postgres::Seen {
-                        ts_ns,
-                        tid: hdr.tid,
-                    },
-                    &mut events,
-                );
-                self.on_pg_events(id, &mut events, ts_ns);
-                self.pg_events = events;
-            }
-            Proto::Unknown | Proto::Ignored => {}
-        }
+                    protocols::Direction::Response
+                },
+                bytes: payload,
+                lost_after,
+                seen: Seen {
+                    ts_ns,
+                    tid: hdr.tid,
+                },
+                source,
+            },
+            &mut outputs,
+        );
+        self.on_outputs(id, &mut outputs, ts_ns);
+        self.outputs = outputs;
     }
 
     /// The connection ended (its last fd closed, or its process exited): flush what its
@@ -644,21 +626,11 @@ impl<H: HostView> Tracer<H> {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        match std::mem::replace(&mut conn.proto, Proto::Ignored) {
-            Proto::Http(mut parser) => {
-                let mut events = std::mem::take(&mut self.http_events);
-                parser.close(sonde_http1::Seen { ts_ns, tid }, &mut events);
-                self.on_http_events(id, &mut events, ts_ns);
-                self.http_events = events;
-            }
-            Proto::Postgres(mut parser) => {
-                let mut events = std::mem::take(&mut self.pg_events);
-                parser.close(sonde_postgres::Seen { ts_ns, tid }, &mut events);
-                let database = parser.database().map(str::to_owned);
-                self.on_pg_events_with_db(id, &mut events, ts_ns, database);
-                self.pg_events = events;
-            }
-            Proto::Unknown | Proto::Ignored => {}
+        if let Proto::Parsing(mut parser) = std::mem::replace(&mut conn.proto, Proto::Ignored) {
+            let mut outputs = std::mem::take(&mut self.outputs);
+            parser.close(Seen { ts_ns, tid }, &mut outputs);
+            self.on_outputs(id, &mut outputs, ts_ns);
+            self.outputs = outputs;
         }
         let Some(conn) = self.conns.remove(&id) else {
             return;
@@ -708,14 +680,20 @@ impl<H: HostView> Tracer<H> {
         }
     }
 
-    fn on_http_events(&mut self, id: ConnId, events: &mut Vec<sonde_http1::Event>, now_ns: u64) {
-        for event in events.drain(..) {
+    /// What a connection's parser reported: span contexts for operations that started,
+    /// spans for exchanges that completed, and giving up.
+    fn on_outputs(&mut self, id: ConnId, outputs: &mut Vec<Output<AnyExchange>>, now_ns: u64) {
+        for output in outputs.drain(..) {
             let Some(conn) = self.conns.get(&id) else {
                 return;
             };
             let (pid, role, endpoints) = (conn.pid, conn.role, conn.endpoints);
-            match event {
-                sonde_http1::Event::RequestHead { seq, head, first } => {
+            match output {
+                Output::Started {
+                    seq,
+                    first,
+                    traceparent,
+                } => {
                     let ctx = if role == Role::Client {
                         let ctx = self.client_context(pid, first.tid);
                         if let (Some(l), Some(r)) = (endpoints.local, endpoints.remote) {
@@ -728,7 +706,7 @@ impl<H: HostView> Tracer<H> {
                             _ => None,
                         };
                         let ctx = if let Some((trace, parent, sampled)) =
-                            head.header("traceparent").and_then(parse_traceparent)
+                            traceparent.as_deref().and_then(parse_traceparent)
                         {
                             SpanContext {
                                 remote_parent: true,
@@ -746,91 +724,56 @@ impl<H: HostView> Tracer<H> {
                         conn.in_flight.insert(seq, ctx);
                     }
                 }
-                sonde_http1::Event::Exchange(ex) => {
-                    let ctx = self
+                Output::Done {
+                    seq,
+                    first,
+                    exchange,
+                } => {
+                    let started = self
                         .conns
                         .get_mut(&id)
-                        .and_then(|c| c.in_flight.remove(&ex.seq))
-                        .unwrap_or_else(|| self.root());
-                    let parts = if role == Role::Client {
-                        http::client_span(&ex, endpoints, ctx, &self.clock, now_ns)
+                        .and_then(|c| c.in_flight.remove(&seq));
+                    let side = if role == Role::Client {
+                        Side::Client
                     } else {
-                        self.correlator
-                            .end_serving(ex.request_first.tid, ctx.span_id);
-                        http::server_span(
-                            &ex,
-                            endpoints,
-                            &self.config.routes,
-                            ctx,
-                            &self.clock,
-                            now_ns,
-                        )
+                        Side::Server
                     };
-                    self.emit(pid, parts);
-                }
-                sonde_http1::Event::NotHttp { .. } => {
-                    self.ignore(id);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn on_pg_events(&mut self, id: ConnId, events: &mut Vec<sonde_postgres::Event>, now_ns: u64) {
-        if events.is_empty() {
-            return;
-        }
-        let database = match self.conns.get(&id).map(|c| &c.proto) {
-            Some(Proto::Postgres(p)) => p.database().map(str::to_owned),
-            _ => None,
-        };
-        self.on_pg_events_with_db(id, events, now_ns, database);
-    }
-
-    fn on_pg_events_with_db(
-        &mut self,
-        id: ConnId,
-        events: &mut Vec<sonde_postgres::Event>,
-        now_ns: u64,
-        database: Option<String>,
-    ) {
-        for event in events.drain(..) {
-            let Some(conn) = self.conns.get(&id) else {
-                return;
-            };
-            let (pid, endpoints) = (conn.pid, conn.endpoints);
-            match event {
-                sonde_postgres::Event::OperationStarted { seq, first } => {
-                    let ctx = self.client_context(pid, first.tid);
-                    if let Some(conn) = self.conns.get_mut(&id) {
-                        conn.in_flight.insert(seq, ctx);
+                    let ctx = match (started, side) {
+                        (Some(ctx), _) => ctx,
+                        // Its start was not seen (head lost): parented like any call made
+                        // by that thread, or a root on the server side.
+                        (None, Side::Client) => self.client_context(pid, first.tid),
+                        (None, Side::Server) => self.root(),
+                    };
+                    if side == Side::Server {
+                        self.correlator.end_serving(first.tid, ctx.span_id);
                     }
-                }
-                sonde_postgres::Event::Operation(op) => {
-                    let ctx = match self
-                        .conns
-                        .get_mut(&id)
-                        .and_then(|c| c.in_flight.remove(&op.seq))
-                    {
-                        Some(ctx) => ctx,
-                        None => self.client_context(pid, op.first.tid),
-                    };
-                    let parts = postgres::client_span(
-                        &op,
-                        database.as_deref(),
-                        endpoints,
+                    let parts = exchange.span_parts(
                         ctx,
-                        &self.clock,
-                        now_ns,
+                        &MapContext {
+                            side,
+                            endpoints,
+                            routes: &self.config.routes,
+                            clock: &self.clock,
+                            now_ns,
+                        },
                     );
                     self.emit(pid, parts);
                 }
-                sonde_postgres::Event::Encrypted | sonde_postgres::Event::NotPostgres => {
+                Output::GiveUp(GiveUp::Encrypted) if self.config.tls_plaintext => {
+                    // Keep the socket: its plaintext comes from the TLS uprobes and is
+                    // detected afresh; the ciphertext is dropped.
+                    if let Some(conn) = self.conns.get_mut(&id) {
+                        conn.ciphertext = true;
+                        conn.proto = Proto::Unknown;
+                        conn.in_flight.clear();
+                    }
+                    return;
+                }
+                Output::GiveUp(GiveUp::Encrypted | GiveUp::NotThisProtocol) => {
                     self.ignore(id);
                     return;
                 }
-                sonde_postgres::Event::Startup { .. }
-                | sonde_postgres::Event::Notification { .. } => {}
             }
         }
     }

@@ -31,6 +31,7 @@ use crate::{
     },
     merge::{MergeConfig, Merger},
     metrics::{self, CaptureSnapshot},
+    protocols::{Postgres, Protocol, ProtocolSettings},
     sdk::{self, SdkRequest},
     trace::http::Endpoints,
     tracer::{KernelCommand, Tracer, TracerConfig},
@@ -481,7 +482,11 @@ pub async fn run(config: Config) -> Result<()> {
     let tracer_config = TracerConfig {
         selection: config.selection.clone(),
         routes: config.routes.clone(),
-        postgres_capture_bytes: config.postgres_capture_bytes,
+        // Per-protocol flags reach the parsers through the registry.
+        protocols: ProtocolSettings::default()
+            .with_capture_bytes(Postgres::NAME, config.postgres_capture_bytes),
+        // No TLS plaintext source yet: encrypted connections are untracked.
+        tls_plaintext: false,
         sampler: config.sampler,
         own_ports,
     };
