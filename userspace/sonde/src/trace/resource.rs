@@ -1,9 +1,16 @@
 //! Resource attributes of a traced process: `service.name` by the order in REFERENCE.md (the
 //! process's own OTEL_SERVICE_NAME, then service.name in its OTEL_RESOURCE_ATTRIBUTES, then
 //! Kubernetes metadata when present, then the executable), process and host attributes.
+//!
+//! Privacy: `process.command_line` / `process.command_args` are opt-in (as in the semantic
+//! conventions) and, when exported, have secret-looking arguments redacted; environment values
+//! are never exported (only OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, which exist to be).
 use std::collections::HashMap;
 
-use opentelemetry_proto::tonic::{common::v1::KeyValue, resource::v1::Resource};
+use opentelemetry_proto::tonic::{
+    common::v1::{AnyValue, ArrayValue, KeyValue, any_value::Value},
+    resource::v1::Resource,
+};
 
 use super::span::{int_attr, str_attr};
 
@@ -11,7 +18,8 @@ use super::span::{int_attr, str_attr};
 pub struct ProcessInfo {
     pub pid: u32,
     pub executable: String,
-    pub command_line: String,
+    /// The process's arguments (`/proc/<pid>/cmdline`), as read: never exported as such.
+    pub command_args: Vec<String>,
     pub service_name: String,
     /// Other attributes from the process's OTEL_RESOURCE_ATTRIBUTES.
     pub extra: Vec<(String, String)>,
@@ -104,13 +112,12 @@ pub fn read_process(pid: u32) -> ProcessInfo {
                 .map(|s| s.trim().to_owned())
         })
         .unwrap_or_default();
-    info.command_line = std::fs::read(format!("{proc_dir}/cmdline"))
+    info.command_args = std::fs::read(format!("{proc_dir}/cmdline"))
         .map(|b| {
             b.split(|&c| c == 0)
                 .filter(|s| !s.is_empty())
                 .map(|s| String::from_utf8_lossy(s).into_owned())
                 .collect::<Vec<_>>()
-                .join(" ")
         })
         .unwrap_or_default();
     let environ = std::fs::read(format!("{proc_dir}/environ")).unwrap_or_default();
@@ -169,6 +176,8 @@ pub fn host_name() -> String {
 pub struct ResourceCache {
     host: String,
     by_pid: HashMap<u32, (ProcessInfo, Resource)>,
+    /// Opt-in: export the (redacted) command line and arguments.
+    export_command_line: bool,
 }
 
 impl ResourceCache {
@@ -176,7 +185,14 @@ impl ResourceCache {
         Self {
             host: host_name(),
             by_pid: HashMap::new(),
+            export_command_line: false,
         }
+    }
+
+    /// Opts in to `process.command_line` / `process.command_args`, secrets redacted.
+    pub fn with_command_line(mut self, export: bool) -> Self {
+        self.export_command_line = export;
+        self
     }
 
     pub fn info(&mut self, pid: u32) -> &ProcessInfo {
@@ -187,6 +203,7 @@ impl ResourceCache {
     /// names it by `comm`, the command name the kernel reported.
     pub fn info_or_comm(&mut self, pid: u32, comm: &str) -> &ProcessInfo {
         let host = &self.host;
+        let cmdline = self.export_command_line;
         let entry = self.by_pid.entry(pid).or_insert_with(|| {
             let mut info = read_process(pid);
             if info.executable.is_empty() {
@@ -195,7 +212,7 @@ impl ResourceCache {
             if info.service_name.is_empty() {
                 info.service_name = comm.to_owned();
             }
-            let resource = to_resource(&info, host);
+            let resource = to_resource(&info, host, cmdline);
             (info, resource)
         });
         &entry.0
@@ -207,9 +224,10 @@ impl ResourceCache {
 
     fn entry(&mut self, pid: u32) -> &(ProcessInfo, Resource) {
         let host = &self.host;
+        let cmdline = self.export_command_line;
         self.by_pid.entry(pid).or_insert_with(|| {
             let info = read_process(pid);
-            let resource = to_resource(&info, host);
+            let resource = to_resource(&info, host, cmdline);
             (info, resource)
         })
     }
@@ -219,15 +237,33 @@ impl ResourceCache {
     }
 }
 
-pub fn to_resource(info: &ProcessInfo, host: &str) -> Resource {
+/// `command_line`: also export the command line and arguments (opt-in), secrets redacted.
+pub fn to_resource(info: &ProcessInfo, host: &str, command_line: bool) -> Resource {
     let mut attributes: Vec<KeyValue> = vec![
         str_attr("service.name", info.service_name.clone()),
         str_attr("host.name", host),
         int_attr("process.pid", i64::from(info.pid)),
         str_attr("process.executable.name", info.executable.clone()),
-        str_attr("process.command_line", info.command_line.clone()),
         str_attr("telemetry.distro.name", "sonde"),
     ];
+    if command_line && !info.command_args.is_empty() {
+        let args = super::redact::argv(&info.command_args);
+        attributes.push(str_attr("process.command_line", args.join(" ")));
+        attributes.push(KeyValue {
+            key: "process.command_args".to_owned(),
+            value: Some(AnyValue {
+                value: Some(Value::ArrayValue(ArrayValue {
+                    values: args
+                        .into_iter()
+                        .map(|a| AnyValue {
+                            value: Some(Value::StringValue(a)),
+                        })
+                        .collect(),
+                })),
+            }),
+            ..Default::default()
+        });
+    }
     if let Some(id) = &info.container_id {
         attributes.push(str_attr("container.id", id.clone()));
     }
@@ -285,6 +321,30 @@ mod tests {
             container_id_from_cgroup("0::/user.slice/session-1.scope"),
             None
         );
+    }
+
+    #[test]
+    fn command_line_is_opt_in_and_redacted() {
+        let info = ProcessInfo {
+            pid: 7,
+            executable: "app".into(),
+            command_args: vec!["app".into(), "--db-password=hunter2".into()],
+            service_name: "app".into(),
+            ..Default::default()
+        };
+        let keys = |r: &Resource| {
+            r.attributes
+                .iter()
+                .map(|a| a.key.clone())
+                .collect::<Vec<_>>()
+        };
+        let r = to_resource(&info, "h", false);
+        assert!(!keys(&r).iter().any(|k| k.starts_with("process.command")));
+        let r = to_resource(&info, "h", true);
+        assert!(keys(&r).contains(&"process.command_args".to_owned()));
+        let text = format!("{r:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("--db-password=REDACTED"), "{text}");
     }
 
     #[test]
