@@ -38,7 +38,7 @@ impl HostView for FakeHost {
         });
     }
     fn resource(&mut self, pid: u32) -> Resource {
-        crate::trace::resource::to_resource(self.process(pid), "node")
+        crate::trace::resource::to_resource(self.process(pid), "node", false)
     }
     fn forget_process(&mut self, pid: u32) {
         self.forgotten.push(pid);
