@@ -33,8 +33,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The kernel programs need a nightly whose LLVM matches bpf-linker's (22). Pinned by date so a
-# newer nightly (LLVM 23) can never break the build; keep in sync with xtask's EBPF_TOOLCHAIN.
-EBPF_TOOLCHAIN=nightly-2026-05-01
+# newer nightly (LLVM 23) can never break the build, in one place: ebpf/probes/rust-toolchain.toml.
+EBPF_TOOLCHAIN=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$(dirname "$0")/../ebpf/probes/rust-toolchain.toml")
+if [ -z "$EBPF_TOOLCHAIN" ]; then
+  log "no channel in ebpf/probes/rust-toolchain.toml"
+  exit 1
+fi
 if ! rustup component list --toolchain "$EBPF_TOOLCHAIN" --installed 2>/dev/null | grep -q '^rust-src'; then
   log "rustup: $EBPF_TOOLCHAIN with rust-src"
   rustup toolchain install "$EBPF_TOOLCHAIN" --profile minimal --component rust-src

@@ -12,8 +12,19 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 
-/// Nightly whose LLVM (22) matches bpf-linker's; keep in sync with build.rs and bootstrap.sh.
-const EBPF_TOOLCHAIN: &str = "nightly-2026-05-01";
+/// The pinned eBPF toolchain: `channel` in ebpf/probes/rust-toolchain.toml, the one place it
+/// is written (build.rs and bootstrap.sh read it too).
+fn ebpf_toolchain() -> Result<String> {
+    let file = root().join("ebpf/probes/rust-toolchain.toml");
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
+    text.lines()
+        .find_map(|l| {
+            let v = l.trim().strip_prefix("channel")?.trim().strip_prefix('=')?;
+            Some(v.trim().trim_matches('"').to_owned())
+        })
+        .with_context(|| format!("no `channel` in {}", file.display()))
+}
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "sonde developer tasks")]
@@ -67,7 +78,7 @@ fn build_ebpf() -> Result<()> {
     run(Command::new("cargo")
         .current_dir(root().join("ebpf/probes"))
         .env_remove("RUSTUP_TOOLCHAIN")
-        .arg(format!("+{EBPF_TOOLCHAIN}"))
+        .arg(format!("+{}", ebpf_toolchain()?))
         .args([
             "build",
             "-Z",
