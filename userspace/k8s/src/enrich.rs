@@ -98,6 +98,13 @@ impl Enricher {
         self.processes.remove(&pid);
     }
 
+    /// Forgets processes that have exited (their pids may be reused by another container).
+    pub fn prune(&mut self) {
+        let root = &self.proc_root;
+        self.processes
+            .retain(|pid, _| root.join(pid.to_string()).exists());
+    }
+
     /// Adds the Kubernetes attributes of the resource's process. Returns false when the
     /// selection excludes that process's pod (its telemetry is then dropped).
     pub fn enrich(&mut self, resource: &mut Resource) -> bool {
@@ -231,6 +238,9 @@ mod tests {
         let mut e = Enricher::with_proc_root(cache, exclude_prod, &dir);
         assert!(!e.enrich(&mut resource(10)));
         assert!(e.enrich(&mut resource(11)));
+        std::fs::remove_dir_all(dir.join("11")).unwrap();
+        e.prune();
+        assert_eq!(e.processes.len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

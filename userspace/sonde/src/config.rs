@@ -128,6 +128,8 @@ pub struct RunArgs {
     /// Seconds to flush queued telemetry on SIGTERM before giving up.
     #[arg(long, default_value_t = 25)]
     pub shutdown_timeout_s: u64,
+    #[command(flatten)]
+    pub k8s: sonde_k8s::K8sArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +146,8 @@ pub enum ConfigError {
         "--output otlp needs an endpoint: pass --otlp-endpoint or set OTEL_EXPORTER_OTLP_ENDPOINT"
     )]
     OtlpWithoutEndpoint,
+    #[error(transparent)]
+    K8s(#[from] sonde_k8s::K8sError),
 }
 
 /// The resolved configuration.
@@ -167,6 +171,7 @@ pub struct Config {
     pub merge_window: Duration,
     pub memory_budget_bytes: usize,
     pub metrics_addr: Option<SocketAddr>,
+    pub k8s: sonde_k8s::K8sConfig,
 }
 
 /// Heap bytes a queued span takes per byte of its protobuf encoding (decoded OTLP with typical attributes: up to ~8).
@@ -298,7 +303,9 @@ impl Config {
                 });
             }
             Some(mib) => mib.saturating_mul(1 << 20),
-            None => cgroup_memory_limit()
+            // The container's limit from the downward API (the manifests set it), else the cgroup's.
+            None => (env("SONDE_MEMORY_LIMIT_BYTES").and_then(|v| v.trim().parse().ok()))
+                .or_else(cgroup_memory_limit)
                 .map(|l| l / 10 * 8)
                 .unwrap_or(512 << 20),
         };
@@ -340,6 +347,7 @@ impl Config {
             merge_window: Duration::from_millis(args.merge_window_ms),
             memory_budget_bytes,
             metrics_addr: parse_addr("metrics-addr", &args.metrics_addr)?,
+            k8s: args.k8s.resolve(&env)?,
         })
     }
 }
