@@ -678,6 +678,7 @@ async fn run_k8s_events(config: Config) -> Result<()> {
         let _ = sender.send_logs(vec![logs]);
     }));
     eprintln!("sonde: exporting Kubernetes events");
+    eprintln!("sonde: ready");
     let signal = shutdown_signal().await;
     eprintln!(
         "sonde: {signal}, flushing (up to {:?})",
