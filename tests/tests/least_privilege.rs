@@ -100,9 +100,9 @@ fn least_privilege_capabilities_suffice_and_a_missing_one_is_named() {
     // Without CAP_BPF the probes cannot load: the daemon says which capability is missing.
     let without_bpf: Vec<&str> = LEAST.iter().copied().filter(|c| *c != "bpf").collect();
     use_bin(&wrapper(&dir, &bin, "sonde-no-bpf", &without_bpf));
-    let err = Sonde::try_start_with_env(&[], &[])
-        .err()
-        .expect("sonde started without CAP_BPF");
+    let Err(err) = Sonde::try_start_with_env(&[], &[]) else {
+        panic!("sonde started without CAP_BPF");
+    };
     assert!(err.to_string().contains("CAP_BPF"), "{err}");
 
     // Without CAP_CHECKPOINT_RESTORE it runs, and names what it lacks.
