@@ -444,6 +444,15 @@ mod tests {
     }
 
     #[test]
+    fn memory_budget_follows_the_container_limit_from_the_downward_api() {
+        let env = |k: &str| (k == "SONDE_MEMORY_LIMIT_BYTES").then(|| "104857600".to_owned());
+        let c = Config::resolve(args(&[]), env).unwrap();
+        assert_eq!(c.memory_budget_bytes, 104_857_600 / 10 * 8);
+        let c = Config::resolve(args(&["--memory-budget-mib", "50"]), env).unwrap();
+        assert_eq!(c.memory_budget_bytes, 50 << 20);
+    }
+
+    #[test]
     fn sampler_from_env_and_flags() {
         let env = |k: &str| match k {
             "OTEL_TRACES_SAMPLER" => Some("traceidratio".to_owned()),
