@@ -63,6 +63,8 @@ struct CaptureLoop {
     spans_rejected: u64,
     /// Published for the metrics endpoint.
     snapshot: Arc<Mutex<CaptureSnapshot>>,
+    /// Kubernetes identity of processes (inert off Kubernetes) and the pod selection.
+    k8s: sonde_k8s::Enricher,
 }
 
 impl CaptureLoop {
@@ -103,7 +105,8 @@ impl CaptureLoop {
         if spans.is_empty() {
             return;
         }
-        let grouped = self.tracer.group(spans);
+        let mut grouped = self.tracer.group(spans);
+        grouped.retain_mut(|rs| rs.resource.as_mut().is_none_or(|r| self.k8s.enrich(r)));
         if self.exporter.send_traces(grouped).is_err() {
             self.spans_rejected += 1;
         }
@@ -121,6 +124,13 @@ impl CaptureLoop {
         pid
     }
 
+    /// The resource of `pid`'s telemetry, with its Kubernetes identity.
+    fn resource_of(&mut self, pid: u32) -> opentelemetry_proto::tonic::resource::v1::Resource {
+        let mut resource = self.tracer.resource_of(pid);
+        self.k8s.enrich(&mut resource);
+        resource
+    }
+
     /// SDK telemetry from the receiver: attribute it to its process, give it that process's
     /// resource attributes, let the merger see the spans, forward everything.
     fn handle_sdk_requests(&mut self) {
@@ -133,7 +143,7 @@ impl CaptureLoop {
             match request {
                 SdkRequest::Traces(peer, mut req) => {
                     if let Some(pid) = self.sender_pid(peer) {
-                        let ours = self.tracer.resource_of(pid);
+                        let ours = self.resource_of(pid);
                         for rs in &mut req.resource_spans {
                             sdk::enrich(&mut rs.resource, &ours);
                         }
@@ -145,7 +155,7 @@ impl CaptureLoop {
                 }
                 SdkRequest::Metrics(peer, mut req) => {
                     if let Some(pid) = self.sender_pid(peer) {
-                        let ours = self.tracer.resource_of(pid);
+                        let ours = self.resource_of(pid);
                         for rm in &mut req.resource_metrics {
                             sdk::enrich(&mut rm.resource, &ours);
                         }
@@ -154,7 +164,7 @@ impl CaptureLoop {
                 }
                 SdkRequest::Logs(peer, mut req) => {
                     if let Some(pid) = self.sender_pid(peer) {
-                        let ours = self.tracer.resource_of(pid);
+                        let ours = self.resource_of(pid);
                         for rl in &mut req.resource_logs {
                             sdk::enrich(&mut rl.resource, &ours);
                         }
@@ -223,6 +233,7 @@ impl CaptureLoop {
             if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
                 self.tracer.set_clock(Clock::sample());
                 self.tracer.tick(clock::monotonic_now_ns());
+                self.k8s.prune();
                 last_housekeeping = Instant::now();
             }
         }
@@ -423,6 +434,9 @@ async fn shutdown_signal() -> &'static str {
 }
 
 pub async fn run(config: Config) -> Result<()> {
+    if config.k8s.events {
+        return run_k8s_events(config).await;
+    }
     let settings = ProbeSettings {
         self_pid: std::process::id(),
         filter_pids: !config.pids.is_empty(),
@@ -503,6 +517,7 @@ pub async fn run(config: Config) -> Result<()> {
         stop: stop.clone(),
         spans_rejected: 0,
         snapshot: Arc::new(Mutex::new(CaptureSnapshot::default())),
+        k8s: sonde_k8s::start_enricher(&config.k8s).await,
     };
     capture.apply_commands();
     let blocked = stash_blocked_syscalls(&mut capture.probes, &pids, config.capture_bytes);
@@ -570,6 +585,7 @@ pub async fn run(config: Config) -> Result<()> {
         },
         None => None,
     };
+    let ready = Arc::new(AtomicBool::new(false));
     let metrics_task = match metrics_listener {
         Some((addr, listener)) => {
             eprintln!(
@@ -588,12 +604,14 @@ pub async fn run(config: Config) -> Result<()> {
                     },
                 ),
                 memory_budget_bytes: config.memory_budget_bytes,
+                ready: ready.clone(),
             };
             Some(tokio::spawn(metrics::serve(listener, sources)))
         }
         None => None,
     };
     eprintln!("sonde: ready");
+    ready.store(true, Ordering::Relaxed);
 
     let handle = std::thread::Builder::new()
         .name("sonde-capture".into())
@@ -626,5 +644,46 @@ pub async fn run(config: Config) -> Result<()> {
         "sonde: stopped; {} events, {} spans, {} ring buffer records lost, {} span batches refused by a full queue",
         stats.events, stats.spans, lost, capture.spans_rejected
     );
+    Ok(())
+}
+
+/// `sonde run --k8s-events`: the cluster's events as OTLP log records, no probes. The manifests
+/// run it in one one-replica Deployment so each event is exported once cluster-wide.
+async fn run_k8s_events(config: Config) -> Result<()> {
+    let client = sonde_k8s::client(&config.k8s).await.context(
+        "--k8s-events needs the Kubernetes API (in-cluster service account or KUBECONFIG)",
+    )?;
+    let exporter = Exporter::start(config.exporter.clone()).context("starting the exporter")?;
+    let ready = Arc::new(AtomicBool::new(true));
+    let metrics_task = match config.metrics_addr {
+        Some(addr) => {
+            let listener = metrics::bind(addr).await?;
+            let sources = metrics::Sources {
+                capture: Arc::new(Mutex::new(CaptureSnapshot::default())),
+                exporter: exporter.clone(),
+                receiver: None,
+                memory_budget_bytes: config.memory_budget_bytes,
+                ready,
+            };
+            Some(tokio::spawn(metrics::serve(listener, sources)))
+        }
+        None => None,
+    };
+    let sender = exporter.clone();
+    let watch = tokio::spawn(sonde_k8s::events::watch(client, move |logs| {
+        let _ = sender.send_logs(vec![logs]);
+    }));
+    eprintln!("sonde: exporting Kubernetes events");
+    eprintln!("sonde: ready");
+    let signal = shutdown_signal().await;
+    eprintln!(
+        "sonde: {signal}, flushing (up to {:?})",
+        config.shutdown_timeout
+    );
+    watch.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
+    exporter.shutdown(config.shutdown_timeout).await;
     Ok(())
 }
