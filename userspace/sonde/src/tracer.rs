@@ -25,7 +25,7 @@ use crate::{
     clock::Clock,
     trace::{
         context::{IdGenerator, SpanContext, SpanId, TraceId, parse_traceparent},
-        correlate::Correlator,
+        correlate::{Correlator, Parent},
         http::{self, Endpoints},
         postgres,
         resource::{ProcessInfo, ResourceCache},
@@ -145,6 +145,9 @@ pub struct TracerStats {
     pub connections_open: usize,
     pub connections_ignored: u64,
     pub decode_errors: u64,
+    /// Client spans left without a parent because several requests of their event-loop
+    /// process were in flight (which one they belong to cannot be known).
+    pub spans_parent_ambiguous: u64,
 }
 
 pub struct Tracer<H: HostView> {
@@ -295,6 +298,17 @@ impl<H: HostView> Tracer<H> {
 
     pub fn pending_spans(&self) -> usize {
         self.spans.len()
+    }
+
+    /// Trace ids of the server requests still in flight (their eBPF spans, held for merging,
+    /// wait for the request's end: see `Merger::poll`).
+    pub fn open_server_traces(&self) -> HashSet<Vec<u8>> {
+        self.conns
+            .values()
+            .filter(|c| c.role == Role::Server)
+            .flat_map(|c| c.in_flight.values())
+            .map(|ctx| ctx.trace_id.0.to_vec())
+            .collect()
     }
 
     /// Housekeeping on a timer: forget unclaimed cross-process registrations.
@@ -516,6 +530,11 @@ impl<H: HostView> Tracer<H> {
     fn ignore(&mut self, id: ConnId) {
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.proto = Proto::Ignored;
+            if conn.role == Role::Server {
+                for ctx in conn.in_flight.values() {
+                    self.correlator.end_request(conn.pid, ctx.span_id);
+                }
+            }
             conn.in_flight.clear();
             for fd in &conn.fds {
                 self.commands.push(KernelCommand::Untrack {
@@ -687,6 +706,12 @@ impl<H: HostView> Tracer<H> {
         for fd in &conn.fds {
             self.fds.remove(&(conn.pid, *fd));
         }
+        // Requests never answered end with their connection.
+        if conn.role == Role::Server {
+            for ctx in conn.in_flight.values() {
+                self.correlator.end_request(conn.pid, ctx.span_id);
+            }
+        }
         if conn.role == Role::Client
             && let (Some(l), Some(r)) = (conn.endpoints.local, conn.endpoints.remote)
         {
@@ -703,11 +728,16 @@ impl<H: HostView> Tracer<H> {
         self.spans.push((pid, parts.into_otlp()));
     }
 
-    /// Context for a client call starting on `tid`: a child of the request that thread serves.
+    /// Context for a client call starting on `tid`: a child of the request that thread serves,
+    /// or on an event loop of the one request in flight (see `trace::correlate`).
     fn client_context(&mut self, pid: u32, tid: u32) -> SpanContext {
-        match self.correlator.serving(pid, tid) {
-            Some((trace, parent, sampled)) => self.child(trace, parent, sampled),
-            None => self.root(),
+        match self.correlator.parent(pid, tid) {
+            Parent::Request(trace, parent, sampled) => self.child(trace, parent, sampled),
+            Parent::None => self.root(),
+            Parent::Ambiguous => {
+                self.stats.spans_parent_ambiguous += 1;
+                self.root()
+            }
         }
     }
 
