@@ -57,13 +57,16 @@ fn queries_of(spans: &[Span], rid: u32) -> Vec<&Span> {
         .collect()
 }
 
-/// Starts sonde on the app's processes with its receiver on the given ports.
-fn start_sonde(django: &Django, grpc: u16, http: u16) -> Sonde {
+/// Starts sonde on the app's processes with its receiver on the given ports and its metrics
+/// on `metrics`.
+fn start_sonde(django: &Django, grpc: u16, http: u16, metrics: u16) -> Sonde {
     let mut args: Vec<String> = vec![
         "--otlp-grpc-addr".into(),
         format!("127.0.0.1:{grpc}"),
         "--otlp-http-addr".into(),
         format!("127.0.0.1:{http}"),
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{metrics}"),
     ];
     for pid in django.pids() {
         args.push("--pid".into());
@@ -135,7 +138,7 @@ fn first_requests_merge(protocol: &str, threads: u32) {
         opts.gthread(threads)
     };
     let django = Django::start(&pg, opts);
-    let sonde = start_sonde(&django, grpc, http);
+    let sonde = start_sonde(&django, grpc, http, free_port());
     let n = 10;
     fire(&django, "sync", 1, n, 2);
     // Every request's SDK server span and both queries exported (the queries are held until
@@ -192,7 +195,7 @@ fn a_20s_request_keeps_one_server_span_with_its_database_children() {
             .workers(1)
             .sdk_in_code("grpc", &format!("127.0.0.1:{grpc}")),
     );
-    let sonde = start_sonde(&django, grpc, http);
+    let sonde = start_sonde(&django, grpc, http, free_port());
     // A first request, so the process is known to export before the long one starts.
     fire(&django, "sync", 1, 1, 1);
     sonde.wait_for_spans(
@@ -244,11 +247,22 @@ fn nesting(spans: &[Span], view: &str, rids: std::ops::Range<u32>) -> Nesting {
     n
 }
 
+/// A counter's value on sonde's /metrics.
+fn metric(port: u16, name: &str) -> u64 {
+    let (status, body) = http_get(&format!("http://127.0.0.1:{port}/metrics"));
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Runs `n` requests per view at `concurrency` against an ASGI Django; returns the nesting.
 fn asgi_run(opts: DjangoOpts, n: u32, concurrency: u32) -> Vec<(&'static str, Nesting, Vec<Span>)> {
     let pg = Postgres::start();
     let django = Django::start(&pg, opts);
-    let sonde = start_sonde(&django, free_port(), free_port());
+    let metrics_port = free_port();
+    let sonde = start_sonde(&django, free_port(), free_port(), metrics_port);
     let mut out = Vec::new();
     for (view, first) in [("sync", 1000), ("async", 2000)] {
         fire(&django, view, first, n, concurrency);
@@ -264,6 +278,16 @@ fn asgi_run(opts: DjangoOpts, n: u32, concurrency: u32) -> Vec<(&'static str, Ne
     }
     std::thread::sleep(Duration::from_millis(1500));
     let spans = sonde.spans();
+    // Every database span left without a parent was counted as ambiguous.
+    let orphans: usize = [("sync", 1000), ("async", 2000)]
+        .iter()
+        .map(|(view, first)| nesting(&spans, view, *first..*first + n).orphan)
+        .sum();
+    let ambiguous = metric(metrics_port, "sonde_tracer_spans_parent_ambiguous_total");
+    assert!(
+        ambiguous >= orphans as u64,
+        "{ambiguous} counted ambiguous, {orphans} database spans without a parent"
+    );
     for (view, first) in [("sync", 1000), ("async", 2000)] {
         let nest = nesting(&spans, view, first..first + n);
         eprintln!(

@@ -67,6 +67,9 @@ pub struct Correlator {
 const MAX_QUEUED_PER_CONN: usize = 64;
 /// Bound on server requests in flight remembered per process.
 const MAX_IN_FLIGHT_PER_PROCESS: usize = 4096;
+/// Bound on threads remembered as servers (runserver starts a thread per request); past it
+/// only the threads serving now are kept, the others are learnt again at their next request.
+const MAX_SERVER_THREADS: usize = 65_536;
 
 impl Correlator {
     pub fn begin_serving(&mut self, tid: u32, pid: u32, ctx: &SpanContext) {
@@ -86,6 +89,11 @@ impl Correlator {
             list.remove(0);
         }
         list.push(serving);
+        if self.server_threads.len() >= MAX_SERVER_THREADS {
+            let serving_now = &self.serving;
+            self.server_threads
+                .retain(|t, _| serving_now.contains_key(t));
+        }
         self.server_threads.insert(tid, pid);
         self.serving.insert(tid, serving);
     }
