@@ -783,7 +783,14 @@ impl<H: HostView> Tracer<H> {
                         .and_then(|c| c.in_flight.remove(&ex.seq))
                         .unwrap_or_else(|| self.root());
                     let parts = if role == Role::Client {
-                        http::client_span(&ex, endpoints, ctx, &self.clock, now_ns)
+                        http::client_span(
+                            &ex,
+                            endpoints,
+                            &self.config.routes,
+                            ctx,
+                            &self.clock,
+                            now_ns,
+                        )
                     } else {
                         self.correlator
                             .end_serving(ex.request_first.tid, ctx.span_id);

@@ -463,7 +463,7 @@ pub async fn run(config: Config) -> Result<()> {
     let exporter = Exporter::start(config.exporter.clone()).context("starting the exporter")?;
     let host = ProcHost {
         sockets: SocketResolver::default(),
-        resources: ResourceCache::new(),
+        resources: ResourceCache::new().with_command_line(config.export_command_line),
     };
     // Decoded SDK requests waiting for the capture thread: an eighth of the memory budget.
     let (sink, sdk_requests, sdk_queued) = sdk::sink(

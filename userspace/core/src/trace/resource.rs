@@ -1,7 +1,14 @@
 //! Resource attributes of a traced process: `service.name` by the order in REFERENCE.md (the
 //! process's own OTEL_SERVICE_NAME, then service.name in its OTEL_RESOURCE_ATTRIBUTES, then
 //! Kubernetes metadata when present, then the executable), process and host attributes.
-use opentelemetry_proto::tonic::{common::v1::KeyValue, resource::v1::Resource};
+//!
+//! Privacy: `process.command_line` / `process.command_args` are opt-in (as in the semantic
+//! conventions) and, when exported, have secret-looking arguments redacted; environment values
+//! are never exported (only OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, which exist to be).
+use opentelemetry_proto::tonic::{
+    common::v1::{AnyValue, ArrayValue, KeyValue, any_value::Value},
+    resource::v1::Resource,
+};
 
 use super::span::{int_attr, str_attr};
 
@@ -9,7 +16,8 @@ use super::span::{int_attr, str_attr};
 pub struct ProcessInfo {
     pub pid: u32,
     pub executable: String,
-    pub command_line: String,
+    /// The process's arguments (`/proc/<pid>/cmdline`), as read: never exported as such.
+    pub command_args: Vec<String>,
     pub service_name: String,
     /// Other attributes from the process's OTEL_RESOURCE_ATTRIBUTES.
     pub extra: Vec<(String, String)>,
@@ -120,12 +128,11 @@ pub fn process_info(facts: ProcessFacts) -> ProcessInfo {
     info.executable = exe
         .or_else(|| comm.map(|s| s.trim().to_owned()))
         .unwrap_or_default();
-    info.command_line = cmdline
+    info.command_args = cmdline
         .split(|&c| c == 0)
         .filter(|s| !s.is_empty())
         .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect::<Vec<_>>()
-        .join(" ");
+        .collect::<Vec<_>>();
     let mut env_service = None;
     let mut traces_exporter_otlp = false;
     let mut env_attrs = Vec::new();
@@ -163,15 +170,33 @@ pub fn process_info(facts: ProcessFacts) -> ProcessInfo {
     info
 }
 
-pub fn to_resource(info: &ProcessInfo, host: &str) -> Resource {
+/// `command_line`: also export the command line and arguments (opt-in), secrets redacted.
+pub fn to_resource(info: &ProcessInfo, host: &str, command_line: bool) -> Resource {
     let mut attributes: Vec<KeyValue> = vec![
         str_attr("service.name", info.service_name.clone()),
         str_attr("host.name", host),
         int_attr("process.pid", i64::from(info.pid)),
         str_attr("process.executable.name", info.executable.clone()),
-        str_attr("process.command_line", info.command_line.clone()),
         str_attr("telemetry.distro.name", "sonde"),
     ];
+    if command_line && !info.command_args.is_empty() {
+        let args = super::redact::argv(&info.command_args);
+        attributes.push(str_attr("process.command_line", args.join(" ")));
+        attributes.push(KeyValue {
+            key: "process.command_args".to_owned(),
+            value: Some(AnyValue {
+                value: Some(Value::ArrayValue(ArrayValue {
+                    values: args
+                        .into_iter()
+                        .map(|a| AnyValue {
+                            value: Some(Value::StringValue(a)),
+                        })
+                        .collect(),
+                })),
+            }),
+            ..Default::default()
+        });
+    }
     if let Some(id) = &info.container_id {
         attributes.push(str_attr("container.id", id.clone()));
     }
@@ -232,6 +257,30 @@ mod tests {
     }
 
     #[test]
+    fn command_line_is_opt_in_and_redacted() {
+        let info = ProcessInfo {
+            pid: 7,
+            executable: "app".into(),
+            command_args: vec!["app".into(), "--db-password=hunter2".into()],
+            service_name: "app".into(),
+            ..Default::default()
+        };
+        let keys = |r: &Resource| {
+            r.attributes
+                .iter()
+                .map(|a| a.key.clone())
+                .collect::<Vec<_>>()
+        };
+        let r = to_resource(&info, "h", false);
+        assert!(!keys(&r).iter().any(|k| k.starts_with("process.command")));
+        let r = to_resource(&info, "h", true);
+        assert!(keys(&r).contains(&"process.command_args".to_owned()));
+        let text = format!("{r:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("--db-password=REDACTED"), "{text}");
+    }
+
+    #[test]
     fn service_name_order_env_then_attributes_then_executable() {
         let facts = |environ: &[u8]| ProcessFacts {
             pid: 7,
@@ -246,7 +295,7 @@ mod tests {
         ));
         assert_eq!(info.service_name, "attr");
         assert_eq!(info.extra, vec![("x".to_owned(), "y".to_owned())]);
-        assert_eq!(info.command_line, "python3 app.py --port 8000");
+        assert_eq!(info.command_args, ["python3 app.py", "--port", "8000"]);
         let info = process_info(facts(
             b"OTEL_RESOURCE_ATTRIBUTES=service.name=attr\0OTEL_SERVICE_NAME=env\0",
         ));

@@ -37,6 +37,8 @@ pub fn host_name() -> String {
 pub struct ResourceCache {
     host: String,
     by_pid: HashMap<u32, (ProcessInfo, Resource)>,
+    /// Opt-in: export the (redacted) command line and arguments.
+    export_command_line: bool,
 }
 
 impl ResourceCache {
@@ -44,7 +46,14 @@ impl ResourceCache {
         Self {
             host: host_name(),
             by_pid: HashMap::new(),
+            export_command_line: false,
         }
+    }
+
+    /// Opts in to `process.command_line` / `process.command_args`, secrets redacted.
+    pub fn with_command_line(mut self, export: bool) -> Self {
+        self.export_command_line = export;
+        self
     }
 
     pub fn info(&mut self, pid: u32) -> &ProcessInfo {
@@ -55,6 +64,7 @@ impl ResourceCache {
     /// names it by `comm`, the command name the kernel reported.
     pub fn info_or_comm(&mut self, pid: u32, comm: &str) -> &ProcessInfo {
         let host = &self.host;
+        let cmdline = self.export_command_line;
         let entry = self.by_pid.entry(pid).or_insert_with(|| {
             let mut info = read_process(pid);
             if info.executable.is_empty() {
@@ -63,7 +73,7 @@ impl ResourceCache {
             if info.service_name.is_empty() {
                 info.service_name = comm.to_owned();
             }
-            let resource = to_resource(&info, host);
+            let resource = to_resource(&info, host, cmdline);
             (info, resource)
         });
         &entry.0
@@ -75,9 +85,10 @@ impl ResourceCache {
 
     fn entry(&mut self, pid: u32) -> &(ProcessInfo, Resource) {
         let host = &self.host;
+        let cmdline = self.export_command_line;
         self.by_pid.entry(pid).or_insert_with(|| {
             let info = read_process(pid);
-            let resource = to_resource(&info, host);
+            let resource = to_resource(&info, host, cmdline);
             (info, resource)
         })
     }
