@@ -182,15 +182,6 @@ impl Merger {
         }
     }
 
-    pub fn sdk_pids(&self) -> HashSet<u32> {
-        self.sdk_pids.keys().copied().collect()
-    }
-
-    /// How many SDK processes are known (cheap; the capture loop checks it every poll).
-    pub fn sdk_pid_count(&self) -> usize {
-        self.sdk_pids.len()
-    }
-
     pub fn is_sdk_pid(&self, pid: u32) -> bool {
         self.sdk_pids.contains_key(&pid)
     }
@@ -249,10 +240,10 @@ impl Merger {
         }
     }
 
-    /// Whether an eBPF span must wait for possible SDK counterparts.
-    pub fn should_hold(&mut self, pid: u32, span: &Span, trace_marked: bool, now_ns: u64) -> bool {
-        trace_marked
-            || self.is_sdk_pid(pid)
+    /// Whether an eBPF span must wait for possible SDK counterparts: its process is an SDK
+    /// process or not yet classified, or a span of its trace is already held.
+    pub fn should_hold(&mut self, pid: u32, span: &Span, now_ns: u64) -> bool {
+        self.is_sdk_pid(pid)
             || self.held.contains_key(&span.trace_id)
             || self.unclassified(pid, now_ns)
     }
@@ -636,7 +627,7 @@ mod tests {
             0,
         );
         for (pid, s) in ebpf_request() {
-            assert!(m.should_hold(pid, &s, true, 0));
+            assert!(m.should_hold(pid, &s, 0));
             m.hold(pid, s, 0);
         }
         let out = m.poll(1, &|_| false);
@@ -807,7 +798,7 @@ mod tests {
             ..Default::default()
         });
         let s = span(1, 10, 0, SpanKind::Server, 0, 1, vec![]);
-        assert!(!m.should_hold(42, &s, false, 0));
+        assert!(!m.should_hold(42, &s, 0));
         m.observe_sdk(7, &sdk_request(vec![]), 0);
         for i in 0..5u8 {
             m.hold(
@@ -834,7 +825,7 @@ mod tests {
         });
         // Its first request, before the SDK's first export (5 s batch delay in practice).
         for (pid, s) in ebpf_request() {
-            assert!(m.should_hold(pid, &s, false, 0), "unclassified: held");
+            assert!(m.should_hold(pid, &s, 0), "unclassified: held");
             m.hold(pid, s, 0);
         }
         assert!(m.poll(300 * MS, &|_| false).is_empty());
@@ -858,18 +849,18 @@ mod tests {
         // A process that never exports is classified after one window since its first span:
         // from then on its spans go out at once, and what was held is released unchanged.
         let s = span(2, 20, 0, SpanKind::Server, 0, 1, vec![]);
-        assert!(m.should_hold(42, &s, false, 700 * MS));
+        assert!(m.should_hold(42, &s, 700 * MS));
         m.hold(42, s.clone(), 700 * MS);
         let next = span(3, 30, 0, SpanKind::Server, 0, 1, vec![]);
-        assert!(m.should_hold(42, &next, false, 1699 * MS));
-        assert!(!m.should_hold(42, &next, false, 1700 * MS));
+        assert!(m.should_hold(42, &next, 1699 * MS));
+        assert!(!m.should_hold(42, &next, 1700 * MS));
         assert_eq!(m.poll(1700 * MS, &|_| false).len(), 1);
         assert!(
             !Merger::new(MergeConfig {
                 hold_new_processes: false,
                 ..Default::default()
             })
-            .should_hold(42, &s, false, 0),
+            .should_hold(42, &s, 0),
             "without a receiver nothing is held for classification"
         );
     }

@@ -31,6 +31,7 @@ use crate::{
     },
     merge::{MergeConfig, Merger},
     metrics::{self, CaptureSnapshot},
+    protocols::{Postgres, Protocol, ProtocolSettings},
     sdk::{self, SdkRequest},
     trace::http::Endpoints,
     tracer::{KernelCommand, Tracer, TracerConfig},
@@ -88,8 +89,7 @@ impl CaptureLoop {
             if !self.merger.is_sdk_pid(pid) && self.tracer.is_sdk_candidate(pid) {
                 self.merger.observe_candidate(pid, now);
             }
-            let marked = self.tracer.is_marked(&span.trace_id);
-            if self.merger.should_hold(pid, &span, marked, now) {
+            if self.merger.should_hold(pid, &span, now) {
                 self.merger.hold(pid, span, now);
             } else {
                 ready.push((pid, span));
@@ -112,9 +112,6 @@ impl CaptureLoop {
     }
 
     fn sender_pid(&mut self, peer: SocketAddr) -> Option<u32> {
-        if let Some(pid) = self.tracer.pid_of_receiver_peer(peer) {
-            return Some(pid);
-        }
         if let Some(hit) = self.peer_cache.get(&peer) {
             return *hit;
         }
@@ -130,7 +127,6 @@ impl CaptureLoop {
     /// resource attributes, let the merger see the spans, forward everything.
     fn handle_sdk_requests(&mut self) {
         let now = clock::monotonic_now_ns();
-        let before = self.merger.sdk_pid_count();
         for _ in 0..1024 {
             let Ok(sdk::Queued { request, bytes }) = self.sdk_requests.try_recv() else {
                 break;
@@ -168,9 +164,6 @@ impl CaptureLoop {
                     let _ = self.exporter.send_logs(req.resource_logs);
                 }
             }
-        }
-        if self.merger.sdk_pid_count() != before {
-            self.tracer.set_sdk_pids(self.merger.sdk_pids());
         }
     }
 
@@ -232,7 +225,6 @@ impl CaptureLoop {
             if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
                 self.tracer.set_clock(Clock::sample());
                 self.tracer.tick(clock::monotonic_now_ns());
-                self.tracer.set_sdk_pids(self.merger.sdk_pids());
                 last_housekeeping = Instant::now();
             }
         }
@@ -483,7 +475,11 @@ pub async fn run(config: Config) -> Result<()> {
     let tracer_config = TracerConfig {
         selection: config.selection.clone(),
         routes: config.routes.clone(),
-        postgres_capture_bytes: config.postgres_capture_bytes,
+        // Per-protocol flags reach the parsers through the registry.
+        protocols: ProtocolSettings::default()
+            .with_capture_bytes(Postgres::NAME, config.postgres_capture_bytes),
+        // No TLS plaintext source yet: encrypted connections are untracked.
+        tls_plaintext: false,
         sampler: config.sampler,
         own_ports,
     };
