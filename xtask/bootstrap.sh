@@ -51,11 +51,12 @@ fi
 
 PY_PACKAGES=(django gunicorn psycopg2-binary "psycopg[binary]" opentelemetry-sdk
   opentelemetry-exporter-otlp opentelemetry-instrumentation-django
-  opentelemetry-instrumentation-psycopg2 opentelemetry-proto grpcio requests
+  opentelemetry-instrumentation-psycopg2 opentelemetry-proto grpcio requests uvicorn
   pyyaml kubernetes-validate)                            # deploy/kubernetes checks
 if ! python3 - <<'PY' 2>/dev/null
 import django, gunicorn, psycopg2, psycopg, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grpc
 import opentelemetry.instrumentation.django, opentelemetry.instrumentation.psycopg2, opentelemetry.proto, grpc, requests
+import uvicorn.workers
 import yaml, kubernetes_validate
 PY
 then

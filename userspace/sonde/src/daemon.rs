@@ -91,13 +91,15 @@ impl CaptureLoop {
             if !self.merger.is_sdk_pid(pid) && self.tracer.is_sdk_candidate(pid) {
                 self.merger.observe_candidate(pid, now);
             }
-            if self.merger.should_hold(pid, &span) {
+            if self.merger.should_hold(pid, &span, now) {
                 self.merger.hold(pid, span, now);
             } else {
                 ready.push((pid, span));
             }
         }
-        ready.extend(self.merger.poll(now));
+        // Groups of traces whose server request is still in flight wait for its end.
+        let open = self.tracer.open_server_traces();
+        ready.extend(self.merger.poll(now, &|trace| open.contains(trace)));
         self.export(ready);
     }
 
@@ -476,12 +478,14 @@ pub async fn run(config: Config) -> Result<()> {
     );
     let receiver = start_receiver(&config, Arc::new(sink)).await.map(Arc::new);
     // Only ports actually bound: connections to them are SDK exports to this daemon.
-    let own_ports = receiver
+    let own_ports: std::collections::HashSet<u16> = receiver
         .iter()
         .flat_map(|r| [r.grpc_local_addr(), r.http_local_addr()])
         .flatten()
         .map(|a| a.port())
         .collect();
+    // Without a receiver no process can export to sonde: nothing waits to be classified.
+    let hold_new_processes = !own_ports.is_empty();
     let tracer_config = TracerConfig {
         selection: config.selection.clone(),
         routes: config.routes.clone(),
@@ -502,6 +506,7 @@ pub async fn run(config: Config) -> Result<()> {
         max_held_spans: (config.memory_budget_bytes / 8 / 1024).max(1024),
         // About 200 bytes a remembered SDK span: a sixteenth of the budget.
         max_sdk_spans: (config.memory_budget_bytes / 16 / 200).max(1024),
+        hold_new_processes,
         ..MergeConfig::default()
     });
 

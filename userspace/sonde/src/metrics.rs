@@ -138,6 +138,12 @@ pub fn render(sources: &Sources) -> String {
         "Connections not traced (filtered, not HTTP or PostgreSQL, encrypted).",
         t.connections_ignored,
     );
+    e.counter(
+        "sonde_tracer_spans_parent_ambiguous_total",
+        "Client spans emitted without a parent: several requests of their event-loop process \
+         were in flight and which one they belong to cannot be known.",
+        t.spans_parent_ambiguous,
+    );
     let m = &capture.merge;
     e.counter(
         "sonde_merge_duplicate_spans_dropped_total",

@@ -70,8 +70,9 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
-        "sonde lacks {0}, needed to load eBPF programs; run it as root (privileged) \
-         or grant CAP_BPF and CAP_PERFMON (plus CAP_SYS_ADMIN to mount tracefs)"
+        "sonde needs root or CAP_BPF and CAP_PERFMON to load eBPF programs and lacks {0}; \
+         run it as root (privileged) or grant the missing capabilities (plus CAP_SYS_ADMIN to \
+         mount tracefs)"
     )]
     NotPrivileged(String),
     #[error(
