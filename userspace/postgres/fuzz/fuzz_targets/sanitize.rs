@@ -20,6 +20,9 @@ fuzz_target!(|data: &[u8]| {
     let (text, _, _) = sanitize::analyze(data, 4096);
     assert!(text.len() <= 4096);
     // A marker inside a closed string literal must never survive.
-    let sql = format!("SELECT '{}zq9marker' FROM t", String::from_utf8_lossy(data).replace('\'', "''"));
+    let sql = format!(
+        "SELECT '{}zq9marker' FROM t",
+        String::from_utf8_lossy(data).replace('\'', "''")
+    );
     assert!(!sanitize::sanitize(&sql).contains("zq9marker"));
 });
