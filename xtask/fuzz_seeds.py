@@ -318,12 +318,13 @@ def postgres_seeds():
         parse.append((name, pg_encode(chunks)))
         # Joining mid-connection: the parser starts unsynced.
         parse.append((name + "-unsynced", pg_encode(chunks[len(chunks) // 2 :], mode=1)))
-        for q in pg_queries(chunks):
+        # A few queries of each session (the longest are the most varied).
+        for q in sorted(pg_queries(chunks), key=len, reverse=True)[:5]:
             # First two bytes: the limit (little-endian, & 0x1fff); 4096 and a tight 64.
             sanitize.append((name, struct.pack("<H", 4096) + q))
             if len(q) > 64:
                 sanitize.append((name + "-cut", struct.pack("<H", 64) + q))
-    return parse, sanitize[:40]
+    return parse, sanitize
 
 
 # ---------------------------------------------------------------- OTLP
