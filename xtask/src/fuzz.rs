@@ -239,8 +239,8 @@ fn run_target(args: &Args, root: &Path, krate: &FuzzCrate, target: &str) -> Resu
     let mut log = Vec::new();
     if let Some(err) = child.stderr.take() {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
-            // Progress lines (`#1234 NEW ...`, `#65536 pulse ...`) go to the log only.
-            if !line.starts_with('#') {
+            // Progress lines (`#1234 NEW ...`) and the recommended dictionary go to the log.
+            if !line.starts_with('#') && !line.starts_with('"') {
                 eprintln!("  | {line}");
             }
             log.push(line);
