@@ -229,6 +229,9 @@ http {{
             ("get-chunked", ["curl", "-s", f"{base}/proxy/chunked"], None),
             ("json", ["curl", "-s", "-H", "Accept: application/json",
                       f"{base}/proxy/api/items?id=7&user=alice"], None),
+            ("token", ["curl", "-s", f"{base}/proxy/users/42/orders/9f86d081884c7d65"
+                       "?access_token=eyJhbGciOiJIUzI1NiJ9.e30.x&page=2&password=hunter2"],
+             None),
             (
                 "expect-100",
                 ["curl", "-s", "-H", "Expect: 100-continue", "--data-binary", "@-",
@@ -259,7 +262,7 @@ http {{
         nginx.terminate()
         nginx.wait(timeout=10)
         upstream.shutdown()
-    return seeds
+    return seeds, [c for c in rec.conns + up_rec.conns if c]
 
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -414,8 +417,66 @@ def otlp_seeds():
     return http_seeds, grpc_seeds
 
 
+# ---------------------------------------------------------------- sonde-core
+
+
+def event_header(kind, fd=5):
+    # EventHeader (ebpf/common): kind u32, pid u32, tid u32, fd i32, ts_ns u64.
+    return struct.pack("<IIIiQ", kind, 4242, 4243, fd, 1_700_000_000_000)
+
+
+def v4_mapped(a, b, c, d):
+    return bytes(10) + b"\xff\xff" + bytes([a, b, c, d])
+
+
+def core_seeds(conns):
+    """decode_event: ring-buffer records shaped as the probes write them, carrying the recorded
+    HTTP bytes; route and redact: the request targets of the recorded requests."""
+    events = []
+    for kind, role, name in ((1, 1, "accept"), (2, 2, "connect")):
+        # ConnEvent: hdr, role u32, family u16, local/remote port u16, pad, addrs, comm.
+        rec = event_header(kind) + struct.pack("<IHHH6x", role, 10, 8080, 51234)
+        rec += v4_mapped(127, 0, 0, 1) + v4_mapped(127, 0, 0, 1) + b"nginx".ljust(16, b"\0")
+        events.append((name, rec))
+    events.append(("close", event_header(4)))
+    events.append(("exit", event_header(5)))
+    events.append(("dup", event_header(6, fd=7) + struct.pack("<iI", 5, 0)))
+    targets = []
+    for i, conn in enumerate(conns):
+        for j, (is_response, data) in enumerate(conn[:2]):
+            if i >= 8:  # every request target, but the records of a few connections only
+                if not is_response and data.split(b" ", 2)[1:]:
+                    targets.append(data.split(b" ", 2)[1])
+                continue
+            payload = data[:4096]
+            # DataEvent: hdr, direction u32 (1 ingress, 2 egress), len, offset, flags (1 = last
+            # chunk), total_len u64, enter_ts_ns u64, then only `len` payload bytes.
+            head = struct.pack("<IIIIQQ", 2 if is_response else 1, len(payload), 0, 1,
+                               len(data), 1_699_999_999_000)
+            events.append((f"data{i}-{j}", event_header(3) + head + payload))
+            if not is_response and data.split(b" ", 2)[1:]:
+                targets.append(data.split(b" ", 2)[1])
+    targets = list(dict.fromkeys(targets))
+    route = [("path", t) for t in targets]
+    route.append(("pattern", b"/proxy/users/{id}/orders/{*}\n" + targets[-1]))
+    route.append(("pattern-version", b"/api/{version}/items/{id}\n/api/v2/items/7"))
+    redact = []
+    for t in targets:
+        if b"?" in t:
+            redact.append(("query", t.split(b"?", 1)[1]))
+        redact.append(("url", b"http\n127.0.0.1:8080\n" + t))
+    redact.append(("absolute", b"http\nexample\nhttp://user:pw@example:80/a?token=x&b=1"))
+    redact.append(("argv", b"gunicorn\0--bind\0:8000\0--password\0s3cret\0DB_URL=postgres://u:p@h/db"))
+    return events, route, redact
+
+
 def main():
-    write_corpus("http1", "parse", http_seeds())
+    http, conns = http_seeds()
+    write_corpus("http1", "parse", http)
+    events, route, redact = core_seeds(conns)
+    write_corpus("core", "decode_event", events)
+    write_corpus("core", "route", route)
+    write_corpus("core", "redact", redact)
     parse, sanitize = postgres_seeds()
     write_corpus("postgres", "parse", parse)
     write_corpus("postgres", "sanitize", sanitize)
