@@ -284,9 +284,16 @@ fn run_target(args: &Args, root: &Path, krate: &FuzzCrate, target: &str) -> Resu
 /// Minimises a crashing input and says how to turn it into a regression test.
 fn minimise(root: &Path, krate: &FuzzCrate, target: &str, artifact: &Path, san: &str) -> String {
     let mut cmd = cargo_fuzz(root, krate, "tmin", san);
+    let mut prefix = std::ffi::OsString::from("-artifact_prefix=");
+    if let Some(dir) = artifact.parent() {
+        prefix.push(dir);
+        prefix.push("/");
+    }
     cmd.arg(target)
         .arg(artifact)
-        .args(["--runs", "10000", "--", "-max_total_time=60"]);
+        .args(["--runs", "10000", "--", "-max_total_time=60"])
+        // After cargo-fuzz's own prefix: libFuzzer keeps the last, so the result lands here.
+        .arg(prefix);
     eprintln!("[xtask] minimising {artifact:?}: {cmd:?}");
     // tmin writes `minimized-from-<sha1>` next to the artifact; it exits non-zero by design
     // (the minimised input still crashes), so its status says nothing.
@@ -325,7 +332,7 @@ fn minimise(root: &Path, krate: &FuzzCrate, target: &str, artifact: &Path, san: 
         if minimized.is_some() {
             " (minimised)"
         } else {
-            " (not minimised)"
+            " (tmin could not make it smaller)"
         },
         input.display(),
         input.display(),
