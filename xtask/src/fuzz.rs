@@ -295,8 +295,10 @@ fn minimise(root: &Path, krate: &FuzzCrate, target: &str, artifact: &Path, san: 
         // After cargo-fuzz's own prefix: libFuzzer keeps the last, so the result lands here.
         .arg(prefix);
     eprintln!("[xtask] minimising {artifact:?}: {cmd:?}");
-    // tmin writes `minimized-from-<sha1>` next to the artifact; it exits non-zero by design
-    // (the minimised input still crashes), so its status says nothing.
+    // tmin writes a `minimized-from-<sha1>` next to the artifact at each step that still
+    // crashes; the smallest written by this run is the result. It exits non-zero by design, so
+    // its status says nothing.
+    let started = std::time::SystemTime::now() - std::time::Duration::from_secs(2);
     let _ = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
     let minimized = artifact.parent().and_then(|dir| {
         fs::read_dir(dir)
@@ -307,8 +309,11 @@ fn minimise(root: &Path, krate: &FuzzCrate, target: &str, artifact: &Path, san: 
                     .to_string_lossy()
                     .starts_with("minimized-from-")
             })
-            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-            .max()
+            .filter_map(|e| {
+                let meta = e.metadata().ok()?;
+                (meta.modified().ok()? >= started).then(|| (meta.len(), e.path()))
+            })
+            .min()
             .map(|(_, p)| p)
     });
     let input = minimized.as_deref().unwrap_or(artifact);
