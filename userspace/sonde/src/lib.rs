@@ -8,4 +8,4 @@ pub mod discover;
 pub mod metrics;
 pub mod sdk;
 
-pub use sonde_core::{clock, merge, trace, tracer};
+pub use sonde_core::{clock, merge, protocols, trace, tracer};
