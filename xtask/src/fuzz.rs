@@ -26,8 +26,6 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::EBPF_TOOLCHAIN;
-
 /// Options of `cargo xtask fuzz`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -80,12 +78,13 @@ struct Outcome {
 }
 
 fn cargo_fuzz(root: &Path, krate: &FuzzCrate, sub: &str, sanitizer: &str) -> Command {
+    let toolchain = crate::ebpf_toolchain_name();
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root)
         // rustup would otherwise prefer the toolchain of the shell that runs xtask.
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("CARGO_TARGET_DIR")
-        .arg(format!("+{EBPF_TOOLCHAIN}"))
+        .arg(format!("+{toolchain}"))
         .args(["fuzz", sub, "--fuzz-dir"])
         .arg(&krate.dir)
         .arg("--target-dir")
@@ -97,10 +96,11 @@ fn cargo_fuzz(root: &Path, krate: &FuzzCrate, sub: &str, sanitizer: &str) -> Com
 }
 
 fn list_targets(root: &Path, krate: &FuzzCrate) -> Result<Vec<String>> {
+    let toolchain = crate::ebpf_toolchain_name();
     let out = Command::new("cargo")
         .current_dir(root)
         .env_remove("RUSTUP_TOOLCHAIN")
-        .arg(format!("+{EBPF_TOOLCHAIN}"))
+        .arg(format!("+{toolchain}"))
         .args(["fuzz", "list", "--fuzz-dir"])
         .arg(&krate.dir)
         .output()
@@ -283,6 +283,7 @@ fn run_target(args: &Args, root: &Path, krate: &FuzzCrate, target: &str) -> Resu
 
 /// Minimises a crashing input and says how to turn it into a regression test.
 fn minimise(root: &Path, krate: &FuzzCrate, target: &str, artifact: &Path, san: &str) -> String {
+    let toolchain = crate::ebpf_toolchain_name();
     let mut cmd = cargo_fuzz(root, krate, "tmin", san);
     let mut prefix = std::ffi::OsString::from("-artifact_prefix=");
     if let Some(dir) = artifact.parent() {
@@ -325,7 +326,7 @@ fn minimise(root: &Path, krate: &FuzzCrate, target: &str, artifact: &Path, san: 
         .to_string();
     format!(
         "{}/{target} FOUND A FAILING INPUT: {}{}\n\
-         Replay it:   cargo +{EBPF_TOOLCHAIN} fuzz run {target} --fuzz-dir {rel} {}\n\
+         Replay it:   cargo +{toolchain} fuzz run {target} --fuzz-dir {rel} {}\n\
          Make it a regression test:\n  \
            1. cp {} {rel}/regressions/{target}/<what-it-breaks>.bin (replayed by every fuzz run)\n  \
            2. add a unit test beside the code that fails on it, e.g. \

@@ -27,6 +27,15 @@ fn ebpf_toolchain() -> Result<String> {
         .with_context(|| format!("no `channel` in {}", file.display()))
 }
 
+/// [`ebpf_toolchain`] where a command is being built: an unreadable pin is reported and
+/// leaves a name no rustup knows, so the command fails visibly.
+fn ebpf_toolchain_name() -> String {
+    ebpf_toolchain().unwrap_or_else(|e| {
+        eprintln!("xtask: {e:#}");
+        "unpinned-see-ebpf-probes-rust-toolchain-toml".to_owned()
+    })
+}
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "sonde developer tasks")]
 struct Cli {
