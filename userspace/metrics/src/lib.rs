@@ -566,14 +566,7 @@ impl Registry {
             .iter()
             .filter_map(|(_, p)| p.sample.as_ref().map(|s| (*p, s)))
             .collect();
-        type Row<'a> = (&'a str, String);
-        let families: [(
-            &str,
-            &str,
-            bool,
-            &str,
-            fn(&ProcessSample) -> Vec<Row<'static>>,
-        ); 9] = [
+        let families: [ProcessFamily; 9] = [
             (
                 "process.cpu.time",
                 "s",
@@ -701,7 +694,7 @@ impl Registry {
         }
         let mut ids: Vec<(&Labels, &IdentityState)> = self.identities.iter().collect();
         ids.sort_by(|a, b| a.0.cmp(b.0));
-        let simple: [(&str, &str, fn(&IdentityState) -> u64); 6] = [
+        let simple: [IdentityFamily; 6] = [
             (
                 "process_starts_total",
                 "Traced processes of this service seen starting (restarts included).",
@@ -790,3 +783,14 @@ impl Registry {
 
 #[cfg(test)]
 mod tests;
+
+/// A `process.*` family: OTel name, unit, counter?, help, rows (attribute value, sample).
+type ProcessFamily = (
+    &'static str,
+    &'static str,
+    bool,
+    &'static str,
+    fn(&ProcessSample) -> Vec<(&'static str, String)>,
+);
+/// A per-service counter or gauge: name, help, value.
+type IdentityFamily = (&'static str, &'static str, fn(&IdentityState) -> u64);

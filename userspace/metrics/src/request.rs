@@ -210,10 +210,10 @@ pub fn identity(resource: Option<&Resource>) -> Labels {
         return out;
     };
     for kv in &r.attributes {
-        if kv.key == "service.name" || kv.key == "service.namespace" || kv.key.starts_with("k8s.") {
-            if let Some(v) = value_string(kv.value.as_ref()) {
-                out.push((kv.key.clone(), bounded(v)));
-            }
+        let wanted =
+            kv.key == "service.name" || kv.key == "service.namespace" || kv.key.starts_with("k8s.");
+        if wanted && let Some(v) = value_string(kv.value.as_ref()) {
+            out.push((kv.key.clone(), bounded(v)));
         }
     }
     out.sort();

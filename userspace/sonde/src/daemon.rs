@@ -29,6 +29,7 @@ use crate::{
     config::Config,
     merge::{MergeConfig, Merger},
     metrics::{self, CaptureSnapshot},
+    metrics_feed::MetricsFeed,
     sdk::{self, SdkRequest},
     trace::{http::Endpoints, resource::ResourceCache},
     tracer::{KernelCommand, ProcHost, Tracer, TracerConfig},
@@ -60,6 +61,10 @@ struct CaptureLoop {
     spans_rejected: u64,
     /// Published for the metrics endpoint.
     snapshot: Arc<Mutex<CaptureSnapshot>>,
+    /// Request/process metrics (None with `--no-metrics`).
+    metrics: Option<MetricsFeed>,
+    /// Whether the kernel follows chosen pids (then their processes get process metrics).
+    filter_pids: bool,
 }
 
 impl CaptureLoop {
@@ -104,6 +109,9 @@ impl CaptureLoop {
             return;
         }
         let grouped = self.tracer.group(spans);
+        if let Some(m) = &self.metrics {
+            m.observe(&grouped);
+        }
         if self.exporter.send_traces(grouped).is_err() {
             self.spans_rejected += 1;
         }
@@ -142,6 +150,9 @@ impl CaptureLoop {
                             sdk::enrich(&mut rs.resource, &ours);
                         }
                         self.merger.observe_sdk(pid, &req, now);
+                        if let Some(m) = &self.metrics {
+                            m.observe(&req.resource_spans);
+                        }
                     }
                     if self.exporter.send_traces(req.resource_spans).is_err() {
                         self.spans_rejected += 1;
@@ -177,7 +188,12 @@ impl CaptureLoop {
         let mut n = 0;
         while let Some(item) = self.probes.events.next() {
             match decode(&item) {
-                Ok(event) => self.tracer.on_event(event),
+                Ok(event) => {
+                    if let Some(m) = &mut self.metrics {
+                        feed_metrics(m, &event);
+                    }
+                    self.tracer.on_event(event)
+                }
                 Err(e) => {
                     tracing::debug!("undecodable ring buffer record: {e}");
                     self.tracer.count_decode_error();
@@ -216,12 +232,29 @@ impl CaptureLoop {
                 self.flush();
                 let held = self.merger.drain();
                 self.export(held);
+                if let Some(mut m) = self.metrics.take() {
+                    m.flush(|pid| self.tracer.resource_of(pid), &self.exporter);
+                    self.metrics = Some(m);
+                }
                 return self;
             }
             if self.tracer.pending_spans() >= FLUSH_SPANS || last_flush.elapsed() >= FLUSH_INTERVAL
             {
                 self.flush();
                 last_flush = Instant::now();
+            }
+            if let Some(mut m) = self.metrics.take() {
+                let traced: Vec<u32> = if self.filter_pids {
+                    self.probes.traced_pids.keys().flatten().collect()
+                } else {
+                    Vec::new()
+                };
+                m.tick(
+                    |pid| self.tracer.resource_of(pid),
+                    traced.into_iter(),
+                    &self.exporter,
+                );
+                self.metrics = Some(m);
             }
             if last_snapshot.elapsed() >= SNAPSHOT_INTERVAL {
                 self.publish();
@@ -234,6 +267,22 @@ impl CaptureLoop {
                 last_housekeeping = Instant::now();
             }
         }
+    }
+}
+
+/// Byte counts and exits for the metrics (first chunk of each data syscall counts it whole).
+fn feed_metrics(m: &mut MetricsFeed, event: &crate::capture::event::KernelEvent<'_>) {
+    use crate::capture::event::{Direction, KernelEvent};
+    match event {
+        KernelEvent::Data {
+            hdr,
+            direction,
+            total_len,
+            offset: 0,
+            ..
+        } => m.data(hdr.pid, *direction == Direction::Ingress, *total_len),
+        KernelEvent::ProcessExit(hdr) => m.exited(hdr.pid),
+        _ => {}
     }
 }
 
@@ -507,7 +556,15 @@ pub async fn run(config: Config) -> Result<()> {
         stop: stop.clone(),
         spans_rejected: 0,
         snapshot: Arc::new(Mutex::new(CaptureSnapshot::default())),
+        metrics: config.metrics.enabled.then(|| {
+            MetricsFeed::new(
+                config.metrics.registry.clone(),
+                config.metrics.export_interval,
+            )
+        }),
+        filter_pids: !config.pids.is_empty(),
     };
+    let registry = capture.metrics.as_ref().map(|m| m.registry.clone());
     capture.apply_commands();
     let blocked = stash_blocked_syscalls(&mut capture.probes, &pids, config.capture_bytes);
     let attached = capture.probes.attached.len();
@@ -592,6 +649,12 @@ pub async fn run(config: Config) -> Result<()> {
                     },
                 ),
                 memory_budget_bytes: config.memory_budget_bytes,
+                registry,
+                target: vec![
+                    ("service.name".into(), "sonde".into()),
+                    ("service.version".into(), env!("CARGO_PKG_VERSION").into()),
+                    ("process.pid".into(), std::process::id().to_string()),
+                ],
             };
             Some(tokio::spawn(metrics::serve(listener, sources)))
         }

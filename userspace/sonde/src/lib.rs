@@ -5,6 +5,8 @@ pub mod config;
 pub mod daemon;
 pub mod merge;
 pub mod metrics;
+pub mod metrics_feed;
+pub mod procstats;
 pub mod sdk;
 pub mod trace;
 pub mod tracer;
