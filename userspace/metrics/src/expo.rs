@@ -78,6 +78,11 @@ pub fn metric_name(name: &str, unit: &str, counter: bool) -> String {
         s.push('_');
         s.push_str(suffix);
     }
+    // `promtool check metrics` reserves `_count` for histograms and summaries: a gauge
+    // `process.thread.count` becomes `process_threads`.
+    if !counter && let Some(stem) = s.strip_suffix("_count") {
+        s = format!("{stem}s");
+    }
     if counter && !s.ends_with("_total") {
         s.push_str("_total");
     }
@@ -200,7 +205,11 @@ mod tests {
         );
         assert_eq!(
             metric_name("process.thread.count", "{thread}", false),
-            "process_thread_count"
+            "process_threads"
+        );
+        assert_eq!(
+            metric_name("process.unix.file_descriptor.count", "{file_descriptor}", false),
+            "process_unix_file_descriptors"
         );
         assert_eq!(label_name("k8s.pod.name"), "k8s_pod_name");
         assert_eq!(label_name("9x"), "_9x");

@@ -193,7 +193,7 @@ fn process_samples_network_and_tcp() {
     for want in [
         "process_cpu_time_seconds_total{service_name=\"p\",process_pid=\"5\",cpu_mode=\"user\"} 1.5",
         "process_memory_usage_bytes{service_name=\"p\",process_pid=\"5\"} 4096",
-        "process_unix_file_descriptor_count{service_name=\"p\",process_pid=\"5\"} 12",
+        "process_unix_file_descriptors{service_name=\"p\",process_pid=\"5\"} 12",
         "process_network_io_bytes_total{service_name=\"p\",process_pid=\"5\",network_io_direction=\"receive\"} 100",
         "tcp_failed_connects_total{service_name=\"p\",server_address=\"127.0.0.1\",server_port=\"1\"} 1",
         "tcp_resets_received_total{service_name=\"p\"} 1",
