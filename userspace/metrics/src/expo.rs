@@ -208,7 +208,11 @@ mod tests {
             "process_threads"
         );
         assert_eq!(
-            metric_name("process.unix.file_descriptor.count", "{file_descriptor}", false),
+            metric_name(
+                "process.unix.file_descriptor.count",
+                "{file_descriptor}",
+                false
+            ),
             "process_unix_file_descriptors"
         );
         assert_eq!(label_name("k8s.pod.name"), "k8s_pod_name");

@@ -115,7 +115,10 @@ impl MetricsFeed {
             for pid in r.live_pids() {
                 match procstats::sample(pid) {
                     Some(s) => r.set_process_sample(pid, s),
-                    None => r.process_exited(pid, Exit::Unknown, now),
+                    None => {
+                        let exit = procstats::zombie_exit(pid).unwrap_or(Exit::Unknown);
+                        r.process_exited(pid, exit, now)
+                    }
                 }
             }
             r.sweep(now);
