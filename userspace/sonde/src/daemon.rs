@@ -210,6 +210,21 @@ impl CaptureLoop {
         n
     }
 
+    /// Lifecycle and TCP health records, for the metrics only.
+    fn drain_health(&mut self) {
+        let mut records = Vec::new();
+        while let Some(item) = self.probes.health.next() {
+            match crate::health::decode(&item) {
+                Ok(h) => records.push(h),
+                Err(e) => tracing::debug!("health record: {e}"),
+            }
+        }
+        if let Some(m) = &mut self.metrics {
+            let tracer = &mut self.tracer;
+            m.health(&records, self.filter_pids, |pid| tracer.resource_of(pid));
+        }
+    }
+
     fn run(mut self) -> Self {
         let fd = self.probes.events.as_raw_fd();
         let mut last_flush = Instant::now();
@@ -227,6 +242,7 @@ impl CaptureLoop {
                 unsafe { libc::poll(&mut pfd, 1, POLL_INTERVAL.as_millis() as i32) };
             }
             self.drain();
+            self.drain_health();
             self.handle_sdk_requests();
             if stopping {
                 self.flush();

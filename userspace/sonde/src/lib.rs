@@ -3,6 +3,7 @@ pub mod capture;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod health;
 pub mod merge;
 pub mod metrics;
 pub mod metrics_feed;

@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 use sonde_metrics::{Exit, NetDirection, Registry, request};
 use sonde_otlp_export::Exporter;
 
-use crate::procstats;
+use crate::{health::Health, procstats};
 
 /// How often traced processes are sampled from /proc (and exited series swept).
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(2);
@@ -23,6 +23,8 @@ const SAMPLE_INTERVAL: Duration = Duration::from_secs(2);
 pub struct MetricsFeed {
     pub registry: Arc<Mutex<Registry>>,
     bytes: FxHashMap<(u32, bool), u64>,
+    /// TCP health records whose process the kernel could not name (server side, softirq).
+    pub tcp_unattributed: u64,
     exits: Vec<u32>,
     last_sample: Instant,
     last_export: Instant,
@@ -45,6 +47,7 @@ impl MetricsFeed {
         MetricsFeed {
             registry: Arc::new(Mutex::new(Registry::new(config))),
             bytes: FxHashMap::default(),
+            tcp_unattributed: 0,
             exits: Vec::new(),
             last_sample: Instant::now(),
             last_export: Instant::now(),
@@ -66,6 +69,55 @@ impl MetricsFeed {
     /// A data syscall's byte count (counted once per syscall, on its first chunk).
     pub fn data(&mut self, pid: u32, ingress: bool, bytes: u64) {
         *self.bytes.entry((pid, ingress)).or_default() += bytes;
+    }
+
+    /// Applies lifecycle and TCP health records. With a pid filter, processes the kernel
+    /// reports are traced ones and get registered; without one, only processes already known
+    /// (from their spans or traffic) are followed, so the node's other processes cost nothing.
+    pub fn health(
+        &mut self,
+        records: &[Health],
+        filter_pids: bool,
+        mut resource: impl FnMut(u32) -> Resource,
+    ) {
+        if records.is_empty() {
+            return;
+        }
+        let now = unix_now_ns();
+        let Ok(mut r) = self.registry.lock() else {
+            return;
+        };
+        let mut ensure = |r: &mut Registry, pid: u32| {
+            if pid != 0 && !r.knows(pid) && filter_pids {
+                r.process_seen(pid, &request::identity(Some(&resource(pid))), now);
+            }
+        };
+        for rec in records {
+            match *rec {
+                Health::Exec { pid } => ensure(&mut r, pid),
+                Health::Fork { parent: _, child } => {
+                    if filter_pids && crate::health::is_process(child) {
+                        ensure(&mut r, child);
+                    }
+                }
+                Health::Exit { pid, exit } => {
+                    ensure(&mut r, pid);
+                    r.process_exited(pid, exit, now);
+                }
+                Health::OomKill { pid } => {
+                    ensure(&mut r, pid);
+                    r.oom_kill(pid, now);
+                }
+                Health::Tcp { pid, event } => {
+                    if pid == 0 {
+                        self.tcp_unattributed += 1;
+                    } else {
+                        ensure(&mut r, pid);
+                        r.tcp_event(pid, event, now);
+                    }
+                }
+            }
+        }
     }
 
     /// The kernel saw a traced process end.
