@@ -89,7 +89,10 @@ pub fn lc_signal_generate(ctx: TracePointContext) -> u32 {
     let target: i32 = arg(&ctx, 36).unwrap_or(0);
     let result: i32 = arg(&ctx, 44).unwrap_or(1);
     // Signals whose default action ends the process; result 0 = delivered.
-    let fatal = matches!(sig, 1 | 2 | 3 | 4 | 6 | 7 | 8 | 9 | 11 | 13 | 14 | 15 | 24 | 25);
+    let fatal = matches!(
+        sig,
+        1 | 2 | 3 | 4 | 6 | 7 | 8 | 9 | 11 | 13 | 14 | 15 | 24 | 25
+    );
     if result != 0 || !fatal || target <= 0 || !process_wanted(target as u32) {
         return 0;
     }

@@ -52,7 +52,9 @@ fn wanted(pid: u32) -> bool {
 fn addr(ctx: &TracePointContext, family: u16, v4: usize, v6: usize) -> [u8; 16] {
     if family == AF_INET {
         let a: [u8; 4] = arg(ctx, v4).unwrap_or([0; 4]);
-        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
+        [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+        ]
     } else {
         arg(ctx, v6).unwrap_or([0; 16])
     }
@@ -139,7 +141,9 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     let family: u16 = arg(&ctx, 60).unwrap_or(0);
     let daddr = if family == AF_INET {
         let a: [u8; 4] = arg(&ctx, 60 + 4).unwrap_or([0; 4]);
-        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
+        [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+        ]
     } else {
         arg(&ctx, 60 + 8).unwrap_or([0; 16])
     };
