@@ -382,3 +382,118 @@ fn process_metrics_match_processes_with_known_behaviour() {
         let _ = c.wait();
     }
 }
+
+/// Writes a line to a child's stdin (its cue to act).
+fn cue(child: &mut std::process::Child) {
+    use std::io::Write;
+    let stdin = child.stdin.as_mut().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    stdin.flush().unwrap();
+}
+
+#[test]
+fn tcp_failed_connects_and_peer_resets_are_counted() {
+    // A port nobody listens on (bound then closed), and an untraced peer that resets.
+    let closed = free_port();
+    let mut peer = python(
+        "import socket,struct,sys\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\nprint(s.getsockname()[1],flush=True)\nc,_=s.accept()\nc.setsockopt(socket.SOL_SOCKET,socket.SO_LINGER,struct.pack('ii',1,0))\nc.close()\nsys.stdin.readline()",
+    );
+    let peer_port: u16 = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(peer.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line.trim().parse().unwrap()
+    };
+    let mut client = python(&format!(
+        "import socket,sys,time\nprint('ready',flush=True)\nsys.stdin.readline()\ntry:\n  socket.create_connection(('127.0.0.1',{closed}))\nexcept OSError: pass\nsys.stdin.readline()\nc=socket.create_connection(('127.0.0.1',{peer_port}))\ntry:\n  c.recv(10)\nexcept OSError: pass\ntime.sleep(600)"
+    ));
+    wait_ready(&mut client);
+    let pid = client.id().to_string();
+    let (_sonde, metrics_addr) = sonde_with_metrics(&["--pid", &pid], &[]);
+    let prom = Prometheus::start(&[metrics_addr]);
+    cue(&mut client);
+    let failed = prom.wait_for(
+        &format!(
+            "tcp_failed_connects_total{{job=\"sonde\",server_address=\"127.0.0.1\",server_port=\"{closed}\"}}"
+        ),
+        |r| !r.is_empty(),
+        WAIT,
+    );
+    assert_eq!(failed[0].value, 1.0);
+    cue(&mut client);
+    prom.wait_for(
+        "sum(tcp_resets_received_total{job=\"sonde\"})",
+        |r| r.first().is_some_and(|s| s.value >= 2.0),
+        WAIT,
+    );
+    // One reset answered the connect to the closed port, one came from the peer.
+    assert_eq!(
+        prom.scalar("sum(tcp_resets_received_total{job=\"sonde\"})"),
+        2.0
+    );
+    for mut c in [client, peer] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// A memory cgroup (v1) with a limit, removed on drop.
+struct MemoryCgroup(std::path::PathBuf);
+
+impl MemoryCgroup {
+    fn new(limit: u64) -> MemoryCgroup {
+        let dir = std::path::PathBuf::from(format!(
+            "/sys/fs/cgroup/memory/sonde-e2e-oom-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("memory.limit_in_bytes"), limit.to_string()).unwrap();
+        // Without swap here this is belt and braces; with swap it stops the escape.
+        let _ = std::fs::write(dir.join("memory.memsw.limit_in_bytes"), limit.to_string());
+        MemoryCgroup(dir)
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn oom_kill_in_a_memory_limited_cgroup_is_counted_with_its_signal() {
+    let cgroup = MemoryCgroup::new(64 << 20);
+    let mut victim = python(
+        "import sys\nprint('ready',flush=True)\nsys.stdin.readline()\nb=[]\nwhile True: b.append(bytearray(8<<20))",
+    );
+    wait_ready(&mut victim);
+    cgroup.add(victim.id());
+    let pid = victim.id().to_string();
+    let (_sonde, metrics_addr) = sonde_with_metrics(&["--pid", &pid], &[]);
+    let prom = Prometheus::start(&[metrics_addr]);
+    prom.wait_for(
+        &format!("process_uptime_seconds{{job=\"sonde\",process_pid=\"{pid}\"}}"),
+        |r| !r.is_empty(),
+        WAIT,
+    );
+    cue(&mut victim);
+    let status = victim.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "the OOM killer sends SIGKILL");
+    prom.wait_for(
+        "sum(process_oom_kills_total{job=\"sonde\"})",
+        |r| r.first().is_some_and(|s| s.value == 1.0),
+        WAIT,
+    );
+    prom.wait_for(
+        "sum(process_exits_total{job=\"sonde\",process_exit_signal=\"9\"})",
+        |r| r.first().is_some_and(|s| s.value == 1.0),
+        WAIT,
+    );
+}
