@@ -497,3 +497,92 @@ fn oom_kill_in_a_memory_limited_cgroup_is_counted_with_its_signal() {
         WAIT,
     );
 }
+
+/// Django + PostgreSQL traced by sonde, optionally with the OpenTelemetry SDK (and its
+/// psycopg2 instrumentation) exporting to sonde's receiver; returns after `n` requests to
+/// /analysis/1 are answered.
+fn django_requests(sdk: bool, n: usize) -> (Vec<sonde_e2e::Span>, Prometheus, DjangoSetup) {
+    use sonde_e2e::{Django, DjangoOpts, Postgres};
+    let pg = Postgres::start();
+    let (grpc, http) = (free_port(), free_port());
+    let mut opts = DjangoOpts::default().workers(2);
+    if sdk {
+        opts = opts
+            .otel("http", &format!("http://127.0.0.1:{http}"))
+            .otel_delay_ms(500)
+            .otel_psycopg2();
+    }
+    let django = Django::start(&pg, opts);
+    let mut args: Vec<String> = vec![
+        "--otlp-grpc-addr".into(),
+        format!("127.0.0.1:{grpc}"),
+        "--otlp-http-addr".into(),
+        format!("127.0.0.1:{http}"),
+        "--merge-window-ms".into(),
+        "8000".into(),
+    ];
+    for pid in django.pids() {
+        args.push("--pid".into());
+        args.push(pid.to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (sonde, metrics_addr) = sonde_with_metrics(&args, &[]);
+    let prom = Prometheus::start(&[metrics_addr]);
+    for _ in 0..n {
+        assert_eq!(http_get(&django.url("/analysis/1")).0, 200);
+    }
+    let q = "sum(http_server_request_duration_seconds_count{job=\"sonde\"})";
+    prom.wait_for(q, |r| r.first().is_some_and(|s| s.value >= n as f64), WAIT);
+    // Let late SDK batches and held eBPF spans settle, then two more scrapes.
+    std::thread::sleep(Duration::from_secs(if sdk { 10 } else { 3 }));
+    let spans = sonde.spans();
+    (
+        spans,
+        prom,
+        DjangoSetup {
+            _pg: pg,
+            _django: django,
+            _sonde: sonde,
+        },
+    )
+}
+
+struct DjangoSetup {
+    _pg: sonde_e2e::Postgres,
+    _django: sonde_e2e::Django,
+    _sonde: Sonde,
+}
+
+fn is_db(s: &sonde_e2e::Span) -> bool {
+    s.kind == "CLIENT"
+        && (s.attr_str("db.system.name").is_some() || s.attr_str("db.system").is_some())
+}
+
+#[test]
+fn django_db_operation_counts_equal_the_queries_issued() {
+    let n = 5;
+    let (spans, prom, _setup) = django_requests(false, n);
+    let queries = spans.iter().filter(|s| is_db(s)).count();
+    // Each /analysis/1 issues 3 queries (and nothing else runs against this database).
+    assert_eq!(queries, 3 * n, "{}", sonde_e2e::dump_spans(&spans));
+    let db = prom.scalar(
+        "sum(db_client_operation_duration_seconds_count{job=\"sonde\",db_system_name=\"postgresql\"})",
+    );
+    assert_eq!(db as usize, queries);
+    let http = prom.scalar("sum(http_server_request_duration_seconds_count{job=\"sonde\"})");
+    assert_eq!(http as usize, n);
+}
+
+#[test]
+fn with_the_sdk_merged_each_request_and_query_is_counted_once() {
+    let n = 4;
+    let (spans, prom, _setup) = django_requests(true, n);
+    let servers = spans.iter().filter(|s| s.kind == "SERVER").count();
+    assert_eq!(servers, n, "one server span per request after merging");
+    let http = prom.scalar("sum(http_server_request_duration_seconds_count{job=\"sonde\"})");
+    assert_eq!(http as usize, n, "requests counted once");
+    let queries = spans.iter().filter(|s| is_db(s)).count();
+    assert_eq!(queries, 3 * n, "{}", sonde_e2e::dump_spans(&spans));
+    let db = prom.scalar("sum(db_client_operation_duration_seconds_count{job=\"sonde\"})");
+    assert_eq!(db as usize, 3 * n, "queries counted once");
+}
