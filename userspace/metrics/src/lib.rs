@@ -10,7 +10,7 @@ pub mod expo;
 pub mod otlp;
 pub mod request;
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -51,7 +51,8 @@ pub enum FoldReason {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct SeriesKey {
-    pub identity: Labels,
+    /// Shared by every series of a batch's process: no label copies per measurement.
+    pub identity: Arc<Labels>,
     pub attributes: Labels,
 }
 
@@ -214,7 +215,7 @@ impl Registry {
     /// Counts the requests in spans about to be exported (one resource per process).
     pub fn observe_spans(&mut self, batches: &[ResourceSpans], now_ns: u64) {
         for rs in batches {
-            let identity = request::identity(rs.resource.as_ref());
+            let identity = Arc::new(request::identity(rs.resource.as_ref()));
             if let Some(pid) = request::pid(rs.resource.as_ref()) {
                 self.process_seen(pid, &identity, now_ns);
             }
@@ -229,11 +230,16 @@ impl Registry {
     }
 
     /// Adds one measurement to its series (or to the overflow series past the limits).
-    pub fn record(&mut self, identity: &Labels, m: Measurement, now_ns: u64) -> Option<FoldReason> {
+    pub fn record(
+        &mut self,
+        identity: &Arc<Labels>,
+        m: Measurement,
+        now_ns: u64,
+    ) -> Option<FoldReason> {
         self.spans_counted += 1;
         let bounds = m.metric.bounds();
         let key = SeriesKey {
-            identity: identity.clone(),
+            identity: Arc::clone(identity),
             attributes: m.attributes,
         };
         let limit = self.config.series_limit;
@@ -425,7 +431,7 @@ impl Registry {
             let buckets = RequestMetric::ALL[i].bounds().len() + 1;
             family.series.retain(|k, h| {
                 let alive = identities
-                    .get(&k.identity)
+                    .get(&*k.identity)
                     .is_some_and(|s| !s.live.is_empty());
                 let keep = alive || !old(h.updated_ns);
                 if !keep {
@@ -440,7 +446,7 @@ impl Registry {
                 || !old(s.last_exit_ns)
                 || families
                     .iter()
-                    .any(|f| f.series.keys().any(|sk| sk.identity == *k));
+                    .any(|f| f.series.keys().any(|sk| *sk.identity == *k));
             if !keep {
                 freed += 256 + labels_bytes(k);
             }
