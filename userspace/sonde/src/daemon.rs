@@ -20,19 +20,21 @@ use sonde_otlp_receive::{Receiver, ReceiverConfig};
 use crate::{
     capture::{
         event::{Role, decode},
-        inflight,
         loader::{self, ProbeSettings, Probes},
-        preexisting,
-        sockets::{self, SocketResolver},
     },
     clock::{self, Clock},
     config::Config,
+    discover::{
+        ProcHost, inflight,
+        process::ResourceCache,
+        sockets::{self, SocketResolver},
+    },
     merge::{MergeConfig, Merger},
     metrics::{self, CaptureSnapshot},
     metrics_feed::MetricsFeed,
     sdk::{self, SdkRequest},
-    trace::{http::Endpoints, resource::ResourceCache},
-    tracer::{KernelCommand, ProcHost, Tracer, TracerConfig},
+    trace::http::Endpoints,
+    tracer::{KernelCommand, Tracer, TracerConfig},
 };
 
 /// How long the capture loop sleeps when the kernel does not wake it (batched wake-ups).
@@ -459,7 +461,7 @@ fn with_descendants(pids: &[u32]) -> Vec<u32> {
 
 fn adopt_preexisting(tracer: &mut Tracer<ProcHost>, pids: &[u32]) -> usize {
     let only = if pids.is_empty() { None } else { Some(pids) };
-    let found = preexisting::scan_established(std::process::id(), only);
+    let found = sockets::scan_established(std::process::id(), only);
     let n = found.len();
     for s in found {
         let role = if s.accepted {
@@ -526,7 +528,7 @@ pub async fn run(config: Config) -> Result<()> {
     let exporter = Exporter::start(config.exporter.clone()).context("starting the exporter")?;
     let host = ProcHost {
         sockets: SocketResolver::default(),
-        resources: ResourceCache::new(),
+        resources: ResourceCache::new().with_command_line(config.export_command_line),
     };
     // Decoded SDK requests waiting for the capture thread: an eighth of the memory budget.
     let (sink, sdk_requests, sdk_queued) = sdk::sink(

@@ -18,17 +18,14 @@ use opentelemetry_proto::tonic::{
 };
 
 use crate::{
-    capture::{
-        event::{Direction, Header, KernelEvent, Role},
-        sockets::{SocketResolver, TcpEndpoints},
-    },
     clock::Clock,
+    event::{Direction, Header, KernelEvent, Role},
     trace::{
         context::{IdGenerator, SpanContext, SpanId, TraceId, parse_traceparent},
         correlate::Correlator,
         http::{self, Endpoints},
         postgres,
-        resource::{ProcessInfo, ResourceCache},
+        resource::ProcessInfo,
         route::RouteTemplates,
         sampler::Sampler,
         span::SpanParts,
@@ -36,6 +33,7 @@ use crate::{
 };
 
 /// What the tracer needs to know about the host, behind a trait so tests can fake /proc.
+/// The daemon implements it over /proc (`discover::ProcHost`).
 pub trait HostView {
     fn endpoints(&mut self, pid: u32, fd: i32) -> Option<TcpEndpoints>;
     /// The single TCP listening address of `pid`, if it has exactly one.
@@ -47,31 +45,12 @@ pub trait HostView {
     fn forget_process(&mut self, pid: u32);
 }
 
-/// The real host: /proc.
-pub struct ProcHost {
-    pub sockets: SocketResolver,
-    pub resources: ResourceCache,
-}
-
-impl HostView for ProcHost {
-    fn endpoints(&mut self, pid: u32, fd: i32) -> Option<TcpEndpoints> {
-        self.sockets.lookup(pid, fd)
-    }
-    fn process(&mut self, pid: u32) -> &ProcessInfo {
-        self.resources.info(pid)
-    }
-    fn sole_listener(&mut self, pid: u32) -> Option<SocketAddr> {
-        self.sockets.sole_listener(pid)
-    }
-    fn process_seen(&mut self, pid: u32, comm: &str) {
-        self.resources.info_or_comm(pid, comm);
-    }
-    fn resource(&mut self, pid: u32) -> opentelemetry_proto::tonic::resource::v1::Resource {
-        self.resources.resource(pid)
-    }
-    fn forget_process(&mut self, pid: u32) {
-        self.resources.forget(pid);
-    }
+/// A TCP socket's endpoints as the host reports them (/proc's TCP tables in the daemon).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpEndpoints {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub established: bool,
 }
 
 /// Changes to the kernel's socket table the capture loop applies.
@@ -774,7 +753,14 @@ impl<H: HostView> Tracer<H> {
                         .and_then(|c| c.in_flight.remove(&ex.seq))
                         .unwrap_or_else(|| self.root());
                     let parts = if role == Role::Client {
-                        http::client_span(&ex, endpoints, ctx, &self.clock, now_ns)
+                        http::client_span(
+                            &ex,
+                            endpoints,
+                            &self.config.routes,
+                            ctx,
+                            &self.clock,
+                            now_ns,
+                        )
                     } else {
                         self.correlator
                             .end_serving(ex.request_first.tid, ctx.span_id);

@@ -126,7 +126,7 @@ pub fn server_span(
         None => (req.target.as_str(), None),
     };
     let route = routes.route(path);
-    attrs.push(str_attr("url.path", truncate(path, 2048)));
+    attrs.push(str_attr("url.path", truncate(&routes.url_path(path), 2048)));
     if let Some(q) = query {
         attrs.push(str_attr("url.query", truncate(&redact::query(q), 2048)));
     }
@@ -185,6 +185,7 @@ pub fn server_span(
 pub fn client_span(
     ex: &Exchange,
     conn: Endpoints,
+    routes: &RouteTemplates,
     ctx: SpanContext,
     clock: &Clock,
     fallback_end_ns: u64,
@@ -212,9 +213,14 @@ pub fn client_span(
         Some(80) | None => server_host,
         Some(p) => format!("{server_host}:{p}"),
     };
+    // The path's tokens are templated like `url.path` on server spans (unless raw paths).
+    let target = match req.target.find(['?', '#']) {
+        Some(i) => format!("{}{}", routes.url_path(&req.target[..i]), &req.target[i..]),
+        None => routes.url_path(&req.target),
+    };
     attrs.push(str_attr(
         "url.full",
-        truncate(&redact::url_full("http", &authority, &req.target), 4096),
+        truncate(&redact::url_full("http", &authority, &target), 4096),
     ));
     attrs.push(str_attr(
         "network.protocol.version",
