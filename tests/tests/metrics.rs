@@ -586,3 +586,31 @@ fn with_the_sdk_merged_each_request_and_query_is_counted_once() {
     let db = prom.scalar("sum(db_client_operation_duration_seconds_count{job=\"sonde\"})");
     assert_eq!(db as usize, 3 * n, "queries counted once");
 }
+
+#[test]
+fn a_service_restart_is_counted_from_kernel_lifecycle_events() {
+    // A supervisor (traced) that restarts its worker once: the worker exits with 7 twice.
+    let mut sup = python(
+        "import subprocess,sys,time\nprint('ready',flush=True)\nsys.stdin.readline()\nfor _ in range(2):\n  subprocess.run([sys.executable,'-c','import time,sys; time.sleep(0.5); sys.exit(7)'])\ntime.sleep(600)",
+    );
+    wait_ready(&mut sup);
+    let pid = sup.id().to_string();
+    let (_sonde, metrics_addr) = sonde_with_metrics(&["--pid", &pid], &[]);
+    let prom = Prometheus::start(&[metrics_addr]);
+    prom.wait_for(
+        &format!("process_uptime_seconds{{job=\"sonde\",process_pid=\"{pid}\"}}"),
+        |r| !r.is_empty(),
+        WAIT,
+    );
+    cue(&mut sup);
+    let exits = prom.wait_for(
+        "sum(process_exits_total{job=\"sonde\",process_exit_code=\"7\"})",
+        |r| r.first().is_some_and(|s| s.value >= 2.0),
+        WAIT,
+    );
+    assert_eq!(exits[0].value, 2.0);
+    // The supervisor and the worker twice: a restart is a start after an exit.
+    assert_eq!(prom.scalar("sum(process_starts_total{job=\"sonde\"})"), 3.0);
+    let _ = sup.kill();
+    let _ = sup.wait();
+}
