@@ -1,6 +1,6 @@
 //! sonde's pure logic, from a decoded kernel event to an OTLP span: record decoding
 //! ([`event`]), the [`tracer`] (connection table, protocol detection, span context and
-//! parenting, grouping per process), SDK/eBPF [`merge`]-ing and [`trace`] (semantic
+//! parenting, grouping per process), the [`protocols`] registry, SDK/eBPF [`merge`]-ing and [`trace`] (semantic
 //! conventions, routes, redaction, sampling, ids, the resource model).
 //!
 //! No I/O: what the tracer needs from the host (/proc) comes through [`tracer::HostView`],
@@ -9,5 +9,6 @@
 pub mod clock;
 pub mod event;
 pub mod merge;
+pub mod protocols;
 pub mod trace;
 pub mod tracer;

@@ -1,36 +1,47 @@
-//! The heart of the daemon: decoded kernel events in, spans out.
+//! The heart of sonde: decoded kernel events in, spans out. This file is the dispatch: each
+//! kernel event updates the connection table, a connection's first bytes pick its protocol
+//! from the registry, its chunks feed that protocol's parser, and the parser's outputs get
+//! span contexts and become spans. The other jobs sit beside it:
 //!
-//! Owns the connection table (one entry per traced socket: its endpoints, its protocol parser
-//! and the span contexts of its in-flight requests), decides each connection's protocol from
-//! its first bytes, feeds the parsers, builds spans and groups them per process. It does no
-//! kernel I/O itself: changes it wants in the kernel's socket table come out as
-//! [`KernelCommand`]s, and what it needs from /proc comes through [`HostView`], so it can be
-//! driven by recorded events in tests.
+//! - [`conns`]: the connection table (fd -> connection; dup, close, process exit);
+//! - [`parenting`]: the context and parenting policy;
+//! - [`group`]: grouping spans per process resource for export;
+//! - `crate::protocols`: the registry (detection order, parsers, span mappings).
+//!
+//! It does no I/O: changes it wants in the kernel's socket table come out as
+//! [`KernelCommand`]s, and what it needs from /proc comes through [`HostView`], so it is
+//! driven by recorded events in its tests (`tracer/tests.rs`).
+//!
+//! Must never: parse protocol bytes itself, read /proc or touch kernel maps.
 use std::{collections::HashSet, net::SocketAddr};
 
-// The connection and fd tables are looked up for every ring-buffer record: a fast,
-// non-cryptographic hash (keys are pids, fds and ids we assign, not attacker-chosen).
-use rustc_hash::FxHashMap as HashMap;
-
 use opentelemetry_proto::tonic::{
-    common::v1::InstrumentationScope,
-    trace::v1::{ResourceSpans, ScopeSpans, Span},
+    resource::v1::Resource,
+    trace::v1::{ResourceSpans, Span},
 };
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::{
     clock::Clock,
     event::{Direction, Header, KernelEvent, Role},
+    protocols::{
+        self, AnyExchange, Chunk, Detection, GiveUp, MapContext, Output, Parser, ProtocolSettings,
+        Seen, Side, Source,
+    },
     trace::{
-        context::{IdGenerator, SpanContext, SpanId, TraceId, parse_traceparent},
-        correlate::Correlator,
-        http::{self, Endpoints},
-        postgres,
-        resource::ProcessInfo,
-        route::RouteTemplates,
-        sampler::Sampler,
-        span::SpanParts,
+        context::SpanContext, http::Endpoints, resource::ProcessInfo, route::RouteTemplates,
+        sampler::Sampler, span::SpanParts,
     },
 };
+
+pub mod conns;
+pub mod group;
+pub mod parenting;
+#[cfg(test)]
+mod tests;
+
+use conns::{ConnId, ConnTable, Released};
+use parenting::Parenting;
 
 /// What the tracer needs to know about the host, behind a trait so tests can fake /proc.
 /// The daemon implements it over /proc (`discover::ProcHost`).
@@ -41,7 +52,7 @@ pub trait HostView {
     fn process(&mut self, pid: u32) -> &ProcessInfo;
     /// Records a process seen by the kernel, named `comm` if /proc no longer has it.
     fn process_seen(&mut self, pid: u32, comm: &str);
-    fn resource(&mut self, pid: u32) -> opentelemetry_proto::tonic::resource::v1::Resource;
+    fn resource(&mut self, pid: u32) -> Resource;
     fn forget_process(&mut self, pid: u32);
 }
 
@@ -80,26 +91,29 @@ pub struct Selection {
 pub struct TracerConfig {
     pub selection: Selection,
     pub routes: RouteTemplates,
-    /// Capture size for PostgreSQL connections (long ORM queries).
-    pub postgres_capture_bytes: u32,
+    /// Per-protocol settings (capture sizes), applied through the registry.
+    pub protocols: ProtocolSettings,
+    /// A TLS plaintext source exists (uprobes): a connection whose syscall bytes turn out to
+    /// be encrypted stays tracked, its ciphertext dropped, waiting for the plaintext.
+    pub tls_plaintext: bool,
     /// Head sampling (OTEL_TRACES_SAMPLER).
     pub sampler: Sampler,
-    /// Ports of sonde's own OTLP receiver: connections to them are SDK exports, never traced,
-    /// but remembered to tell which process an OTLP request came from.
+    /// Ports of sonde's own OTLP receiver: a process whose environment exports OTLP to one
+    /// of them is an SDK process before its first export.
     pub own_ports: HashSet<u16>,
 }
 
 enum Proto {
     /// No payload seen yet.
     Unknown,
-    Http(Box<sonde_http1::Connection>),
-    Postgres(Box<sonde_postgres::Connection>),
+    /// A registered protocol claimed the connection.
+    Parsing(Parser),
     /// Not ours to parse (another protocol, the server side of PostgreSQL, encrypted).
     Ignored,
 }
 
+/// What the tracer keeps per connection (the table keeps its pid and fds).
 struct Conn {
-    pid: u32,
     role: Role,
     endpoints: Endpoints,
     /// Seen from its first byte (false: open before sonde started).
@@ -107,12 +121,20 @@ struct Conn {
     proto: Proto,
     /// Span contexts of requests in flight, by the parser's sequence number.
     in_flight: HashMap<u64, SpanContext>,
-    /// The process's fds naming this socket (more than one after dup).
-    fds: Vec<i32>,
+    /// The syscall bytes are ciphertext: dropped, while the socket stays tracked for the
+    /// plaintext of its TLS library calls.
+    ciphertext: bool,
 }
 
-/// Identifies a connection independently of its fds (which dup multiplies and close reuses).
-type ConnId = u64;
+impl Conn {
+    fn side(&self) -> Side {
+        if self.role == Role::Client {
+            Side::Client
+        } else {
+            Side::Server
+        }
+    }
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct TracerStats {
@@ -124,32 +146,24 @@ pub struct TracerStats {
     pub connections_open: usize,
     pub connections_ignored: u64,
     pub decode_errors: u64,
+    /// Client spans left without a parent because several requests of their event-loop
+    /// process were in flight (which one they belong to cannot be known).
+    pub spans_parent_ambiguous: u64,
 }
 
 pub struct Tracer<H: HostView> {
     config: TracerConfig,
     host: H,
     clock: Clock,
-    ids: IdGenerator,
-    correlator: Correlator,
-    conns: HashMap<ConnId, Conn>,
-    fds: HashMap<(u32, i32), ConnId>,
-    next_conn: ConnId,
+    parenting: Parenting,
+    conns: ConnTable<Conn>,
     spans: Vec<(u32, Span)>,
     commands: Vec<KernelCommand>,
     stats: TracerStats,
-    http_events: Vec<sonde_http1::Event>,
-    pg_events: Vec<sonde_postgres::Event>,
-    last_ts_ns: u64,
+    /// Reused buffer of the current parser's outputs.
+    outputs: Vec<Output<AnyExchange>>,
     /// Processes that exited since the last flush.
     exited: Vec<u32>,
-    /// Processes that send SDK spans to the receiver (from the merger).
-    sdk_pids: HashSet<u32>,
-    /// Traces that went through a server span of an SDK process: their eBPF spans wait for
-    /// the merger. Value: when marked (monotonic ns).
-    marked: HashMap<TraceId, u64>,
-    /// Local address of a connection to sonde's receiver -> the process that opened it.
-    peer_pids: HashMap<SocketAddr, u32>,
 }
 
 fn egress_or_ingress_ts(direction: Direction, hdr: &Header, enter_ts_ns: u64) -> u64 {
@@ -164,24 +178,16 @@ fn egress_or_ingress_ts(direction: Direction, hdr: &Header, enter_ts_ns: u64) ->
 impl<H: HostView> Tracer<H> {
     pub fn new(config: TracerConfig, host: H, clock: Clock) -> Self {
         Self {
+            parenting: Parenting::new(config.sampler),
             config,
             host,
             clock,
-            ids: IdGenerator::default(),
-            correlator: Correlator::default(),
-            conns: HashMap::default(),
-            fds: HashMap::default(),
-            next_conn: 0,
+            conns: ConnTable::default(),
             spans: Vec::new(),
             commands: Vec::new(),
             stats: TracerStats::default(),
-            http_events: Vec::new(),
-            pg_events: Vec::new(),
-            last_ts_ns: 0,
+            outputs: Vec::new(),
             exited: Vec::new(),
-            sdk_pids: HashSet::new(),
-            marked: HashMap::default(),
-            peer_pids: HashMap::default(),
         }
     }
 
@@ -192,6 +198,7 @@ impl<H: HostView> Tracer<H> {
     pub fn stats(&self) -> TracerStats {
         TracerStats {
             connections_open: self.conns.len(),
+            spans_parent_ambiguous: self.parenting.ambiguous(),
             ..self.stats.clone()
         }
     }
@@ -213,26 +220,7 @@ impl<H: HostView> Tracer<H> {
     /// Groups spans under their processes' resources, ready for export. Processes that exited
     /// are forgotten afterwards (their last spans still needed their resource).
     pub fn group(&mut self, spans: Vec<(u32, Span)>) -> Vec<ResourceSpans> {
-        let mut by_pid: HashMap<u32, Vec<Span>> = HashMap::default();
-        for (pid, span) in spans {
-            by_pid.entry(pid).or_default().push(span);
-        }
-        let mut out = Vec::with_capacity(by_pid.len());
-        for (pid, spans) in by_pid {
-            out.push(ResourceSpans {
-                resource: Some(self.host.resource(pid)),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "sonde".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
-                    spans,
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            });
-        }
+        let out = group::group(spans, |pid| self.host.resource(pid));
         for pid in self.exited.drain(..) {
             self.host.forget_process(pid);
         }
@@ -240,17 +228,8 @@ impl<H: HostView> Tracer<H> {
     }
 
     /// The resource sonde gives `pid`'s spans (to enrich what its SDK sends).
-    pub fn resource_of(&mut self, pid: u32) -> opentelemetry_proto::tonic::resource::v1::Resource {
+    pub fn resource_of(&mut self, pid: u32) -> Resource {
         self.host.resource(pid)
-    }
-
-    /// The process behind a connection to sonde's receiver, by the connection's local address.
-    pub fn pid_of_receiver_peer(&self, peer: SocketAddr) -> Option<u32> {
-        self.peer_pids.get(&peer).copied()
-    }
-
-    pub fn set_sdk_pids(&mut self, pids: HashSet<u32>) {
-        self.sdk_pids = pids;
     }
 
     /// Whether `pid`'s environment says it exports OTLP to sonde's receiver: an SDK process
@@ -267,35 +246,35 @@ impl<H: HostView> Tracer<H> {
                 && (self.config.own_ports.contains(&4317) || self.config.own_ports.contains(&4318)))
     }
 
-    /// Whether `trace_id` went through a server span of an SDK process.
-    pub fn is_marked(&self, trace_id: &[u8]) -> bool {
-        <[u8; 16]>::try_from(trace_id).is_ok_and(|t| self.marked.contains_key(&TraceId(t)))
-    }
-
     pub fn pending_spans(&self) -> usize {
         self.spans.len()
     }
 
+    /// Trace ids of the server requests still in flight (their eBPF spans, held for merging,
+    /// wait for the request's end: see `Merger::poll`).
+    pub fn open_server_traces(&self) -> HashSet<Vec<u8>> {
+        self.conns
+            .iter()
+            .filter(|(_, e)| e.data.role == Role::Server)
+            .flat_map(|(_, e)| e.data.in_flight.values())
+            .map(|ctx| ctx.trace_id.0.to_vec())
+            .collect()
+    }
+
     /// Housekeeping on a timer: forget unclaimed cross-process registrations.
     pub fn tick(&mut self, now_monotonic_ns: u64) {
-        self.correlator.expire(now_monotonic_ns, 30_000_000_000);
-        // Marks only need to outlive the merge window of the requests that started them.
-        self.marked
-            .retain(|_, at| now_monotonic_ns.saturating_sub(*at) < 60_000_000_000);
+        self.parenting.expire(now_monotonic_ns);
         // Processes that exited are forgotten at the next export; without spans, here.
         if self.spans.is_empty() {
             for pid in self.exited.drain(..) {
                 self.host.forget_process(pid);
             }
         }
-        if self.peer_pids.len() > 65_536 {
-            self.peer_pids.clear();
-        }
     }
 
     /// A connection that was open before sonde started (found in /proc).
     pub fn adopt_existing(&mut self, pid: u32, fd: i32, role: Role, endpoints: Endpoints) {
-        if self.fds.contains_key(&(pid, fd)) || !self.selected(pid, endpoints) {
+        if self.conns.id_of(pid, fd).is_some() || !self.selected(pid, endpoints) {
             return;
         }
         let _ = self.host.process(pid);
@@ -316,34 +295,24 @@ impl<H: HostView> Tracer<H> {
         endpoints: Endpoints,
         from_start: bool,
     ) {
-        let id = self.next_conn;
-        self.next_conn += 1;
         self.conns.insert(
-            id,
+            pid,
+            fd,
             Conn {
-                pid,
                 role,
                 endpoints,
                 from_start,
                 proto: Proto::Unknown,
                 in_flight: HashMap::default(),
-                fds: vec![fd],
+                ciphertext: false,
             },
         );
-        self.fds.insert((pid, fd), id);
     }
 
     /// `fd` no longer names its connection (closed, or replaced by dup2); the connection ends
     /// with its last fd.
     fn release_fd(&mut self, pid: u32, fd: i32, tid: u32, ts_ns: u64) {
-        let Some(id) = self.fds.remove(&(pid, fd)) else {
-            return;
-        };
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        conn.fds.retain(|f| *f != fd);
-        if conn.fds.is_empty() {
+        if let Released::Last(id) = self.conns.release_fd(pid, fd) {
             self.finish(id, tid, ts_ns);
         }
     }
@@ -389,8 +358,8 @@ impl<H: HostView> Tracer<H> {
                 offset,
                 payload,
                 last,
+                source,
             } => {
-                self.last_ts_ns = self.last_ts_ns.max(hdr.ts_ns);
                 self.stats.data_bytes += payload.len() as u64;
                 let lost_after = if last {
                     total_len.saturating_sub(u64::from(offset) + payload.len() as u64)
@@ -398,41 +367,32 @@ impl<H: HostView> Tracer<H> {
                     0
                 };
                 let ts = egress_or_ingress_ts(direction, &hdr, enter_ts_ns);
-                self.on_data(hdr, direction, payload, lost_after, ts);
+                self.on_data(hdr, direction, payload, lost_after, ts, source);
             }
             KernelEvent::Close(hdr) => {
-                self.last_ts_ns = self.last_ts_ns.max(hdr.ts_ns);
                 self.release_fd(hdr.pid, hdr.fd, hdr.tid, hdr.ts_ns);
             }
             KernelEvent::Dup { hdr, old_fd } => {
+                // The probes never report dup2(fd, fd), which changes nothing.
+                if old_fd == hdr.fd {
+                    return;
+                }
                 // dup2/dup3 onto an fd that named another connection closes that one.
                 self.release_fd(hdr.pid, hdr.fd, hdr.tid, hdr.ts_ns);
-                match self.fds.get(&(hdr.pid, old_fd)).copied() {
-                    Some(id) => {
-                        self.fds.insert((hdr.pid, hdr.fd), id);
-                        if let Some(conn) = self.conns.get_mut(&id) {
-                            conn.fds.push(hdr.fd);
-                        }
-                    }
-                    None => self.commands.push(KernelCommand::Untrack {
+                if !self.conns.dup(hdr.pid, old_fd, hdr.fd) {
+                    self.commands.push(KernelCommand::Untrack {
                         pid: hdr.pid,
                         fd: hdr.fd,
-                    }),
+                    });
                 }
             }
             KernelEvent::ProcessExit(hdr) => {
                 let pid = hdr.pid;
-                let keys: Vec<_> = self
-                    .fds
-                    .keys()
-                    .filter(|(p, _)| *p == pid)
-                    .copied()
-                    .collect();
-                for (p, fd) in keys {
-                    self.commands.push(KernelCommand::Untrack { pid: p, fd });
-                    self.release_fd(p, fd, hdr.tid, hdr.ts_ns);
+                for fd in self.conns.fds_of(pid) {
+                    self.commands.push(KernelCommand::Untrack { pid, fd });
+                    self.release_fd(pid, fd, hdr.tid, hdr.ts_ns);
                 }
-                self.correlator.forget_thread_of(pid);
+                self.parenting.process_exited(pid);
                 // Its last spans still need its resource: forget it after the next flush.
                 self.exited.push(pid);
             }
@@ -493,12 +453,17 @@ impl<H: HostView> Tracer<H> {
     }
 
     fn ignore(&mut self, id: ConnId) {
-        if let Some(conn) = self.conns.get_mut(&id) {
-            conn.proto = Proto::Ignored;
-            conn.in_flight.clear();
-            for fd in &conn.fds {
+        if let Some(entry) = self.conns.get_mut(id) {
+            entry.data.proto = Proto::Ignored;
+            if entry.data.role == Role::Server {
+                for ctx in entry.data.in_flight.values() {
+                    self.parenting.request_abandoned(entry.pid, ctx.span_id);
+                }
+            }
+            entry.data.in_flight.clear();
+            for fd in &entry.fds {
                 self.commands.push(KernelCommand::Untrack {
-                    pid: conn.pid,
+                    pid: entry.pid,
                     fd: *fd,
                 });
             }
@@ -506,60 +471,44 @@ impl<H: HostView> Tracer<H> {
         self.stats.connections_ignored += 1;
     }
 
-    /// Picks the protocol of a connection from its first captured bytes.
+    /// Picks the protocol of a connection from its first captured bytes, asking the
+    /// registered protocols in order.
     fn detect(&mut self, id: ConnId, direction: Direction, payload: &[u8]) {
-        let Some(conn) = self.conns.get(&id) else {
+        let Some(entry) = self.conns.get(id) else {
             return;
         };
-        let (pid, role, from_start) = (conn.pid, conn.role, conn.from_start);
+        let (pid, role, from_start) = (entry.pid, entry.data.role, entry.data.from_start);
         // Who sends first: a client writes (egress), a server reads (ingress).
         let request_side = matches!(
             (role, direction),
             (Role::Client, Direction::Egress) | (Role::Server, Direction::Ingress)
         );
-        let proto = if request_side && sonde_http1::looks_like_request(payload) {
-            Some(Proto::Http(Box::new(if from_start {
-                sonde_http1::Connection::new()
-            } else {
-                sonde_http1::Connection::new_unsynced()
-            })))
-        } else if request_side
-            && (sonde_postgres::looks_like_startup(payload)
-                || (!from_start && sonde_postgres::looks_like_frontend_message(payload)))
-        {
-            if role == Role::Server {
-                // The PostgreSQL server's side of a connection whose client we trace (or not):
-                // client spans come from the client side only, never twice.
-                None
-            } else {
-                let pg = if from_start {
-                    sonde_postgres::Connection::new()
-                } else {
-                    sonde_postgres::Connection::new_unsynced()
-                };
-                for fd in &conn.fds {
-                    self.commands.push(KernelCommand::Track {
-                        pid,
-                        fd: *fd,
-                        role,
-                        capture_bytes: self.config.postgres_capture_bytes,
-                    });
-                }
-                Some(Proto::Postgres(Box::new(pg)))
+        if !request_side {
+            if !from_start {
+                // A pre-existing connection seen mid-response: wait for the next request.
+                return;
             }
-        } else if !from_start && !request_side {
-            // A pre-existing connection seen mid-response: wait for the next request.
+            self.ignore(id);
             return;
-        } else {
-            None
-        };
-        match proto {
-            Some(p) => {
-                if let Some(conn) = self.conns.get_mut(&id) {
-                    conn.proto = p;
+        }
+        match Parser::detect(payload, entry.data.side(), from_start) {
+            Detection::Found(parser) => {
+                if let Some(capture_bytes) = parser.capture_bytes(&self.config.protocols) {
+                    for fd in &entry.fds {
+                        self.commands.push(KernelCommand::Track {
+                            pid,
+                            fd: *fd,
+                            role,
+                            capture_bytes,
+                        });
+                    }
+                }
+                if let Some(entry) = self.conns.get_mut(id) {
+                    entry.data.proto = Proto::Parsing(parser);
                 }
             }
-            None => self.ignore(id),
+            Detection::NeedMore => {}
+            Detection::None => self.ignore(id),
         }
     }
 
@@ -570,106 +519,82 @@ impl<H: HostView> Tracer<H> {
         payload: &[u8],
         lost_after: u64,
         ts_ns: u64,
+        source: Source,
     ) {
-        let Some(&id) = self.fds.get(&(hdr.pid, hdr.fd)) else {
+        let Some(id) = self.conns.id_of(hdr.pid, hdr.fd) else {
             return;
         };
-        let Some(conn) = self.conns.get(&id) else {
+        let Some(entry) = self.conns.get(id) else {
             return;
         };
-        if matches!(conn.proto, Proto::Unknown) {
+        if entry.data.ciphertext && source == Source::Syscall {
+            return;
+        }
+        if matches!(entry.data.proto, Proto::Unknown) {
             if payload.is_empty() {
                 return;
             }
             self.detect(id, direction, payload);
         }
-        let Some(conn) = self.conns.get_mut(&id) else {
+        let Some(entry) = self.conns.get_mut(id) else {
             return;
         };
-        let role = conn.role;
+        let conn = &mut entry.data;
         let request_dir = matches!(
-            (role, direction),
+            (conn.role, direction),
             (Role::Client, Direction::Egress)
                 | (Role::Server, Direction::Ingress)
                 | (Role::Unknown, Direction::Ingress)
         );
-        match &mut conn.proto {
-            Proto::Http(parser) => {
-                let dir = if request_dir {
-                    sonde_http1::Direction::Request
+        let Proto::Parsing(parser) = &mut conn.proto else {
+            return;
+        };
+        let mut outputs = std::mem::take(&mut self.outputs);
+        parser.feed(
+            Chunk {
+                direction: if request_dir {
+                    protocols::Direction::Request
                 } else {
-                    sonde_http1::Direction::Response
-                };
-                let mut events = std::mem::take(&mut self.http_events);
-                parser.feed(
-                    dir,
-                    payload,
-                    lost_after,
-                    sonde_http1::Seen {
-                        ts_ns,
-                        tid: hdr.tid,
-                    },
-                    &mut events,
-                );
-                self.on_http_events(id, &mut events, ts_ns);
-                self.http_events = events;
-            }
-            Proto::Postgres(parser) => {
-                let dir = if request_dir {
-                    sonde_postgres::Direction::Frontend
-                } else {
-                    sonde_postgres::Direction::Backend
-                };
-                let mut events = std::mem::take(&mut self.pg_events);
-                parser.feed(
-                    dir,
-                    payload,
-                    lost_after,
-                    sonde_postgres::Seen {
-                        ts_ns,
-                        tid: hdr.tid,
-                    },
-                    &mut events,
-                );
-                self.on_pg_events(id, &mut events, ts_ns);
-                self.pg_events = events;
-            }
-            Proto::Unknown | Proto::Ignored => {}
-        }
+                    protocols::Direction::Response
+                },
+                bytes: payload,
+                lost_after,
+                seen: Seen {
+                    ts_ns,
+                    tid: hdr.tid,
+                },
+                source,
+            },
+            &mut outputs,
+        );
+        self.on_outputs(id, &mut outputs, ts_ns);
+        self.outputs = outputs;
     }
 
     /// The connection ended (its last fd closed, or its process exited): flush what its
     /// parser holds, then forget it.
     fn finish(&mut self, id: ConnId, tid: u32, ts_ns: u64) {
-        let Some(conn) = self.conns.get_mut(&id) else {
+        let Some(entry) = self.conns.get_mut(id) else {
             return;
         };
-        match std::mem::replace(&mut conn.proto, Proto::Ignored) {
-            Proto::Http(mut parser) => {
-                let mut events = std::mem::take(&mut self.http_events);
-                parser.close(sonde_http1::Seen { ts_ns, tid }, &mut events);
-                self.on_http_events(id, &mut events, ts_ns);
-                self.http_events = events;
-            }
-            Proto::Postgres(mut parser) => {
-                let mut events = std::mem::take(&mut self.pg_events);
-                parser.close(sonde_postgres::Seen { ts_ns, tid }, &mut events);
-                let database = parser.database().map(str::to_owned);
-                self.on_pg_events_with_db(id, &mut events, ts_ns, database);
-                self.pg_events = events;
-            }
-            Proto::Unknown | Proto::Ignored => {}
-        }
-        let Some(conn) = self.conns.remove(&id) else {
-            return;
-        };
-        for fd in &conn.fds {
-            self.fds.remove(&(conn.pid, *fd));
-        }
-        if conn.role == Role::Client
-            && let (Some(l), Some(r)) = (conn.endpoints.local, conn.endpoints.remote)
+        if let Proto::Parsing(mut parser) = std::mem::replace(&mut entry.data.proto, Proto::Ignored)
         {
-            self.correlator.forget_connection(l, r);
+            let mut outputs = std::mem::take(&mut self.outputs);
+            parser.close(Seen { ts_ns, tid }, &mut outputs);
+            self.on_outputs(id, &mut outputs, ts_ns);
+            self.outputs = outputs;
+        }
+        let Some(entry) = self.conns.remove(id) else {
+            return;
+        };
+        if entry.data.role == Role::Client {
+            self.parenting.connection_closed(entry.data.endpoints);
+        }
+        // Requests never answered end with their connection.
+        if entry.data.role == Role::Server {
+            for ctx in entry.data.in_flight.values() {
+                self.parenting.request_abandoned(entry.pid, ctx.span_id);
+            }
         }
     }
 
@@ -682,162 +607,63 @@ impl<H: HostView> Tracer<H> {
         self.spans.push((pid, parts.into_otlp()));
     }
 
-    /// Context for a client call starting on `tid`: a child of the request that thread serves.
-    fn client_context(&mut self, pid: u32, tid: u32) -> SpanContext {
-        match self.correlator.serving(pid, tid) {
-            Some((trace, parent, sampled)) => self.child(trace, parent, sampled),
-            None => self.root(),
-        }
-    }
-
-    /// A new trace, sampled by the configured sampler.
-    fn root(&mut self) -> SpanContext {
-        let ctx = self.ids.root();
-        SpanContext {
-            sampled: self.config.sampler.sample(&ctx.trace_id, None),
-            ..ctx
-        }
-    }
-
-    /// A child of `parent`, whose sampling decision a parent-based sampler follows.
-    fn child(&mut self, trace: TraceId, parent: SpanId, parent_sampled: bool) -> SpanContext {
-        let ctx = self.ids.child_of(trace, parent);
-        SpanContext {
-            sampled: self.config.sampler.sample(&trace, Some(parent_sampled)),
-            ..ctx
-        }
-    }
-
-    fn on_http_events(&mut self, id: ConnId, events: &mut Vec<sonde_http1::Event>, now_ns: u64) {
-        for event in events.drain(..) {
-            let Some(conn) = self.conns.get(&id) else {
+    /// What a connection's parser reported: span contexts for operations that started,
+    /// spans for exchanges that completed, and giving up.
+    fn on_outputs(&mut self, id: ConnId, outputs: &mut Vec<Output<AnyExchange>>, now_ns: u64) {
+        for output in outputs.drain(..) {
+            let Some(entry) = self.conns.get(id) else {
                 return;
             };
-            let (pid, role, endpoints) = (conn.pid, conn.role, conn.endpoints);
-            match event {
-                sonde_http1::Event::RequestHead { seq, head, first } => {
-                    let ctx = if role == Role::Client {
-                        let ctx = self.client_context(pid, first.tid);
-                        if let (Some(l), Some(r)) = (endpoints.local, endpoints.remote) {
-                            self.correlator.register_outgoing(l, r, &ctx, first.ts_ns);
-                        }
-                        ctx
-                    } else {
-                        let from_local_client = match (endpoints.local, endpoints.remote) {
-                            (Some(l), Some(r)) => self.correlator.take_incoming(l, r),
-                            _ => None,
-                        };
-                        let ctx = if let Some((trace, parent, sampled)) =
-                            head.header("traceparent").and_then(parse_traceparent)
-                        {
-                            SpanContext {
-                                remote_parent: true,
-                                ..self.child(trace, parent, sampled)
-                            }
-                        } else if let Some((trace, parent, sampled)) = from_local_client {
-                            self.child(trace, parent, sampled)
-                        } else {
-                            self.root()
-                        };
-                        self.correlator.begin_serving(first.tid, pid, &ctx);
-                        ctx
-                    };
-                    if let Some(conn) = self.conns.get_mut(&id) {
-                        conn.in_flight.insert(seq, ctx);
+            let (pid, side, endpoints) = (entry.pid, entry.data.side(), entry.data.endpoints);
+            match output {
+                Output::Started {
+                    seq,
+                    first,
+                    traceparent,
+                } => {
+                    let ctx =
+                        self.parenting
+                            .started(pid, side, endpoints, first, traceparent.as_deref());
+                    if let Some(entry) = self.conns.get_mut(id) {
+                        entry.data.in_flight.insert(seq, ctx);
                     }
                 }
-                sonde_http1::Event::Exchange(ex) => {
-                    let ctx = self
+                Output::Done {
+                    seq,
+                    first,
+                    exchange,
+                } => {
+                    let started = self
                         .conns
-                        .get_mut(&id)
-                        .and_then(|c| c.in_flight.remove(&ex.seq))
-                        .unwrap_or_else(|| self.root());
-                    let parts = if role == Role::Client {
-                        http::client_span(
-                            &ex,
-                            endpoints,
-                            &self.config.routes,
-                            ctx,
-                            &self.clock,
-                            now_ns,
-                        )
-                    } else {
-                        self.correlator
-                            .end_serving(ex.request_first.tid, ctx.span_id);
-                        http::server_span(
-                            &ex,
-                            endpoints,
-                            &self.config.routes,
-                            ctx,
-                            &self.clock,
-                            now_ns,
-                        )
-                    };
-                    self.emit(pid, parts);
-                }
-                sonde_http1::Event::NotHttp { .. } => {
-                    self.ignore(id);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn on_pg_events(&mut self, id: ConnId, events: &mut Vec<sonde_postgres::Event>, now_ns: u64) {
-        if events.is_empty() {
-            return;
-        }
-        let database = match self.conns.get(&id).map(|c| &c.proto) {
-            Some(Proto::Postgres(p)) => p.database().map(str::to_owned),
-            _ => None,
-        };
-        self.on_pg_events_with_db(id, events, now_ns, database);
-    }
-
-    fn on_pg_events_with_db(
-        &mut self,
-        id: ConnId,
-        events: &mut Vec<sonde_postgres::Event>,
-        now_ns: u64,
-        database: Option<String>,
-    ) {
-        for event in events.drain(..) {
-            let Some(conn) = self.conns.get(&id) else {
-                return;
-            };
-            let (pid, endpoints) = (conn.pid, conn.endpoints);
-            match event {
-                sonde_postgres::Event::OperationStarted { seq, first } => {
-                    let ctx = self.client_context(pid, first.tid);
-                    if let Some(conn) = self.conns.get_mut(&id) {
-                        conn.in_flight.insert(seq, ctx);
-                    }
-                }
-                sonde_postgres::Event::Operation(op) => {
-                    let ctx = match self
-                        .conns
-                        .get_mut(&id)
-                        .and_then(|c| c.in_flight.remove(&op.seq))
-                    {
-                        Some(ctx) => ctx,
-                        None => self.client_context(pid, op.first.tid),
-                    };
-                    let parts = postgres::client_span(
-                        &op,
-                        database.as_deref(),
-                        endpoints,
+                        .get_mut(id)
+                        .and_then(|e| e.data.in_flight.remove(&seq));
+                    let ctx = self.parenting.done(pid, side, first, started);
+                    let parts = exchange.span_parts(
                         ctx,
-                        &self.clock,
-                        now_ns,
+                        &MapContext {
+                            side,
+                            endpoints,
+                            routes: &self.config.routes,
+                            clock: &self.clock,
+                            now_ns,
+                        },
                     );
                     self.emit(pid, parts);
                 }
-                sonde_postgres::Event::Encrypted | sonde_postgres::Event::NotPostgres => {
+                Output::GiveUp(GiveUp::Encrypted) if self.config.tls_plaintext => {
+                    // Keep the socket: its plaintext comes from the TLS uprobes and is
+                    // detected afresh; the ciphertext is dropped.
+                    if let Some(entry) = self.conns.get_mut(id) {
+                        entry.data.ciphertext = true;
+                        entry.data.proto = Proto::Unknown;
+                        entry.data.in_flight.clear();
+                    }
+                    return;
+                }
+                Output::GiveUp(GiveUp::Encrypted | GiveUp::NotThisProtocol) => {
                     self.ignore(id);
                     return;
                 }
-                sonde_postgres::Event::Startup { .. }
-                | sonde_postgres::Event::Notification { .. } => {}
             }
         }
     }

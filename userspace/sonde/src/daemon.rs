@@ -32,6 +32,7 @@ use crate::{
     merge::{MergeConfig, Merger},
     metrics::{self, CaptureSnapshot},
     metrics_feed::MetricsFeed,
+    protocols::{Postgres, Protocol, ProtocolSettings},
     sdk::{self, SdkRequest},
     trace::http::Endpoints,
     tracer::{KernelCommand, Tracer, TracerConfig},
@@ -63,6 +64,8 @@ struct CaptureLoop {
     spans_rejected: u64,
     /// Published for the metrics endpoint.
     snapshot: Arc<Mutex<CaptureSnapshot>>,
+    /// Kubernetes identity of processes (inert off Kubernetes) and the pod selection.
+    k8s: sonde_k8s::Enricher,
     /// Request/process metrics (None with `--no-metrics`).
     metrics: Option<MetricsFeed>,
     /// Whether the kernel follows chosen pids (then their processes get process metrics).
@@ -93,16 +96,15 @@ impl CaptureLoop {
             if !self.merger.is_sdk_pid(pid) && self.tracer.is_sdk_candidate(pid) {
                 self.merger.observe_candidate(pid, now);
             }
-            if self
-                .merger
-                .should_hold(pid, &span, self.tracer.is_marked(&span.trace_id))
-            {
+            if self.merger.should_hold(pid, &span, now) {
                 self.merger.hold(pid, span, now);
             } else {
                 ready.push((pid, span));
             }
         }
-        ready.extend(self.merger.poll(now));
+        // Groups of traces whose server request is still in flight wait for its end.
+        let open = self.tracer.open_server_traces();
+        ready.extend(self.merger.poll(now, &|trace| open.contains(trace)));
         self.export(ready);
     }
 
@@ -110,7 +112,8 @@ impl CaptureLoop {
         if spans.is_empty() {
             return;
         }
-        let grouped = self.tracer.group(spans);
+        let mut grouped = self.tracer.group(spans);
+        grouped.retain_mut(|rs| rs.resource.as_mut().is_none_or(|r| self.k8s.enrich(r)));
         if let Some(m) = &self.metrics {
             m.observe(&grouped);
         }
@@ -120,9 +123,6 @@ impl CaptureLoop {
     }
 
     fn sender_pid(&mut self, peer: SocketAddr) -> Option<u32> {
-        if let Some(pid) = self.tracer.pid_of_receiver_peer(peer) {
-            return Some(pid);
-        }
         if let Some(hit) = self.peer_cache.get(&peer) {
             return *hit;
         }
@@ -134,11 +134,17 @@ impl CaptureLoop {
         pid
     }
 
+    /// The resource of `pid`'s telemetry, with its Kubernetes identity.
+    fn resource_of(&mut self, pid: u32) -> opentelemetry_proto::tonic::resource::v1::Resource {
+        let mut resource = self.tracer.resource_of(pid);
+        self.k8s.enrich(&mut resource);
+        resource
+    }
+
     /// SDK telemetry from the receiver: attribute it to its process, give it that process's
     /// resource attributes, let the merger see the spans, forward everything.
     fn handle_sdk_requests(&mut self) {
         let now = clock::monotonic_now_ns();
-        let before = self.merger.sdk_pid_count();
         for _ in 0..1024 {
             let Ok(sdk::Queued { request, bytes }) = self.sdk_requests.try_recv() else {
                 break;
@@ -147,7 +153,7 @@ impl CaptureLoop {
             match request {
                 SdkRequest::Traces(peer, mut req) => {
                     if let Some(pid) = self.sender_pid(peer) {
-                        let ours = self.tracer.resource_of(pid);
+                        let ours = self.resource_of(pid);
                         for rs in &mut req.resource_spans {
                             sdk::enrich(&mut rs.resource, &ours);
                         }
@@ -162,7 +168,7 @@ impl CaptureLoop {
                 }
                 SdkRequest::Metrics(peer, mut req) => {
                     if let Some(pid) = self.sender_pid(peer) {
-                        let ours = self.tracer.resource_of(pid);
+                        let ours = self.resource_of(pid);
                         for rm in &mut req.resource_metrics {
                             sdk::enrich(&mut rm.resource, &ours);
                         }
@@ -171,7 +177,7 @@ impl CaptureLoop {
                 }
                 SdkRequest::Logs(peer, mut req) => {
                     if let Some(pid) = self.sender_pid(peer) {
-                        let ours = self.tracer.resource_of(pid);
+                        let ours = self.resource_of(pid);
                         for rl in &mut req.resource_logs {
                             sdk::enrich(&mut rl.resource, &ours);
                         }
@@ -179,9 +185,6 @@ impl CaptureLoop {
                     let _ = self.exporter.send_logs(req.resource_logs);
                 }
             }
-        }
-        if self.merger.sdk_pid_count() != before {
-            self.tracer.set_sdk_pids(self.merger.sdk_pids());
         }
     }
 
@@ -221,9 +224,10 @@ impl CaptureLoop {
                 Err(e) => tracing::debug!("health record: {e}"),
             }
         }
-        if let Some(m) = &mut self.metrics {
-            let tracer = &mut self.tracer;
-            m.health(&records, self.filter_pids, |pid| tracer.resource_of(pid));
+        if let Some(mut m) = self.metrics.take() {
+            let filter = self.filter_pids;
+            m.health(&records, filter, |pid| self.resource_of(pid));
+            self.metrics = Some(m);
         }
     }
 
@@ -251,7 +255,8 @@ impl CaptureLoop {
                 let held = self.merger.drain();
                 self.export(held);
                 if let Some(mut m) = self.metrics.take() {
-                    m.flush(|pid| self.tracer.resource_of(pid), &self.exporter);
+                    let exporter = self.exporter.clone();
+                    m.flush(|pid| self.resource_of(pid), &exporter);
                     self.metrics = Some(m);
                 }
                 return self;
@@ -267,11 +272,8 @@ impl CaptureLoop {
                 } else {
                     Vec::new()
                 };
-                m.tick(
-                    |pid| self.tracer.resource_of(pid),
-                    traced.into_iter(),
-                    &self.exporter,
-                );
+                let exporter = self.exporter.clone();
+                m.tick(|pid| self.resource_of(pid), traced.into_iter(), &exporter);
                 self.metrics = Some(m);
             }
             if last_snapshot.elapsed() >= SNAPSHOT_INTERVAL {
@@ -281,7 +283,7 @@ impl CaptureLoop {
             if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
                 self.tracer.set_clock(Clock::sample());
                 self.tracer.tick(clock::monotonic_now_ns());
-                self.tracer.set_sdk_pids(self.merger.sdk_pids());
+                self.k8s.prune();
                 last_housekeeping = Instant::now();
             }
         }
@@ -498,6 +500,9 @@ async fn shutdown_signal() -> &'static str {
 }
 
 pub async fn run(config: Config) -> Result<()> {
+    if config.k8s.events {
+        return run_k8s_events(config).await;
+    }
     let settings = ProbeSettings {
         self_pid: std::process::id(),
         filter_pids: !config.pids.is_empty(),
@@ -537,16 +542,22 @@ pub async fn run(config: Config) -> Result<()> {
     );
     let receiver = start_receiver(&config, Arc::new(sink)).await.map(Arc::new);
     // Only ports actually bound: connections to them are SDK exports to this daemon.
-    let own_ports = receiver
+    let own_ports: std::collections::HashSet<u16> = receiver
         .iter()
         .flat_map(|r| [r.grpc_local_addr(), r.http_local_addr()])
         .flatten()
         .map(|a| a.port())
         .collect();
+    // Without a receiver no process can export to sonde: nothing waits to be classified.
+    let hold_new_processes = !own_ports.is_empty();
     let tracer_config = TracerConfig {
         selection: config.selection.clone(),
         routes: config.routes.clone(),
-        postgres_capture_bytes: config.postgres_capture_bytes,
+        // Per-protocol flags reach the parsers through the registry.
+        protocols: ProtocolSettings::default()
+            .with_capture_bytes(Postgres::NAME, config.postgres_capture_bytes),
+        // No TLS plaintext source yet: encrypted connections are untracked.
+        tls_plaintext: false,
         sampler: config.sampler,
         own_ports,
     };
@@ -559,6 +570,7 @@ pub async fn run(config: Config) -> Result<()> {
         max_held_spans: (config.memory_budget_bytes / 8 / 1024).max(1024),
         // About 200 bytes a remembered SDK span: a sixteenth of the budget.
         max_sdk_spans: (config.memory_budget_bytes / 16 / 200).max(1024),
+        hold_new_processes,
         ..MergeConfig::default()
     });
 
@@ -574,6 +586,7 @@ pub async fn run(config: Config) -> Result<()> {
         stop: stop.clone(),
         spans_rejected: 0,
         snapshot: Arc::new(Mutex::new(CaptureSnapshot::default())),
+        k8s: sonde_k8s::start_enricher(&config.k8s).await,
         metrics: config.metrics.enabled.then(|| {
             MetricsFeed::new(
                 config.metrics.registry.clone(),
@@ -649,6 +662,7 @@ pub async fn run(config: Config) -> Result<()> {
         },
         None => None,
     };
+    let ready = Arc::new(AtomicBool::new(false));
     let metrics_task = match metrics_listener {
         Some((addr, listener)) => {
             eprintln!(
@@ -667,18 +681,16 @@ pub async fn run(config: Config) -> Result<()> {
                     },
                 ),
                 memory_budget_bytes: config.memory_budget_bytes,
+                ready: ready.clone(),
                 registry,
-                target: vec![
-                    ("service.name".into(), "sonde".into()),
-                    ("service.version".into(), env!("CARGO_PKG_VERSION").into()),
-                    ("process.pid".into(), std::process::id().to_string()),
-                ],
+                target: metrics::sonde_target(),
             };
             Some(tokio::spawn(metrics::serve(listener, sources)))
         }
         None => None,
     };
     eprintln!("sonde: ready");
+    ready.store(true, Ordering::Relaxed);
 
     let handle = std::thread::Builder::new()
         .name("sonde-capture".into())
@@ -711,5 +723,48 @@ pub async fn run(config: Config) -> Result<()> {
         "sonde: stopped; {} events, {} spans, {} ring buffer records lost, {} span batches refused by a full queue",
         stats.events, stats.spans, lost, capture.spans_rejected
     );
+    Ok(())
+}
+
+/// `sonde run --k8s-events`: the cluster's events as OTLP log records, no probes. The manifests
+/// run it in one one-replica Deployment so each event is exported once cluster-wide.
+async fn run_k8s_events(config: Config) -> Result<()> {
+    let client = sonde_k8s::client(&config.k8s).await.context(
+        "--k8s-events needs the Kubernetes API (in-cluster service account or KUBECONFIG)",
+    )?;
+    let exporter = Exporter::start(config.exporter.clone()).context("starting the exporter")?;
+    let ready = Arc::new(AtomicBool::new(true));
+    let metrics_task = match config.metrics_addr {
+        Some(addr) => {
+            let listener = metrics::bind(addr).await?;
+            let sources = metrics::Sources {
+                capture: Arc::new(Mutex::new(CaptureSnapshot::default())),
+                exporter: exporter.clone(),
+                receiver: None,
+                memory_budget_bytes: config.memory_budget_bytes,
+                ready,
+                registry: None,
+                target: metrics::sonde_target(),
+            };
+            Some(tokio::spawn(metrics::serve(listener, sources)))
+        }
+        None => None,
+    };
+    let sender = exporter.clone();
+    let watch = tokio::spawn(sonde_k8s::events::watch(client, move |logs| {
+        let _ = sender.send_logs(vec![logs]);
+    }));
+    eprintln!("sonde: exporting Kubernetes events");
+    eprintln!("sonde: ready");
+    let signal = shutdown_signal().await;
+    eprintln!(
+        "sonde: {signal}, flushing (up to {:?})",
+        config.shutdown_timeout
+    );
+    watch.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
+    exporter.shutdown(config.shutdown_timeout).await;
     Ok(())
 }

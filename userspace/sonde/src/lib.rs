@@ -11,4 +11,4 @@ pub mod metrics_feed;
 pub mod procstats;
 pub mod sdk;
 
-pub use sonde_core::{clock, merge, trace, tracer};
+pub use sonde_core::{clock, merge, protocols, trace, tracer};
