@@ -45,6 +45,12 @@ if ! command -v bpf-linker >/dev/null 2>&1; then
   PATH=/usr/lib/llvm-22/bin:$PATH cargo install --locked bpf-linker --no-default-features --features llvm-22
 fi
 
+# `cargo xtask fuzz` (and the short fuzz runs of `cargo xtask test`) drive libFuzzer through it.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  log "cargo: installing cargo-fuzz"
+  cargo install --locked cargo-fuzz
+fi
+
 PY_PACKAGES=(django gunicorn psycopg2-binary "psycopg[binary]" opentelemetry-sdk
   opentelemetry-exporter-otlp opentelemetry-instrumentation-django
   opentelemetry-instrumentation-psycopg2 opentelemetry-proto grpcio requests uvicorn
