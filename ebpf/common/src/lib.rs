@@ -204,6 +204,58 @@ const _: () = assert!(core::mem::size_of::<DataArgs>() == 48);
 const _: () = assert!(core::mem::size_of::<AcceptArgs>() == 8);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 24);
 
+/// `HealthEvent::kind` values (ring buffer `HEALTH`, separate from `EVENTS`: process
+/// lifecycle and TCP health for the metrics, never on the data path).
+pub mod health_kind {
+    /// `pid` called execve.
+    pub const EXEC: u32 = 1;
+    /// `pid` forked `other` (a new process).
+    pub const FORK: u32 = 2;
+    /// Process `pid` ended: `code` from exit_group, or killed by `signal` (0: unknown).
+    pub const EXIT: u32 = 3;
+    /// The OOM killer chose `pid`.
+    pub const OOM_KILL: u32 = 4;
+    /// A TCP segment of `pid`'s socket was retransmitted.
+    pub const RETRANSMIT: u32 = 5;
+    /// A TCP reset was sent from local port `sport`.
+    pub const RESET_SENT: u32 = 6;
+    /// A TCP reset was received on local port `sport`.
+    pub const RESET_RECEIVED: u32 = 7;
+    /// `pid`'s connect to `daddr`:`dport` failed (SYN_SENT -> CLOSE).
+    pub const CONNECT_FAILED: u32 = 8;
+}
+
+/// `HealthEvent::flags` bits.
+pub mod health_flags {
+    /// `code` is valid (the process called exit_group).
+    pub const HAS_CODE: u32 = 1;
+    /// `signal` is valid (a fatal signal was delivered).
+    pub const HAS_SIGNAL: u32 = 2;
+}
+
+/// A lifecycle or TCP health record. `pid` is 0 when the kernel ran it outside the owning
+/// process (softirq) and no owner was remembered: userspace attributes it by `sport`.
+/// Addresses are IPv4-mapped IPv6 for AF_INET.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HealthEvent {
+    pub kind: u32,
+    pub pid: u32,
+    /// FORK: the child's pid.
+    pub other: u32,
+    pub code: i32,
+    pub signal: i32,
+    pub flags: u32,
+    pub ts_ns: u64,
+    /// Local and remote ports (host order).
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u32,
+    pub daddr: [u8; 16],
+}
+
+const _: () = assert!(core::mem::size_of::<HealthEvent>() == 56);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain-old-data: repr(C), integer and byte-array fields, no padding (asserted above).
@@ -211,6 +263,7 @@ mod pod {
     unsafe impl aya::Pod for super::ProbeConfig {}
     unsafe impl aya::Pod for super::DataArgs {}
     unsafe impl aya::Pod for super::AcceptArgs {}
+    unsafe impl aya::Pod for super::HealthEvent {}
 }
 
 /// Names of the maps and the global the daemon opens by name. aya's `#[map]` takes no
@@ -223,8 +276,18 @@ pub mod names {
     pub const TRACED_PIDS: &str = "TRACED_PIDS";
     pub const DATA_ARGS: &str = "DATA_ARGS";
     pub const ACCEPT_ARGS: &str = "ACCEPT_ARGS";
+    /// Process lifecycle and TCP health records (their own ring buffer).
+    pub const HEALTH: &str = "HEALTH";
     /// The `ProbeConfig` global the loader overrides.
     pub const SONDE_CONFIG: &str = "SONDE_CONFIG";
     /// Every map the loader takes.
-    pub const MAPS: &[&str] = &[EVENTS, LOST, SOCKETS, TRACED_PIDS, DATA_ARGS, ACCEPT_ARGS];
+    pub const MAPS: &[&str] = &[
+        EVENTS,
+        LOST,
+        SOCKETS,
+        TRACED_PIDS,
+        DATA_ARGS,
+        ACCEPT_ARGS,
+        HEALTH,
+    ];
 }

@@ -8,8 +8,10 @@
 #![no_std]
 #![no_main]
 
+mod lifecycle;
 mod maps;
 mod syscalls;
+mod tcp_health;
 
 #[cfg(not(test))]
 #[panic_handler]

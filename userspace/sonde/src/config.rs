@@ -108,9 +108,24 @@ pub struct RunArgs {
         overrides_with = "otlp_http_addr"
     )]
     pub otlp_http_addr: String,
-    /// Prometheus endpoint for sonde's own metrics (`off` to disable).
-    #[arg(long, default_value = "0.0.0.0:9464", overrides_with = "metrics_addr")]
-    pub metrics_addr: String,
+    /// Prometheus endpoint (`/metrics`: request, process and TCP metrics plus sonde's own;
+    /// `off` to disable). Default: OTEL_EXPORTER_PROMETHEUS_HOST (0.0.0.0) and
+    /// OTEL_EXPORTER_PROMETHEUS_PORT (9464).
+    #[arg(long, overrides_with = "metrics_addr")]
+    pub metrics_addr: Option<String>,
+    /// Do not compute request, process and TCP metrics (sonde's own metrics stay).
+    #[arg(long)]
+    pub no_metrics: bool,
+    /// Series per request metric before further ones fold into one `otel.metric.overflow=true`
+    /// series.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub metrics_series_limit: u64,
+    /// OTLP metrics export interval in milliseconds (default OTEL_METRIC_EXPORT_INTERVAL, else 60000).
+    #[arg(long)]
+    pub metric_export_interval_ms: Option<u64>,
+    /// Seconds the series of processes that exited are kept.
+    #[arg(long, default_value_t = 300)]
+    pub metrics_stale_after_s: u64,
     /// Largest OTLP message the receiver accepts, after decompression, in MiB.
     #[arg(long, default_value_t = 64)]
     pub otlp_max_message_mib: usize,
@@ -186,6 +201,15 @@ pub struct Config {
     pub memory_budget_bytes: usize,
     pub metrics_addr: Option<SocketAddr>,
     pub k8s: sonde_k8s::K8sConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// Request/process/TCP metrics settings.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub registry: sonde_metrics::Config,
+    pub export_interval: Duration,
 }
 
 /// Heap bytes a queued span takes per byte of its protobuf encoding (decoded OTLP with typical attributes: up to ~8).
@@ -330,6 +354,31 @@ impl Config {
                 reason: "must be above 0".into(),
             });
         }
+        let metrics_addr = match args.metrics_addr.clone() {
+            Some(a) => a,
+            None => {
+                let host = env("OTEL_EXPORTER_PROMETHEUS_HOST").unwrap_or_else(|| "0.0.0.0".into());
+                let port = env("OTEL_EXPORTER_PROMETHEUS_PORT").unwrap_or_else(|| "9464".into());
+                if host.contains(':') && !host.starts_with('[') {
+                    format!("[{host}]:{port}")
+                } else if host == "localhost" {
+                    format!("127.0.0.1:{port}")
+                } else {
+                    format!("{host}:{port}")
+                }
+            }
+        };
+        let export_interval_ms = match args.metric_export_interval_ms {
+            Some(ms) => ms,
+            None => match env("OTEL_METRIC_EXPORT_INTERVAL") {
+                Some(v) => v.trim().parse().map_err(|_| ConfigError::Flag {
+                    flag: "metric-export-interval-ms",
+                    value: v.clone(),
+                    reason: "OTEL_METRIC_EXPORT_INTERVAL must be milliseconds".into(),
+                })?,
+                None => 60_000,
+            },
+        };
         let exporter = ExporterConfig {
             outputs,
             batch_timeout: Duration::from_millis(args.batch_timeout_ms.max(1)),
@@ -365,8 +414,18 @@ impl Config {
             receiver_max_inflight_bytes: (memory_budget_bytes / 8).max(1 << 20),
             merge_window: Duration::from_millis(args.merge_window_ms),
             memory_budget_bytes,
-            metrics_addr: parse_addr("metrics-addr", &args.metrics_addr)?,
+            metrics_addr: parse_addr("metrics-addr", &metrics_addr)?,
             k8s: args.k8s.resolve(&env)?,
+            metrics: MetricsConfig {
+                enabled: !args.no_metrics,
+                registry: sonde_metrics::Config {
+                    series_limit: usize::try_from(args.metrics_series_limit).unwrap_or(usize::MAX),
+                    // The sixteenth of the budget the other parts leave.
+                    memory_budget_bytes: (memory_budget_bytes / 16).max(1 << 20),
+                    stale_after_ns: args.metrics_stale_after_s.saturating_mul(1_000_000_000),
+                },
+                export_interval: Duration::from_millis(export_interval_ms.max(100)),
+            },
         })
     }
 }
@@ -486,6 +545,29 @@ mod tests {
         let c = Config::resolve(args(&["--traces-sampler", "always_off"]), env).unwrap();
         assert_eq!(c.sampler.root, crate::trace::sampler::RootRule::AlwaysOff);
         assert!(Config::resolve(args(&["--traces-sampler", "nope"]), |_| None).is_err());
+    }
+
+    #[test]
+    fn prometheus_address_and_export_interval_from_env() {
+        let env = |k: &str| match k {
+            "OTEL_EXPORTER_PROMETHEUS_HOST" => Some("127.0.0.1".to_owned()),
+            "OTEL_EXPORTER_PROMETHEUS_PORT" => Some("9999".to_owned()),
+            "OTEL_METRIC_EXPORT_INTERVAL" => Some("5000".to_owned()),
+            _ => None,
+        };
+        let c = Config::resolve(args(&[]), env).unwrap();
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:9999".parse().unwrap()));
+        assert_eq!(c.metrics.export_interval, Duration::from_secs(5));
+        let c = Config::resolve(args(&["--metrics-addr", "off"]), env).unwrap();
+        assert_eq!(c.metrics_addr, None);
+        let c = Config::resolve(args(&[]), |_| None).unwrap();
+        assert_eq!(c.metrics_addr, Some("0.0.0.0:9464".parse().unwrap()));
+        assert!(c.metrics.enabled);
+        assert!(
+            Config::resolve(args(&[]), |k| (k == "OTEL_METRIC_EXPORT_INTERVAL")
+                .then(|| "x".into()))
+            .is_err()
+        );
     }
 
     #[test]

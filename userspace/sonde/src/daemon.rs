@@ -31,6 +31,7 @@ use crate::{
     },
     merge::{MergeConfig, Merger},
     metrics::{self, CaptureSnapshot},
+    metrics_feed::MetricsFeed,
     protocols::{Postgres, Protocol, ProtocolSettings},
     sdk::{self, SdkRequest},
     trace::http::Endpoints,
@@ -65,6 +66,10 @@ struct CaptureLoop {
     snapshot: Arc<Mutex<CaptureSnapshot>>,
     /// Kubernetes identity of processes (inert off Kubernetes) and the pod selection.
     k8s: sonde_k8s::Enricher,
+    /// Request/process metrics (None with `--no-metrics`).
+    metrics: Option<MetricsFeed>,
+    /// Whether the kernel follows chosen pids (then their processes get process metrics).
+    filter_pids: bool,
 }
 
 impl CaptureLoop {
@@ -109,6 +114,9 @@ impl CaptureLoop {
         }
         let mut grouped = self.tracer.group(spans);
         grouped.retain_mut(|rs| rs.resource.as_mut().is_none_or(|r| self.k8s.enrich(r)));
+        if let Some(m) = &self.metrics {
+            m.observe(&grouped);
+        }
         if self.exporter.send_traces(grouped).is_err() {
             self.spans_rejected += 1;
         }
@@ -150,6 +158,9 @@ impl CaptureLoop {
                             sdk::enrich(&mut rs.resource, &ours);
                         }
                         self.merger.observe_sdk(pid, &req, now);
+                        if let Some(m) = &self.metrics {
+                            m.observe(&req.resource_spans);
+                        }
                     }
                     if self.exporter.send_traces(req.resource_spans).is_err() {
                         self.spans_rejected += 1;
@@ -182,7 +193,12 @@ impl CaptureLoop {
         let mut n = 0;
         while let Some(item) = self.probes.events.next() {
             match decode(&item) {
-                Ok(event) => self.tracer.on_event(event),
+                Ok(event) => {
+                    if let Some(m) = &mut self.metrics {
+                        feed_metrics(m, &event);
+                    }
+                    self.tracer.on_event(event)
+                }
                 Err(e) => {
                     tracing::debug!("undecodable ring buffer record: {e}");
                     self.tracer.count_decode_error();
@@ -197,6 +213,22 @@ impl CaptureLoop {
         }
         self.apply_commands();
         n
+    }
+
+    /// Lifecycle and TCP health records, for the metrics only.
+    fn drain_health(&mut self) {
+        let mut records = Vec::new();
+        while let Some(item) = self.probes.health.next() {
+            match crate::health::decode(&item) {
+                Ok(h) => records.push(h),
+                Err(e) => tracing::debug!("health record: {e}"),
+            }
+        }
+        if let Some(mut m) = self.metrics.take() {
+            let filter = self.filter_pids;
+            m.health(&records, filter, |pid| self.resource_of(pid));
+            self.metrics = Some(m);
+        }
     }
 
     fn run(mut self) -> Self {
@@ -216,17 +248,33 @@ impl CaptureLoop {
                 unsafe { libc::poll(&mut pfd, 1, POLL_INTERVAL.as_millis() as i32) };
             }
             self.drain();
+            self.drain_health();
             self.handle_sdk_requests();
             if stopping {
                 self.flush();
                 let held = self.merger.drain();
                 self.export(held);
+                if let Some(mut m) = self.metrics.take() {
+                    let exporter = self.exporter.clone();
+                    m.flush(|pid| self.resource_of(pid), &exporter);
+                    self.metrics = Some(m);
+                }
                 return self;
             }
             if self.tracer.pending_spans() >= FLUSH_SPANS || last_flush.elapsed() >= FLUSH_INTERVAL
             {
                 self.flush();
                 last_flush = Instant::now();
+            }
+            if let Some(mut m) = self.metrics.take() {
+                let traced: Vec<u32> = if self.filter_pids {
+                    self.probes.traced_pids.keys().flatten().collect()
+                } else {
+                    Vec::new()
+                };
+                let exporter = self.exporter.clone();
+                m.tick(|pid| self.resource_of(pid), traced.into_iter(), &exporter);
+                self.metrics = Some(m);
             }
             if last_snapshot.elapsed() >= SNAPSHOT_INTERVAL {
                 self.publish();
@@ -239,6 +287,22 @@ impl CaptureLoop {
                 last_housekeeping = Instant::now();
             }
         }
+    }
+}
+
+/// Byte counts and exits for the metrics (first chunk of each data syscall counts it whole).
+fn feed_metrics(m: &mut MetricsFeed, event: &crate::capture::event::KernelEvent<'_>) {
+    use crate::capture::event::{Direction, KernelEvent};
+    match event {
+        KernelEvent::Data {
+            hdr,
+            direction,
+            total_len,
+            offset: 0,
+            ..
+        } => m.data(hdr.pid, *direction == Direction::Ingress, *total_len),
+        KernelEvent::ProcessExit(hdr) => m.exited(hdr.pid),
+        _ => {}
     }
 }
 
@@ -523,7 +587,15 @@ pub async fn run(config: Config) -> Result<()> {
         spans_rejected: 0,
         snapshot: Arc::new(Mutex::new(CaptureSnapshot::default())),
         k8s: sonde_k8s::start_enricher(&config.k8s).await,
+        metrics: config.metrics.enabled.then(|| {
+            MetricsFeed::new(
+                config.metrics.registry.clone(),
+                config.metrics.export_interval,
+            )
+        }),
+        filter_pids: !config.pids.is_empty(),
     };
+    let registry = capture.metrics.as_ref().map(|m| m.registry.clone());
     capture.apply_commands();
     let blocked = stash_blocked_syscalls(&mut capture.probes, &pids, config.capture_bytes);
     let attached = capture.probes.attached.len();
@@ -610,6 +682,8 @@ pub async fn run(config: Config) -> Result<()> {
                 ),
                 memory_budget_bytes: config.memory_budget_bytes,
                 ready: ready.clone(),
+                registry,
+                target: metrics::sonde_target(),
             };
             Some(tokio::spawn(metrics::serve(listener, sources)))
         }
@@ -669,6 +743,8 @@ async fn run_k8s_events(config: Config) -> Result<()> {
                 receiver: None,
                 memory_budget_bytes: config.memory_budget_bytes,
                 ready,
+                registry: None,
+                target: metrics::sonde_target(),
             };
             Some(tokio::spawn(metrics::serve(listener, sources)))
         }

@@ -7,7 +7,10 @@ pub mod capture;
 pub mod config;
 pub mod daemon;
 pub mod discover;
+pub mod health;
 pub mod metrics;
+pub mod metrics_feed;
+pub mod procstats;
 pub mod sdk;
 
 // The binary (main.rs) installs the log subscriber.

@@ -1,13 +1,12 @@
-//! sonde's own telemetry as a Prometheus endpoint (`/metrics`): lost ring-buffer records per
-//! CPU, capture and tracer counters, the merger, the OTLP receiver and exporter.
+//! The Prometheus endpoint (`/metrics`): the request, process and TCP metrics of the traced
+//! processes (`sonde-metrics`), `target_info` for sonde itself, and sonde's own telemetry
+//! (lost ring-buffer records per CPU, capture and tracer counters, the merger, the OTLP
+//! receiver and exporter) under `sonde_*`.
 //!
-//! Names follow `sonde_<component>_<what>_<unit>[_total]`. A scrape renders the latest
-//! snapshots (the components keep their own lock-free counters), so the hot paths never touch
-//! a metrics library.
-//!
-//! Why not the `prometheus-client` crate: it writes only OpenMetrics, where a counter's HELP
-//! and TYPE lines name the family without `_total`; `promtool check metrics` (Prometheus 2.x,
-//! classic text format) rejects that. The classic format is a few lines of code.
+//! Self-metric names follow `sonde_<component>_<what>_<unit>[_total]`. A scrape renders the
+//! latest snapshots (the components keep their own lock-free counters), so the hot paths
+//! never touch a metrics library. The classic text format is written unless the scraper asks
+//! for OpenMetrics in `Accept` (see `sonde_metrics::expo` for why not the `prometheus` crate).
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -20,6 +19,8 @@ use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use sonde_otlp_export::{Exporter, SignalStats};
 use sonde_otlp_receive::ReceiverStats;
+
+use sonde_metrics::{Encoder, Format, Kind, Registry};
 
 use crate::{merge::MergeStats, tracer::TracerStats};
 
@@ -40,18 +41,24 @@ pub struct Sources {
     pub memory_budget_bytes: usize,
     /// Set once the probes are attached: `/readyz` answers 503 before.
     pub ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Request, process and TCP metrics (None with `--no-metrics`).
+    pub registry: Option<Arc<Mutex<Registry>>>,
+    /// `target_info` labels: sonde's own resource.
+    pub target: Vec<(String, String)>,
 }
 
-/// Classic Prometheus text exposition, one family at a time.
-#[derive(Default)]
+/// `target_info` labels: sonde's own resource.
+pub fn sonde_target() -> Vec<(String, String)> {
+    vec![
+        ("service.name".into(), "sonde".into()),
+        ("service.version".into(), env!("CARGO_PKG_VERSION").into()),
+        ("process.pid".into(), std::process::id().to_string()),
+    ]
+}
+
+/// Self-metrics exposition, one family at a time, in the scraper's format.
 struct Exposition {
-    out: String,
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    enc: Encoder,
 }
 
 impl Exposition {
@@ -62,19 +69,15 @@ impl Exposition {
         help: &str,
         samples: &[(Vec<(&str, String)>, u64)],
     ) {
-        use std::fmt::Write;
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+        let k = if kind == "counter" {
+            Kind::Counter
+        } else {
+            Kind::Gauge
+        };
+        self.enc.family(name, k, help);
         for (labels, value) in samples {
-            if labels.is_empty() {
-                let _ = writeln!(self.out, "{name} {value}");
-            } else {
-                let l: Vec<String> = labels
-                    .iter()
-                    .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-                    .collect();
-                let _ = writeln!(self.out, "{name}{{{}}} {value}", l.join(","));
-            }
+            let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            self.enc.sample(name, &[], &l, &value.to_string());
         }
     }
 
@@ -87,14 +90,23 @@ impl Exposition {
     }
 }
 
-/// Renders the Prometheus text exposition.
-pub fn render(sources: &Sources) -> String {
+/// Renders the exposition in `format`.
+pub fn render(sources: &Sources, format: Format) -> String {
     let capture = sources
         .capture
         .lock()
         .map(|s| s.clone())
         .unwrap_or_default();
-    let mut e = Exposition::default();
+    let mut e = Exposition {
+        enc: Encoder::new(format),
+    };
+    e.enc.family("target_info", Kind::Info, "sonde itself.");
+    e.enc.sample("target_info", &[&sources.target], &[], "1");
+    if let Some(registry) = &sources.registry
+        && let Ok(r) = registry.lock()
+    {
+        r.render(&mut e.enc);
+    }
     let lost: Vec<_> = capture
         .lost_per_cpu
         .iter()
@@ -290,7 +302,7 @@ pub fn render(sources: &Sources) -> String {
         "Byte bound of an output's queue.",
         &queue_max,
     );
-    e.out
+    e.enc.finish()
 }
 
 /// Liveness (`/healthz`: the process answers) and readiness (`/readyz`: probes attached).
@@ -320,9 +332,14 @@ pub async fn serve(listener: tokio::net::TcpListener, sources: Sources) {
                             .status(status)
                             .body(Full::new(Bytes::from(body)))
                     } else if req.uri().path() == "/metrics" {
+                        let format = Format::from_accept(
+                            req.headers()
+                                .get(hyper::header::ACCEPT)
+                                .and_then(|v| v.to_str().ok()),
+                        );
                         Response::builder()
-                            .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                            .body(Full::new(Bytes::from(render(&sources))))
+                            .header("Content-Type", format.content_type())
+                            .body(Full::new(Bytes::from(render(&sources, format))))
                     } else {
                         Response::builder()
                             .status(404)
@@ -361,7 +378,9 @@ mod tests {
 
     #[test]
     fn exposition_escapes_and_shapes_families() {
-        let mut e = Exposition::default();
+        let mut e = Exposition {
+            enc: Encoder::new(Format::Classic),
+        };
         e.family(
             "x_total",
             "counter",
@@ -370,7 +389,7 @@ mod tests {
         );
         e.gauge("y", "Gauge.", 5);
         assert_eq!(
-            e.out,
+            e.enc.finish(),
             "# HELP x_total Help.\n# TYPE x_total counter\nx_total{a=\"q\\\"uo\\\\te\\n\"} 3\n# HELP y Gauge.\n# TYPE y gauge\ny 5\n"
         );
     }

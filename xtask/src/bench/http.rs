@@ -149,6 +149,8 @@ enum Variant {
     NoTracer,
     Noop,
     Tracing,
+    /// Tracing with request/process metrics off (`--no-metrics`): their cost is c minus d.
+    TracingNoMetrics,
 }
 
 impl Variant {
@@ -156,7 +158,8 @@ impl Variant {
         match self {
             Variant::NoTracer => "a: no tracer",
             Variant::Noop => "b: sonde empty programs",
-            Variant::Tracing => "c: sonde tracing, OTLP",
+            Variant::Tracing => "c: sonde tracing + metrics, OTLP",
+            Variant::TracingNoMetrics => "d: sonde tracing, no metrics",
         }
     }
 
@@ -168,13 +171,15 @@ impl Variant {
             "off",
             "--otlp-http-addr",
             "off",
+            "--metrics-addr",
+            "127.0.0.1:0",
         ]
         .map(String::from)
         .to_vec();
         match self {
             Variant::NoTracer => return None,
             Variant::Noop => args.extend(["--noop-probes", "--output", "text"].map(String::from)),
-            Variant::Tracing => args.extend(
+            Variant::Tracing | Variant::TracingNoMetrics => args.extend(
                 [
                     "--output",
                     "otlp",
@@ -185,6 +190,9 @@ impl Variant {
                 ]
                 .map(String::from),
             ),
+        }
+        if self == Variant::TracingNoMetrics {
+            args.push("--no-metrics".into());
         }
         Some(args)
     }
@@ -250,13 +258,19 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
     // Warm-up (page cache, nginx worker, CPU frequency) that no variant pays for.
     run_wrk(&url, 1)?;
 
-    let variants = [Variant::NoTracer, Variant::Noop, Variant::Tracing];
+    let variants = [
+        Variant::NoTracer,
+        Variant::Noop,
+        Variant::Tracing,
+        Variant::TracingNoMetrics,
+    ];
     let cols = [
         col("rps", "req/s", 0),
         col("rps_ratio", "vs a", 3),
         col("p50_ms", "p50 ms", 3),
         col("p99_ms", "p99 ms", 3),
         col("cpu_ms_per_1k", "sonde CPU ms/1k req", 2),
+        col("cpu_ms_per_1k_ratio", "CPU vs d", 3),
         col("rss_mib", "sonde RSS MiB", 1),
         col("lost", "lost", 0),
         col("spans_made", "spans", 0),
@@ -282,6 +296,11 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
     }
     max.add_ratio(0, "rps");
     max.add_ratio(0, "p99_ms");
+    max.add_ratio(3, "cpu_ms_per_1k");
+    max.notes.push(
+        "metrics cost = sonde CPU per request of c (metrics on, the default) over d (--no-metrics); budget < 1.10"
+            .into(),
+    );
     max.notes.push(format!(
         "{} rounds of {} s, variants interleaved; medians; ratios paired per round; spans go to an in-process discard OTLP/gRPC sink",
         args.rounds, args.duration
@@ -297,6 +316,7 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
         col("p99_ms_ratio", "p99 vs a", 3),
         col("errors", "errors", 0),
         col("cpu_ms_per_1k", "sonde CPU ms/1k req", 2),
+        col("cpu_ms_per_1k_ratio", "CPU vs d", 3),
         col("rss_mib", "sonde RSS MiB", 1),
         col("lost", "lost", 0),
         col("spans_made", "spans", 0),
@@ -307,7 +327,11 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
         &format!("nginx at a fixed {rate} req/s (32 connections, open loop)"),
         &fixed_cols,
     );
-    let fixed_variants = [Variant::NoTracer, Variant::Tracing];
+    let fixed_variants = [
+        Variant::NoTracer,
+        Variant::Tracing,
+        Variant::TracingNoMetrics,
+    ];
     fixed.rows = fixed_variants.iter().map(|v| Row::new(v.name())).collect();
     for round in 1..=args.rounds {
         for (i, v) in fixed_variants.iter().enumerate() {
@@ -331,6 +355,7 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
         }
     }
     fixed.add_ratio(0, "p99_ms");
+    fixed.add_ratio(2, "cpu_ms_per_1k");
     fixed.notes.push(
         "latency measured from each request's scheduled send time (no coordinated omission)".into(),
     );

@@ -57,6 +57,20 @@ const ATTACHMENTS: &[(&str, &str, &str)] = &[
     ("sys_exit_sendfile64", "syscalls", "sys_exit_sendfile64"),
 ];
 
+/// Process lifecycle and TCP health for the metrics (ebpf/probes lifecycle.rs, tcp_health.rs).
+const HEALTH_ATTACHMENTS: &[(&str, &str, &str)] = &[
+    ("lc_process_exec", "sched", "sched_process_exec"),
+    ("lc_process_fork", "sched", "sched_process_fork"),
+    ("lc_process_exit", "sched", "sched_process_exit"),
+    ("lc_exit_group", "syscalls", "sys_enter_exit_group"),
+    ("lc_signal_generate", "signal", "signal_generate"),
+    ("lc_oom_mark_victim", "oom", "mark_victim"),
+    ("tcp_sock_set_state", "sock", "inet_sock_set_state"),
+    ("tcp_retransmit", "tcp", "tcp_retransmit_skb"),
+    ("tcp_send_reset", "tcp", "tcp_send_reset"),
+    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
+];
+
 /// Tracepoints some architectures lack.
 const OPTIONAL: &[&str] = &[
     "sys_enter_dup2",
@@ -115,6 +129,8 @@ pub struct ProbeSettings {
 }
 
 pub struct Probes {
+    /// Process lifecycle and TCP health records (`sonde_common::HealthEvent`).
+    pub health: RingBuf<MapData>,
     /// Keeps the programs and their links alive.
     _ebpf: Ebpf,
     pub events: RingBuf<MapData>,
@@ -256,7 +272,7 @@ pub fn load(settings: &ProbeSettings) -> Result<Probes, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .override_global(names::SONDE_CONFIG, &config, true)
         .map_max_entries(
-            "EVENTS",
+            names::EVENTS,
             settings.ring_buffer_bytes.next_power_of_two().max(4096),
         )
         .load(PROBES_OBJECT)
@@ -264,7 +280,7 @@ pub fn load(settings: &ProbeSettings) -> Result<Probes, LoadError> {
 
     let mut loaded = std::collections::HashSet::new();
     let mut attached = Vec::new();
-    for &(program, category, name) in ATTACHMENTS {
+    for &(program, category, name) in ATTACHMENTS.iter().chain(HEALTH_ATTACHMENTS) {
         let tp: &mut TracePoint = ebpf
             .program_mut(program)
             .ok_or_else(|| LoadError::MissingProgram {
@@ -317,9 +333,12 @@ pub fn load(settings: &ProbeSettings) -> Result<Probes, LoadError> {
         .map_err(|e| LoadError::Map(names::DATA_ARGS, e.to_string()))?;
     let accept_args = BpfHashMap::try_from(take(&mut ebpf, names::ACCEPT_ARGS)?)
         .map_err(|e| LoadError::Map(names::ACCEPT_ARGS, e.to_string()))?;
+    let health = RingBuf::try_from(take(&mut ebpf, names::HEALTH)?)
+        .map_err(|e| LoadError::Map(names::HEALTH, e.to_string()))?;
     Ok(Probes {
         _ebpf: ebpf,
         events,
+        health,
         sockets,
         traced_pids,
         lost,

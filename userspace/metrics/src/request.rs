@@ -1,0 +1,374 @@
+//! Span -> request measurement: which histogram a finished OTLP span feeds, with which
+//! bounded attribute set. Works on sonde's eBPF spans and on SDK spans alike (current
+//! semantic conventions, plus the older `http.method` / `db.system` names SDKs still send).
+//!
+//! Only low-cardinality attributes are copied: never `url.path`, `client.address`,
+//! `db.query.text` or any peer port.
+use opentelemetry_proto::tonic::{
+    common::v1::{AnyValue, KeyValue, any_value::Value},
+    resource::v1::Resource,
+    trace::v1::{Span, span::SpanKind},
+};
+
+use crate::Labels;
+
+/// The three request histograms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RequestMetric {
+    HttpServer,
+    HttpClient,
+    DbClient,
+}
+
+impl RequestMetric {
+    pub const ALL: [RequestMetric; 3] = [Self::HttpServer, Self::HttpClient, Self::DbClient];
+
+    /// OpenTelemetry name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::HttpServer => "http.server.request.duration",
+            Self::HttpClient => "http.client.request.duration",
+            Self::DbClient => "db.client.operation.duration",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::HttpServer => "Duration of HTTP server requests.",
+            Self::HttpClient => "Duration of HTTP client requests.",
+            Self::DbClient => "Duration of database client operations.",
+        }
+    }
+
+    /// Explicit bucket bounds (semantic-convention advice; HTTP and DB differ).
+    pub fn bounds(self) -> &'static [f64] {
+        match self {
+            Self::HttpServer | Self::HttpClient => HTTP_BUCKETS,
+            Self::DbClient => DB_BUCKETS,
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+pub const HTTP_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+pub const DB_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
+
+/// One request to count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Measurement {
+    pub metric: RequestMetric,
+    /// Sorted by key; OpenTelemetry attribute names.
+    pub attributes: Labels,
+    pub seconds: f64,
+}
+
+const KNOWN_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY",
+];
+
+/// The string form of an attribute value (ints and bools too), if it is a scalar.
+pub fn value_string(v: Option<&AnyValue>) -> Option<String> {
+    match v?.value.as_ref()? {
+        Value::StringValue(s) => Some(s.clone()),
+        Value::IntValue(i) => Some(i.to_string()),
+        Value::BoolValue(b) => Some(b.to_string()),
+        Value::DoubleValue(d) => Some(d.to_string()),
+        _ => None,
+    }
+}
+
+fn find<'a>(attrs: &'a [KeyValue], keys: &[&str]) -> Option<&'a AnyValue> {
+    keys.iter()
+        .find_map(|k| attrs.iter().find(|kv| kv.key == *k))
+        .and_then(|kv| kv.value.as_ref())
+}
+
+fn get(attrs: &[KeyValue], keys: &[&str]) -> Option<String> {
+    value_string(find(attrs, keys)).filter(|s| !s.is_empty())
+}
+
+/// Bounded length of any copied attribute value (a route template or an operation name).
+const MAX_VALUE_LEN: usize = 128;
+
+fn bounded(mut s: String) -> String {
+    if s.len() > MAX_VALUE_LEN {
+        let mut cut = MAX_VALUE_LEN;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// What a finished span counts as, if anything (internal spans and spans of other kinds or
+/// protocols count as nothing).
+pub fn measure(span: &Span) -> Option<Measurement> {
+    let attrs = &span.attributes;
+    let kind = span.kind;
+    let method = get(attrs, &["http.request.method", "http.method"]);
+    let db_system = get(attrs, &["db.system.name", "db.system"]);
+    let metric = if kind == SpanKind::Server as i32 && method.is_some() {
+        RequestMetric::HttpServer
+    } else if kind == SpanKind::Client as i32 && method.is_some() {
+        RequestMetric::HttpClient
+    } else if kind == SpanKind::Client as i32 && db_system.is_some() {
+        RequestMetric::DbClient
+    } else {
+        return None;
+    };
+    let seconds = span
+        .end_time_unix_nano
+        .checked_sub(span.start_time_unix_nano)? as f64
+        / 1e9;
+    let mut out: Labels = Vec::with_capacity(6);
+    let error = get(attrs, &["error.type"]);
+    match metric {
+        RequestMetric::HttpServer | RequestMetric::HttpClient => {
+            let method = method.unwrap_or_default();
+            let method = if KNOWN_METHODS.contains(&method.as_str()) {
+                method
+            } else {
+                "_OTHER".to_owned()
+            };
+            out.push(("http.request.method".into(), method));
+            let status = get(attrs, &["http.response.status_code", "http.status_code"]);
+            let error = error.or_else(|| {
+                let code: u16 = status.as_deref()?.parse().ok()?;
+                let threshold = if metric == RequestMetric::HttpServer {
+                    500
+                } else {
+                    400
+                };
+                (code >= threshold).then(|| code.to_string())
+            });
+            if let Some(s) =
+                status.filter(|s| s.len() <= 3 && s.bytes().all(|b| b.is_ascii_digit()))
+            {
+                out.push(("http.response.status_code".into(), s));
+            }
+            if let Some(e) = error {
+                out.push(("error.type".into(), bounded(e)));
+            }
+            if metric == RequestMetric::HttpServer {
+                if let Some(r) = get(attrs, &["http.route"]) {
+                    out.push(("http.route".into(), bounded(r)));
+                }
+            } else {
+                if let Some(a) = get(attrs, &["server.address", "net.peer.name"]) {
+                    out.push(("server.address".into(), bounded(a)));
+                }
+                if let Some(p) = get(attrs, &["server.port", "net.peer.port"]) {
+                    out.push(("server.port".into(), bounded(p)));
+                }
+            }
+        }
+        RequestMetric::DbClient => {
+            out.push((
+                "db.system.name".into(),
+                bounded(db_system.unwrap_or_default()),
+            ));
+            for (key, aliases) in [
+                (
+                    "db.operation.name",
+                    &["db.operation.name", "db.operation"][..],
+                ),
+                (
+                    "db.collection.name",
+                    &["db.collection.name", "db.sql.table"][..],
+                ),
+                ("db.namespace", &["db.namespace", "db.name"][..]),
+                ("db.response.status_code", &["db.response.status_code"][..]),
+            ] {
+                if let Some(v) = get(attrs, aliases) {
+                    out.push((key.into(), bounded(v)));
+                }
+            }
+            if let Some(e) = error {
+                out.push(("error.type".into(), bounded(e)));
+            }
+        }
+    }
+    out.sort();
+    Some(Measurement {
+        metric,
+        attributes: out,
+        seconds,
+    })
+}
+
+/// A process's identity as metric labels: `service.name`, `service.namespace` and every
+/// `k8s.*` attribute of its resource (sorted by key).
+pub fn identity(resource: Option<&Resource>) -> Labels {
+    let mut out = Labels::new();
+    let Some(r) = resource else {
+        return out;
+    };
+    for kv in &r.attributes {
+        let wanted =
+            kv.key == "service.name" || kv.key == "service.namespace" || kv.key.starts_with("k8s.");
+        if wanted && let Some(v) = value_string(kv.value.as_ref()) {
+            out.push((kv.key.clone(), bounded(v)));
+        }
+    }
+    out.sort();
+    out.dedup_by(|a, b| a.0 == b.0);
+    out
+}
+
+/// `process.pid` of a resource, if present.
+pub fn pid(resource: Option<&Resource>) -> Option<u32> {
+    let v = find(&resource?.attributes, &["process.pid"])?;
+    match v.value.as_ref()? {
+        Value::IntValue(i) => u32::try_from(*i).ok(),
+        Value::StringValue(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(k: &str, v: &str) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        }
+    }
+    fn i(k: &str, v: i64) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(Value::IntValue(v)),
+            }),
+            ..Default::default()
+        }
+    }
+    fn span(kind: SpanKind, attrs: Vec<KeyValue>, ms: u64) -> Span {
+        Span {
+            kind: kind as i32,
+            attributes: attrs,
+            start_time_unix_nano: 1_000_000_000,
+            end_time_unix_nano: 1_000_000_000 + ms * 1_000_000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn server_span_keeps_only_bounded_attributes() {
+        let m = measure(&span(
+            SpanKind::Server,
+            vec![
+                s("http.request.method", "GET"),
+                i("http.response.status_code", 503),
+                s("error.type", "503"),
+                s("http.route", "/users/{id}"),
+                s("url.path", "/users/42"),
+                s("client.address", "10.0.0.1"),
+                i("network.peer.port", 5555),
+                s("server.address", "example"),
+            ],
+            120,
+        ))
+        .unwrap();
+        assert_eq!(m.metric, RequestMetric::HttpServer);
+        assert!((m.seconds - 0.12).abs() < 1e-9);
+        let keys: Vec<_> = m.attributes.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "error.type",
+                "http.request.method",
+                "http.response.status_code",
+                "http.route"
+            ]
+        );
+    }
+
+    #[test]
+    fn old_sdk_names_and_odd_methods_are_normalised() {
+        let m = measure(&span(
+            SpanKind::Server,
+            vec![s("http.method", "BREW"), i("http.status_code", 500)],
+            1,
+        ))
+        .unwrap();
+        assert_eq!(
+            m.attributes,
+            vec![
+                ("error.type".into(), "500".into()),
+                ("http.request.method".into(), "_OTHER".into()),
+                ("http.response.status_code".into(), "500".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn client_and_db_spans() {
+        let c = measure(&span(
+            SpanKind::Client,
+            vec![
+                s("http.request.method", "POST"),
+                i("http.response.status_code", 404),
+                s("server.address", "api"),
+                i("server.port", 8080),
+                s("url.full", "http://api:8080/x?y"),
+            ],
+            3,
+        ))
+        .unwrap();
+        assert_eq!(c.metric, RequestMetric::HttpClient);
+        assert!(
+            c.attributes
+                .contains(&("server.port".into(), "8080".into()))
+        );
+        assert!(c.attributes.contains(&("error.type".into(), "404".into())));
+        let d = measure(&span(
+            SpanKind::Client,
+            vec![
+                s("db.system.name", "postgresql"),
+                s("db.operation.name", "SELECT"),
+                s("db.collection.name", "users"),
+                s("db.query.text", "SELECT * FROM users WHERE id = $1"),
+                i("server.port", 5432),
+                i("network.peer.port", 5432),
+            ],
+            2,
+        ))
+        .unwrap();
+        assert_eq!(d.metric, RequestMetric::DbClient);
+        assert_eq!(d.attributes.len(), 3);
+        assert!(measure(&span(SpanKind::Internal, vec![s("http.method", "GET")], 1)).is_none());
+        assert!(measure(&span(SpanKind::Client, vec![], 1)).is_none());
+    }
+
+    #[test]
+    fn identity_takes_service_and_k8s() {
+        let r = Resource {
+            attributes: vec![
+                s("service.name", "api"),
+                i("process.pid", 42),
+                s("k8s.pod.name", "api-1"),
+                s("host.name", "n"),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            identity(Some(&r)),
+            vec![
+                ("k8s.pod.name".into(), "api-1".into()),
+                ("service.name".into(), "api".into())
+            ]
+        );
+        assert_eq!(pid(Some(&r)), Some(42));
+    }
+}
