@@ -10,6 +10,7 @@
 
 mod maps;
 mod syscalls;
+mod tls;
 
 #[cfg(not(test))]
 #[panic_handler]

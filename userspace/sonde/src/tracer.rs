@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::{
 
 use crate::{
     capture::{
-        event::{Direction, Header, KernelEvent, Role},
+        event::{Direction, Header, KernelEvent, Role, Source},
         sockets::{SocketResolver, TcpEndpoints},
     },
     clock::Clock,
@@ -130,6 +130,9 @@ struct Conn {
     in_flight: HashMap<u64, SpanContext>,
     /// The process's fds naming this socket (more than one after dup).
     fds: Vec<i32>,
+    /// TLS: the syscall bytes are ciphertext (dropped, the socket stays tracked) and the
+    /// parsers are fed the plaintext of the OpenSSL uprobes instead.
+    tls: bool,
 }
 
 /// Identifies a connection independently of its fds (which dup multiplies and close reuses).
@@ -171,6 +174,19 @@ pub struct Tracer<H: HostView> {
     marked: HashMap<TraceId, u64>,
     /// Local address of a connection to sonde's receiver -> the process that opened it.
     peer_pids: HashMap<SocketAddr, u32>,
+    /// TLS connections that started since the last call (for the daemon's libssl discovery
+    /// and untraceable-TLS accounting).
+    tls_started: Vec<TlsStart>,
+    /// Processes whose TLS sonde cannot read: their TLS connections are untracked at once.
+    tls_untraceable: HashSet<u32>,
+}
+
+/// A connection turned out to be TLS (handshake seen in clear, or PostgreSQL's `S` answer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsStart {
+    pub pid: u32,
+    /// GSSAPI encryption (PostgreSQL `G` answer): never readable, whatever the process maps.
+    pub gssapi: bool,
 }
 
 fn egress_or_ingress_ts(direction: Direction, hdr: &Header, enter_ts_ns: u64) -> u64 {
@@ -203,6 +219,28 @@ impl<H: HostView> Tracer<H> {
             sdk_pids: HashSet::new(),
             marked: HashMap::default(),
             peer_pids: HashMap::default(),
+            tls_started: Vec::new(),
+            tls_untraceable: HashSet::new(),
+        }
+    }
+
+    /// TLS connections seen starting since the last call.
+    pub fn take_tls_started(&mut self) -> Vec<TlsStart> {
+        std::mem::take(&mut self.tls_started)
+    }
+
+    /// The daemon found that `pid` has no readable TLS library (Go, rustls, no symbols...):
+    /// its TLS connections are untracked (their ciphertext is of no use) now and from now on.
+    pub fn set_tls_untraceable(&mut self, pid: u32) {
+        self.tls_untraceable.insert(pid);
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.pid == pid && c.tls && matches!(c.proto, Proto::Unknown))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.ignore(id);
         }
     }
 
@@ -349,6 +387,7 @@ impl<H: HostView> Tracer<H> {
                 proto: Proto::Unknown,
                 in_flight: HashMap::default(),
                 fds: vec![fd],
+                tls: false,
             },
         );
         self.fds.insert((pid, fd), id);
@@ -410,6 +449,7 @@ impl<H: HostView> Tracer<H> {
                 offset,
                 payload,
                 last,
+                source,
             } => {
                 self.last_ts_ns = self.last_ts_ns.max(hdr.ts_ns);
                 self.stats.data_bytes += payload.len() as u64;
@@ -419,7 +459,7 @@ impl<H: HostView> Tracer<H> {
                     0
                 };
                 let ts = egress_or_ingress_ts(direction, &hdr, enter_ts_ns);
-                self.on_data(hdr, direction, payload, lost_after, ts);
+                self.on_data(hdr, direction, payload, lost_after, ts, source);
             }
             KernelEvent::Close(hdr) => {
                 self.last_ts_ns = self.last_ts_ns.max(hdr.ts_ns);
@@ -591,10 +631,33 @@ impl<H: HostView> Tracer<H> {
         payload: &[u8],
         lost_after: u64,
         ts_ns: u64,
+        source: Source,
     ) {
         let Some(&id) = self.fds.get(&(hdr.pid, hdr.fd)) else {
             return;
         };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        match source {
+            // Plaintext goes through the same detection and parsers as syscall bytes.
+            Source::TlsPlaintext => conn.tls = true,
+            // Ciphertext: dropped, the socket stays tracked for its plaintext.
+            Source::Syscall if conn.tls => return,
+            Source::Syscall => {
+                if matches!(conn.proto, Proto::Unknown)
+                    && crate::capture::tls::looks_like_tls_record(payload, conn.from_start)
+                {
+                    conn.tls = true;
+                    let pid = conn.pid;
+                    self.tls_started.push(TlsStart { pid, gssapi: false });
+                    if self.tls_untraceable.contains(&pid) {
+                        self.ignore(id);
+                    }
+                    return;
+                }
+            }
+        }
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
@@ -773,7 +836,8 @@ impl<H: HostView> Tracer<H> {
                         .get_mut(&id)
                         .and_then(|c| c.in_flight.remove(&ex.seq))
                         .unwrap_or_else(|| self.root());
-                    let parts = if role == Role::Client {
+                    let tls = self.conns.get(&id).is_some_and(|c| c.tls);
+                    let mut parts = if role == Role::Client {
                         http::client_span(&ex, endpoints, ctx, &self.clock, now_ns)
                     } else {
                         self.correlator
@@ -787,6 +851,9 @@ impl<H: HostView> Tracer<H> {
                             now_ns,
                         )
                     };
+                    if tls {
+                        http::into_https(&mut parts);
+                    }
                     self.emit(pid, parts);
                 }
                 sonde_http1::Event::NotHttp { .. } => {
@@ -846,7 +913,25 @@ impl<H: HostView> Tracer<H> {
                     );
                     self.emit(pid, parts);
                 }
-                sonde_postgres::Event::Encrypted | sonde_postgres::Event::NotPostgres => {
+                sonde_postgres::Event::TlsStarted => {
+                    // The server answered 'S' to SSLRequest: the rest (startup message
+                    // included) is read through the OpenSSL uprobes.
+                    if let Some(conn) = self.conns.get_mut(&id) {
+                        conn.tls = true;
+                    }
+                    self.tls_started.push(TlsStart { pid, gssapi: false });
+                    if self.tls_untraceable.contains(&pid) {
+                        self.ignore(id);
+                        return;
+                    }
+                }
+                sonde_postgres::Event::Encrypted => {
+                    // GSSAPI encryption: unreadable for any tracer.
+                    self.tls_started.push(TlsStart { pid, gssapi: true });
+                    self.ignore(id);
+                    return;
+                }
+                sonde_postgres::Event::NotPostgres => {
                     self.ignore(id);
                     return;
                 }
