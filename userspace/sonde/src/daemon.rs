@@ -24,6 +24,7 @@ use crate::{
         loader::{self, ProbeSettings, Probes},
         preexisting,
         sockets::{self, SocketResolver},
+        tls::TlsAttacher,
     },
     clock::{self, Clock},
     config::Config,
@@ -60,6 +61,10 @@ struct CaptureLoop {
     spans_rejected: u64,
     /// Published for the metrics endpoint.
     snapshot: Arc<Mutex<CaptureSnapshot>>,
+    /// OpenSSL discovery and uprobe attachment; untraceable TLS accounting.
+    tls: TlsAttacher,
+    /// A pid filter is set: TLS discovery looks at the traced pids only.
+    filter_pids: bool,
 }
 
 impl CaptureLoop {
@@ -72,6 +77,7 @@ impl CaptureLoop {
             lost_per_cpu: self.probes.lost_per_cpu(),
             tracer: self.tracer.stats(),
             merge: self.merger.stats(),
+            tls: self.tls.stats(),
         };
         if let Ok(mut guard) = self.snapshot.lock() {
             *guard = snapshot;
@@ -194,6 +200,24 @@ impl CaptureLoop {
         n
     }
 
+    /// TLS connections the tracer saw start: hook their process's OpenSSL if it was not yet,
+    /// or count them as untraceable. Then the periodic rescan for late-loaded libssl.
+    fn tls_step(&mut self) {
+        let started = self.tracer.take_tls_started();
+        for start in started {
+            if self.tls.on_tls_started(&mut self.probes.ebpf, start) {
+                self.tracer.set_tls_untraceable(start.pid);
+            }
+        }
+        if self.tls.rescan_due() {
+            let pids: Option<Vec<u32>> = self
+                .filter_pids
+                .then(|| self.probes.traced_pids.keys().filter_map(Result::ok).collect());
+            self.tls.rescan(&mut self.probes.ebpf, pids.as_deref());
+        }
+        self.apply_commands();
+    }
+
     fn run(mut self) -> Self {
         let fd = self.probes.events.as_raw_fd();
         let mut last_flush = Instant::now();
@@ -211,6 +235,7 @@ impl CaptureLoop {
                 unsafe { libc::poll(&mut pfd, 1, POLL_INTERVAL.as_millis() as i32) };
             }
             self.drain();
+            self.tls_step();
             self.handle_sdk_requests();
             if stopping {
                 self.flush();
@@ -458,6 +483,12 @@ pub async fn run(config: Config) -> Result<()> {
             .with_context(|| format!("adding pid {pid} to the kernel filter"))?;
     }
 
+    // OpenSSL uprobes before connections are adopted, so TLS connections that predate sonde
+    // are read from their next call.
+    let mut tls = TlsAttacher::new(std::process::id());
+    tls.attach_system(&mut probes.ebpf);
+    tls.rescan(&mut probes.ebpf, (!config.pids.is_empty()).then_some(&pids[..]));
+
     let exporter = Exporter::start(config.exporter.clone()).context("starting the exporter")?;
     let host = ProcHost {
         sockets: SocketResolver::default(),
@@ -507,6 +538,8 @@ pub async fn run(config: Config) -> Result<()> {
         stop: stop.clone(),
         spans_rejected: 0,
         snapshot: Arc::new(Mutex::new(CaptureSnapshot::default())),
+        tls,
+        filter_pids: !config.pids.is_empty(),
     };
     capture.apply_commands();
     let blocked = stash_blocked_syscalls(&mut capture.probes, &pids, config.capture_bytes);

@@ -2,6 +2,7 @@
 pub mod capture;
 pub mod clock;
 pub mod config;
+pub mod discover;
 pub mod daemon;
 pub mod merge;
 pub mod metrics;

@@ -133,6 +133,8 @@ struct Conn {
     /// TLS: the syscall bytes are ciphertext (dropped, the socket stays tracked) and the
     /// parsers are fed the plaintext of the OpenSSL uprobes instead.
     tls: bool,
+    /// Plaintext from the OpenSSL uprobes arrived on this connection.
+    plaintext_seen: bool,
 }
 
 /// Identifies a connection independently of its fds (which dup multiplies and close reuses).
@@ -388,6 +390,7 @@ impl<H: HostView> Tracer<H> {
                 in_flight: HashMap::default(),
                 fds: vec![fd],
                 tls: false,
+                plaintext_seen: false,
             },
         );
         self.fds.insert((pid, fd), id);
@@ -641,7 +644,21 @@ impl<H: HostView> Tracer<H> {
         };
         match source {
             // Plaintext goes through the same detection and parsers as syscall bytes.
-            Source::TlsPlaintext => conn.tls = true,
+            Source::TlsPlaintext => {
+                conn.tls = true;
+                if !conn.plaintext_seen {
+                    conn.plaintext_seen = true;
+                    // The library was hooked only after the handshake (loaded late): the
+                    // startup after 'S' was missed; resynchronise on the next message.
+                    if let Proto::Postgres(pg) = &mut conn.proto
+                        && direction == Direction::Egress
+                        && conn.role == Role::Client
+                        && !sonde_postgres::looks_like_startup(payload)
+                    {
+                        **pg = sonde_postgres::Connection::new_unsynced();
+                    }
+                }
+            }
             // Ciphertext: dropped, the socket stays tracked for its plaintext.
             Source::Syscall if conn.tls => return,
             Source::Syscall => {

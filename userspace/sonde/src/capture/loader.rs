@@ -114,8 +114,9 @@ pub struct ProbeSettings {
 }
 
 pub struct Probes {
-    /// Keeps the programs and their links alive.
-    _ebpf: Ebpf,
+    /// Keeps the programs and their links alive; the TLS uprobes are attached later, per
+    /// library (`capture/tls.rs`).
+    pub ebpf: Ebpf,
     pub events: RingBuf<MapData>,
     pub sockets: BpfHashMap<MapData, u64, SocketState>,
     pub traced_pids: BpfHashMap<MapData, u32, u8>,
@@ -260,6 +261,8 @@ pub fn load(settings: &ProbeSettings) -> Result<Probes, LoadError> {
         attached.push(format!("{category}:{name}"));
     }
 
+    crate::capture::tls::load_programs(&mut ebpf)?;
+
     let take = |ebpf: &mut Ebpf, name: &'static str| {
         ebpf.take_map(name)
             .ok_or(LoadError::Map(name, "missing from the object".into()))
@@ -277,7 +280,7 @@ pub fn load(settings: &ProbeSettings) -> Result<Probes, LoadError> {
     let accept_args = BpfHashMap::try_from(take(&mut ebpf, "ACCEPT_ARGS")?)
         .map_err(|e| LoadError::Map("ACCEPT_ARGS", e.to_string()))?;
     Ok(Probes {
-        _ebpf: ebpf,
+        ebpf,
         events,
         sockets,
         traced_pids,

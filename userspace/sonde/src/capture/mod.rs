@@ -5,3 +5,4 @@ pub mod inflight;
 pub mod loader;
 pub mod preexisting;
 pub mod sockets;
+pub mod tls;

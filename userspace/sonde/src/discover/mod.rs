@@ -1,0 +1,3 @@
+//! Finding what runs on the node and what it links: today, the TLS libraries of traced
+//! processes (`libssl`).
+pub mod libssl;
