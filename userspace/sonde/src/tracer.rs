@@ -663,6 +663,12 @@ impl<H: HostView> Tracer<H> {
             Source::Syscall if conn.tls => return,
             Source::Syscall => {
                 if matches!(conn.proto, Proto::Unknown)
+                    && crate::capture::tls::may_become_tls_record(payload)
+                {
+                    // nginx peeks at one byte (MSG_PEEK) to tell TLS from plain HTTP: wait.
+                    return;
+                }
+                if matches!(conn.proto, Proto::Unknown)
                     && crate::capture::tls::looks_like_tls_record(payload, conn.from_start)
                 {
                     conn.tls = true;

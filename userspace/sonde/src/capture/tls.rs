@@ -96,6 +96,11 @@ pub fn looks_like_tls_record(payload: &[u8], from_start: bool) -> bool {
     kind_ok && major == 3 && minor <= 4
 }
 
+/// Too short to tell, but could start a TLS handshake record (a one-byte `MSG_PEEK`).
+pub fn may_become_tls_record(payload: &[u8]) -> bool {
+    matches!(payload, [0x16] | [0x16, 0x03] | [0x16, 0x03, _])
+}
+
 /// What sonde knows about one process's TLS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ProcessTls {
@@ -366,5 +371,8 @@ mod tests {
         assert!(!looks_like_tls_record(b"GET / HTTP/1.1\r\n", true));
         assert!(!looks_like_tls_record(&[0, 0, 0, 8, 4, 210, 22, 47], true));
         assert!(!looks_like_tls_record(&[0x16, 0x03], true));
+        assert!(may_become_tls_record(&[0x16]));
+        assert!(!may_become_tls_record(b"G"));
+        assert!(!may_become_tls_record(&hello));
     }
 }
