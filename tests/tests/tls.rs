@@ -26,6 +26,8 @@ fn self_signed(dir: &TestDir) -> (PathBuf, PathBuf) {
         .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
         .args(["-subj", "/CN=localhost"])
         .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        // An end-entity certificate (rustls refuses a CA as the server certificate).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")

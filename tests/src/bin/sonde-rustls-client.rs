@@ -19,6 +19,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth();
+    // A service, not a one-shot: it has been running a while (sonde's discovery rescans
+    // every second) when it makes its connection.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     let name = rustls::pki_types::ServerName::try_from("localhost")?;
     let mut conn = rustls::ClientConnection::new(Arc::new(config), name)?;
     let mut sock = TcpStream::connect(("127.0.0.1", port))?;

@@ -128,7 +128,9 @@ pub struct TlsAttacher {
     failed: HashSet<FileKey>,
     /// Executables already inspected, by file.
     executables: HashMap<FileKey, Option<ElfTls>>,
-    processes: HashMap<u32, ProcessTls>,
+    /// Per process: what it uses, and its executable's name (kept: short-lived clients are
+    /// often gone by the time their connection is counted).
+    processes: HashMap<u32, (ProcessTls, String)>,
     logged: HashSet<(String, &'static str)>,
     stats: TlsStats,
     last_scan: Option<Instant>,
@@ -191,6 +193,7 @@ impl TlsAttacher {
 
     /// Finds and hooks the OpenSSL of one process; returns what it uses.
     fn scan_pid(&mut self, ebpf: &mut Ebpf, pid: u32) -> Option<ProcessTls> {
+        let name = executable_name(pid);
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
         let mapped = libssl::parse_maps(&maps);
         let root = PathBuf::from(format!("/proc/{pid}/root"));
@@ -212,7 +215,7 @@ impl TlsAttacher {
                 _ => ProcessTls::Untraceable(libssl::untraceable_reason(&mapped, elf.as_ref())),
             }
         };
-        self.processes.insert(pid, state);
+        self.processes.insert(pid, (state, name));
         Some(state)
     }
 
@@ -279,19 +282,25 @@ impl TlsAttacher {
         let state = if start.gssapi {
             ProcessTls::Untraceable(Untraceable::GssapiEncryption)
         } else {
-            match self.processes.get(&start.pid).copied() {
+            let cached = self.processes.get(&start.pid).map(|p| p.0);
+            match cached {
                 Some(ProcessTls::OpenSsl) => ProcessTls::OpenSsl,
                 // Unknown, or untraceable at the last look: libssl may have been loaded since.
-                _ => match self.scan_pid(ebpf, start.pid) {
-                    Some(s) => s,
-                    None => return false, // already gone
+                _ => match (self.scan_pid(ebpf, start.pid), cached) {
+                    (Some(s), _) => s,
+                    // Already gone: what the last rescan found.
+                    (None, Some(s)) => s,
+                    (None, None) => return false,
                 },
             }
         };
         let ProcessTls::Untraceable(reason) = state else {
             return false;
         };
-        let exe = executable_name(start.pid);
+        let exe = match self.processes.get(&start.pid) {
+            Some((_, name)) => name.clone(),
+            None => executable_name(start.pid),
+        };
         let label = reason.label();
         *self
             .stats
