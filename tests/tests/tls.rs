@@ -23,7 +23,9 @@ fn self_signed(dir: &TestDir) -> (PathBuf, PathBuf) {
     let cert = dir.join("server.crt");
     let key = dir.join("server.key");
     let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
         .args(["-subj", "/CN=localhost"])
         .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
         // An end-entity certificate (rustls refuses a CA as the server certificate).
@@ -34,7 +36,11 @@ fn self_signed(dir: &TestDir) -> (PathBuf, PathBuf) {
         .arg(&cert)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (cert, key)
 }
 
@@ -117,7 +123,10 @@ fn https_nginx_server_and_curl_client_keep_alive_and_one_mebibyte() {
     }
     assert_eq!(srv[0].attr_str("url.query"), Some("token=REDACTED"));
     assert_eq!(srv[2].attr_str("url.path"), Some("/big.bin"));
-    let urls: Vec<_> = cl.iter().map(|c| c.attr_str("url.full").unwrap_or("")).collect();
+    let urls: Vec<_> = cl
+        .iter()
+        .map(|c| c.attr_str("url.full").unwrap_or(""))
+        .collect();
     assert_eq!(
         urls,
         vec![
@@ -264,13 +273,20 @@ fn tls_connection_opened_before_sonde_and_uretprobes_spare_seccomp_filtered_proc
 fn enable_ssl(pg: &Postgres, dir: &TestDir) {
     let (cert, key) = self_signed(dir);
     for f in [&cert, &key] {
-        let st = Command::new("chown").arg("postgres:postgres").arg(f).status().unwrap();
+        let st = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(f)
+            .status()
+            .unwrap();
         assert!(st.success());
     }
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     // The directory must be reachable by the postgres user.
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     pg.psql(
         "postgres",
         &format!("ALTER SYSTEM SET ssl_cert_file = '{}'", cert.display()),
@@ -313,7 +329,11 @@ fn pg_client(dir: &TestDir, driver: &str, dsn: &str, tag: &str) -> String {
         .args([driver, dsn, tag])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -356,7 +376,8 @@ fn postgres_over_tls_psycopg2_vendored_libssl_psycopg3_and_refused_ssl() {
         pg_client(&dir, "psycopg2", &plain.dsn("shop"), "plain"),
         "False"
     );
-    let want = |s: &[Span]| db_spans(s, pg.port()).len() >= 8 && db_spans(s, plain.port()).len() >= 4;
+    let want =
+        |s: &[Span]| db_spans(s, pg.port()).len() >= 8 && db_spans(s, plain.port()).len() >= 4;
     sonde.wait_for_spans(want, WAIT);
     std::thread::sleep(Duration::from_millis(1500));
     let spans = sonde.spans();
@@ -368,14 +389,17 @@ fn postgres_over_tls_psycopg2_vendored_libssl_psycopg3_and_refused_ssl() {
         v.iter()
             .filter(|s| {
                 s.name == "SELECT"
-                    && s.attr_str("db.query.text").is_some_and(|q| q.ends_with("::int AS i"))
+                    && s.attr_str("db.query.text")
+                        .is_some_and(|q| q.ends_with("::int AS i"))
             })
             .count()
     };
     assert_eq!(selects(&tls), 6, "{}", dump_spans(&spans));
     assert_eq!(selects(&clear), 3, "{}", dump_spans(&spans));
     assert_eq!(
-        tls.iter().filter(|s| s.name == "SELECT pg_stat_ssl").count(),
+        tls.iter()
+            .filter(|s| s.name == "SELECT pg_stat_ssl")
+            .count(),
         2,
         "{}",
         dump_spans(&spans)
@@ -398,8 +422,12 @@ fn a_rustls_client_gives_no_spans_and_is_counted_as_untraceable() {
         "--metrics-addr",
         &format!("127.0.0.1:{metrics_port}"),
     ]);
-    let bin = sonde_e2e::find_target_bin("sonde-rustls-client", "SONDE_RUSTLS_CLIENT", "cargo build -p sonde-e2e")
-        .unwrap();
+    let bin = sonde_e2e::find_target_bin(
+        "sonde-rustls-client",
+        "SONDE_RUSTLS_CLIENT",
+        "cargo build -p sonde-e2e",
+    )
+    .unwrap();
     let der = dir.join("server.der");
     let st = Command::new("openssl")
         .args(["x509", "-outform", "der", "-in"])
@@ -409,8 +437,16 @@ fn a_rustls_client_gives_no_spans_and_is_counted_as_untraceable() {
         .status()
         .unwrap();
     assert!(st.success());
-    let out = Command::new(bin).arg(port.to_string()).arg(&der).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin)
+        .arg(port.to_string())
+        .arg(&der)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("200"));
     let metric = "sonde_tls_untraceable_connections_total{executable=\"sonde-rustls-client\",reason=\"rustls\"} 1";
     let mut text = String::new();
@@ -428,6 +464,16 @@ fn a_rustls_client_gives_no_spans_and_is_counted_as_untraceable() {
     std::thread::sleep(Duration::from_millis(1000));
     drop(spans);
     let spans = sonde.spans();
-    assert_eq!(all_kind(&spans, "CLIENT").len(), 0, "{}", dump_spans(&spans));
-    assert_eq!(all_kind(&spans, "SERVER").len(), 1, "{}", dump_spans(&spans));
+    assert_eq!(
+        all_kind(&spans, "CLIENT").len(),
+        0,
+        "{}",
+        dump_spans(&spans)
+    );
+    assert_eq!(
+        all_kind(&spans, "SERVER").len(),
+        1,
+        "{}",
+        dump_spans(&spans)
+    );
 }

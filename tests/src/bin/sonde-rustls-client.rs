@@ -9,7 +9,10 @@ use std::{
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let port: u16 = args.next().ok_or("usage: sonde-rustls-client PORT CERT.der")?.parse()?;
+    let port: u16 = args
+        .next()
+        .ok_or("usage: sonde-rustls-client PORT CERT.der")?
+        .parse()?;
     let cert = std::fs::read(args.next().ok_or("missing CERT.der")?)?;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls::pki_types::CertificateDer::from(cert))?;

@@ -210,9 +210,13 @@ impl CaptureLoop {
             }
         }
         if self.tls.rescan_due() {
-            let pids: Option<Vec<u32>> = self
-                .filter_pids
-                .then(|| self.probes.traced_pids.keys().filter_map(Result::ok).collect());
+            let pids: Option<Vec<u32>> = self.filter_pids.then(|| {
+                self.probes
+                    .traced_pids
+                    .keys()
+                    .filter_map(Result::ok)
+                    .collect()
+            });
             self.tls.rescan(&mut self.probes.ebpf, pids.as_deref());
         }
         self.apply_commands();
@@ -487,7 +491,10 @@ pub async fn run(config: Config) -> Result<()> {
     // are read from their next call.
     let mut tls = TlsAttacher::new(std::process::id());
     tls.attach_system(&mut probes.ebpf);
-    tls.rescan(&mut probes.ebpf, (!config.pids.is_empty()).then_some(&pids[..]));
+    tls.rescan(
+        &mut probes.ebpf,
+        (!config.pids.is_empty()).then_some(&pids[..]),
+    );
 
     let exporter = Exporter::start(config.exporter.clone()).context("starting the exporter")?;
     let host = ProcHost {

@@ -2,8 +2,8 @@
 pub mod capture;
 pub mod clock;
 pub mod config;
-pub mod discover;
 pub mod daemon;
+pub mod discover;
 pub mod merge;
 pub mod metrics;
 pub mod sdk;

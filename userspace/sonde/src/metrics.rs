@@ -143,7 +143,10 @@ pub fn render(sources: &Sources) -> String {
         .iter()
         .map(|((exe, reason), n)| {
             (
-                vec![("executable", exe.clone()), ("reason", (*reason).to_owned())],
+                vec![
+                    ("executable", exe.clone()),
+                    ("reason", (*reason).to_owned()),
+                ],
                 *n,
             )
         })

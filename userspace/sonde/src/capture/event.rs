@@ -4,8 +4,8 @@
 use std::net::{Ipv6Addr, SocketAddr};
 
 use sonde_common::{
-    ConnEvent, DATA_FLAG_LAST_CHUNK, DATA_FLAG_TLS, DATA_HEADER_SIZE, DataEvent, EventHeader, direction, kind,
-    role,
+    ConnEvent, DATA_FLAG_LAST_CHUNK, DATA_FLAG_TLS, DATA_HEADER_SIZE, DataEvent, EventHeader,
+    direction, kind, role,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -328,7 +328,10 @@ mod https_tests {
         };
         into_https(&mut parts);
         assert_eq!(value(&parts, "url.scheme"), "https");
-        assert_eq!(value(&parts, "url.full"), "https://api.example/v1?x=REDACTED");
+        assert_eq!(
+            value(&parts, "url.full"),
+            "https://api.example/v1?x=REDACTED"
+        );
         parts.attributes = vec![str_attr("url.full", "http://127.0.0.1:8443/")];
         into_https(&mut parts);
         assert_eq!(value(&parts, "url.full"), "https://127.0.0.1:8443/");
