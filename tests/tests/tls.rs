@@ -121,10 +121,13 @@ fn https_nginx_server_and_curl_client_keep_alive_and_one_mebibyte() {
         "{}",
         dump_spans(&spans)
     );
-    // Cross-process parenting (curl -> nginx) is not asserted: curl's plaintext is emitted
-    // when SSL_write returns, which can come after nginx's SSL_read (known limit).
-    for c in &cl {
+    // One trace per request across curl and nginx: the 4-tuple correlation works over TLS
+    // because a write's plaintext is emitted at its first write syscall, before the peer
+    // can read it.
+    for (c, s) in cl.iter().zip(&srv) {
         assert_eq!(c.resource_str("service.name"), Some("curl"));
+        assert_eq!(s.trace_id, c.trace_id, "{}", dump_spans(&spans));
+        assert_eq!(s.parent_span_id, c.span_id);
     }
 }
 
@@ -540,7 +543,7 @@ fn python_http_server_wrapped_in_ssl_and_requests_client() {
             c.attr_str("url.full"),
             Some(format!("https://127.0.0.1:{port}/items/{i}?api_key=REDACTED").as_str())
         );
-        // Not asserted: cross-process parenting. The client's plaintext is emitted when
-        // SSL_write returns, which can come after the server's SSL_read (known limit).
+        assert_eq!(s.trace_id, c.trace_id, "{}", dump_spans(&spans));
+        assert_eq!(s.parent_span_id, c.span_id);
     }
 }

@@ -403,16 +403,16 @@ fn enter_data(ctx: &TracePointContext, buf_kind: u32, dir: u32) -> u32 {
     let Some(state) = (unsafe { SOCKETS.get(&key) }).copied() else {
         return 0;
     };
-    // Ciphertext that OpenSSL moves inside SSL_read/SSL_write: the uprobes emit the plaintext.
-    if crate::tls::inside_ssl_call(id, fd, dir) {
-        return 0;
-    }
     let cfg = config();
     let capture = if state.capture_bytes != 0 {
         state.capture_bytes
     } else {
         cfg.capture_bytes
     };
+    // Ciphertext that OpenSSL moves inside SSL_read/SSL_write: the uprobes emit the plaintext.
+    if crate::tls::inside_ssl_call(id, fd, dir, capture) {
+        return 0;
+    }
     let args = DataArgs {
         fd,
         buf_kind,

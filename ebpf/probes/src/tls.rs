@@ -6,7 +6,8 @@
 //! syscalls it makes on a traced socket name the fd (writes inside `SSL_write` likewise; the
 //! other direction is never learned, since renegotiation and key updates write inside reads).
 //! The fd is remembered per (pid, `SSL*`) for calls OpenSSL serves from its buffer without a
-//! syscall. The ciphertext of those nested syscalls is not emitted at all (see
+//! syscall. Writes are emitted at their first nested write syscall (before the peer can read
+//! them, which keeps cross-process parenting right), reads at the return. The ciphertext of those nested syscalls is not emitted at all (see
 //! `syscalls::enter_data`); handshake ciphertext outside the hooked calls reaches userspace,
 //! which recognises TLS records and drops them without untracking the socket.
 use aya_ebpf::{
@@ -35,6 +36,8 @@ struct SslCall {
     /// `size_t *` of the `_ex` variants (0 for the plain ones).
     len_ptr: u64,
     enter_ts_ns: u64,
+    /// Bytes asked for (`num`).
+    num: u64,
     /// Socket learned from a syscall inside this call (-1: none yet).
     fd: i32,
     direction: u32,
@@ -42,6 +45,19 @@ struct SslCall {
     /// Nested hooked calls on the same `SSL*` and buffer (`SSL_write_ex` -> `SSL_write_ex2`
     /// in OpenSSL 3.3+): only the outermost one emits.
     depth: u32,
+    /// A write whose plaintext was already emitted at its first nested write syscall.
+    emitted: u32,
+    _pad: u32,
+}
+
+/// Plaintext of a write emitted before the call returned: `[start, end)` of the caller's
+/// buffer. A retry after WANT_WRITE (same buffer) or the rest of a partial write (a suffix of
+/// it) is not emitted again; a call that ends at `end` clears it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct WriteSpan {
+    start: u64,
+    end: u64,
 }
 
 #[repr(C)]
@@ -59,10 +75,15 @@ static SSL_CALLS: HashMap<u64, SslCall> = HashMap::with_max_entries(16384, 0);
 #[map]
 static SSL_FDS: LruHashMap<SslKey, i32> = LruHashMap::with_max_entries(65536, 0);
 
+#[map]
+static PENDING_WRITES: LruHashMap<SslKey, WriteSpan> = LruHashMap::with_max_entries(16384, 0);
+
 /// Called by the data syscall entry on a traced socket: inside a hooked `SSL_*` call of the
-/// same direction, remember the fd and tell the caller to skip the ciphertext.
+/// same direction, remember the fd and tell the caller to skip the ciphertext. The first write
+/// inside `SSL_write` emits the plaintext right away (before the peer can read it, so a
+/// server's request never reaches userspace before the client's), `capture` bytes at most.
 #[inline(always)]
-pub fn inside_ssl_call(id: u64, fd: i32, dir: u32) -> bool {
+pub fn inside_ssl_call(id: u64, fd: i32, dir: u32, capture: u32) -> bool {
     let Some(call) = SSL_CALLS.get_ptr_mut(&id) else {
         return false;
     };
@@ -72,7 +93,54 @@ pub fn inside_ssl_call(id: u64, fd: i32, dir: u32) -> bool {
         return false;
     }
     call.fd = fd;
+    if dir == direction::EGRESS && call.emitted == 0 {
+        call.emitted = 1;
+        let key = SslKey {
+            pid: (id >> 32) as u32,
+            _pad: 0,
+            ssl: call.ssl,
+        };
+        let _ = SSL_FDS.insert(&key, &fd, 0);
+        if !covered_by_pending(&key, call.buf, call.num) {
+            let span = WriteSpan {
+                start: call.buf,
+                end: call.buf.wrapping_add(call.num),
+            };
+            let _ = PENDING_WRITES.insert(&key, &span, 0);
+            emit_plaintext(id, fd, call, capture, call.num);
+        }
+    }
     true
+}
+
+/// Whether `[buf, buf + num)` is the tail of a write already emitted.
+#[inline(always)]
+fn covered_by_pending(key: &SslKey, buf: u64, num: u64) -> bool {
+    // SAFETY: read-only lookup of a plain value.
+    match unsafe { PENDING_WRITES.get(key) } {
+        Some(p) => buf >= p.start && buf.wrapping_add(num) == p.end,
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn emit_plaintext(id: u64, fd: i32, call: &SslCall, capture: u32, count: u64) {
+    let args = DataArgs {
+        fd,
+        buf_kind: buf_kind::PLAIN,
+        ptr: call.buf,
+        iov_count: 0,
+        direction: call.direction,
+        capture_bytes: if capture > MAX_CAPTURE_BYTES {
+            MAX_CAPTURE_BYTES
+        } else {
+            capture
+        },
+        enter_ts_ns: call.enter_ts_ns,
+        flags: data_flags::TLS,
+        _pad: 0,
+    };
+    emit_data(id, &args, count);
 }
 
 #[inline(always)]
@@ -98,6 +166,9 @@ fn enter(ctx: &ProbeContext, dir: u32, kind: u32, len_arg: usize) -> u32 {
     let call = SslCall {
         ssl,
         buf,
+        num: ctx.arg(2).unwrap_or(0),
+        emitted: 0,
+        _pad: 0,
         len_ptr: if kind == CALL_EX {
             ctx.arg(len_arg).unwrap_or(0)
         } else {
@@ -152,6 +223,18 @@ fn exit(ctx: &RetProbeContext) -> u32 {
         _pad: 0,
         ssl: call.ssl,
     };
+    if call.direction == direction::EGRESS {
+        let covered = covered_by_pending(&key, call.buf, call.num);
+        // SAFETY: read-only lookup of a plain value.
+        let pending_end = unsafe { PENDING_WRITES.get(&key) }.map(|p| p.end);
+        if pending_end == Some(call.buf.wrapping_add(count)) {
+            let _ = PENDING_WRITES.remove(&key);
+        }
+        if call.emitted != 0 || covered {
+            // Emitted at its first write syscall (or by the call this one retries).
+            return 0;
+        }
+    }
     let fd = if call.fd >= 0 {
         let _ = SSL_FDS.insert(&key, &call.fd, 0);
         call.fd
@@ -172,22 +255,7 @@ fn exit(ctx: &RetProbeContext) -> u32 {
     } else {
         config().capture_bytes
     };
-    let args = DataArgs {
-        fd,
-        buf_kind: buf_kind::PLAIN,
-        ptr: call.buf,
-        iov_count: 0,
-        direction: call.direction,
-        capture_bytes: if capture > MAX_CAPTURE_BYTES {
-            MAX_CAPTURE_BYTES
-        } else {
-            capture
-        },
-        enter_ts_ns: call.enter_ts_ns,
-        flags: data_flags::TLS,
-        _pad: 0,
-    };
-    emit_data(id, &args, count);
+    emit_plaintext(id, fd, &call, capture, count);
     0
 }
 
