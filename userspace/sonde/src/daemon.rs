@@ -217,7 +217,11 @@ impl CaptureLoop {
                     .filter_map(Result::ok)
                     .collect()
             });
-            self.tls.rescan(&mut self.probes.ebpf, pids.as_deref());
+            self.tls.rescan(
+                &mut self.probes.ebpf,
+                pids.as_deref(),
+                crate::capture::tls::EXECUTABLES_PER_RESCAN,
+            );
         }
         self.apply_commands();
     }
@@ -491,9 +495,11 @@ pub async fn run(config: Config) -> Result<()> {
     // are read from their next call.
     let mut tls = TlsAttacher::new(std::process::id());
     tls.attach_system(&mut probes.ebpf);
+    // Mapped libraries only: executables (static OpenSSL) are read over the next ticks.
     tls.rescan(
         &mut probes.ebpf,
         (!config.pids.is_empty()).then_some(&pids[..]),
+        0,
     );
 
     let exporter = Exporter::start(config.exporter.clone()).context("starting the exporter")?;

@@ -35,6 +35,14 @@ use crate::{
 /// How often every traced process's maps are re-read for newly loaded libssl copies.
 pub const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 
+/// New executables read (for statically linked OpenSSL) per rescan: reading them is the
+/// expensive part of discovery (debug builds weigh hundreds of MiB), so it is spread over
+/// ticks and kept off the startup path.
+pub const EXECUTABLES_PER_RESCAN: usize = 4;
+/// Executables larger than this are not read during rescans (only when one of their TLS
+/// connections has to be classified).
+const MAX_RESCAN_EXECUTABLE_BYTES: u64 = 256 << 20;
+
 /// Entry program per hooked symbol (same order as [`SSL_SYMBOLS`]).
 const ENTRY_PROGRAMS: [(&str, &str); 5] = [
     ("ssl_read_enter", "SSL_read"),
@@ -99,6 +107,12 @@ pub fn looks_like_tls_record(payload: &[u8], from_start: bool) -> bool {
 /// Too short to tell, but could start a TLS handshake record (a one-byte `MSG_PEEK`).
 pub fn may_become_tls_record(payload: &[u8]) -> bool {
     matches!(payload, [0x16] | [0x16, 0x03] | [0x16, 0x03, _])
+}
+
+enum Inspected {
+    Elf(Option<ElfTls>),
+    /// Over this rescan's budget: read on a later tick (or on demand).
+    Later,
 }
 
 /// What sonde knows about one process's TLS.
@@ -169,9 +183,11 @@ impl TlsAttacher {
             .is_none_or(|t| t.elapsed() >= RESCAN_INTERVAL)
     }
 
-    /// Re-reads the maps of `pids` (every process when `None`).
-    pub fn rescan(&mut self, ebpf: &mut Ebpf, pids: Option<&[u32]>) {
+    /// Re-reads the maps of `pids` (every process when `None`); reads at most
+    /// `max_executables` executables not inspected before.
+    pub fn rescan(&mut self, ebpf: &mut Ebpf, pids: Option<&[u32]>, max_executables: usize) {
         self.last_scan = Some(Instant::now());
+        let mut budget = max_executables;
         let all;
         let pids = match pids {
             Some(p) => p,
@@ -186,13 +202,19 @@ impl TlsAttacher {
                 continue;
             }
             alive.insert(pid);
-            self.scan_pid(ebpf, pid);
+            self.scan_pid(ebpf, pid, Some(&mut budget));
         }
         self.processes.retain(|pid, _| alive.contains(pid));
     }
 
     /// Finds and hooks the OpenSSL of one process; returns what it uses.
-    fn scan_pid(&mut self, ebpf: &mut Ebpf, pid: u32) -> Option<ProcessTls> {
+    /// `exe_budget`: how many unknown executables may still be read (None: no limit).
+    fn scan_pid(
+        &mut self,
+        ebpf: &mut Ebpf,
+        pid: u32,
+        exe_budget: Option<&mut usize>,
+    ) -> Option<ProcessTls> {
         let name = executable_name(pid);
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
         let mapped = libssl::parse_maps(&maps);
@@ -207,7 +229,11 @@ impl TlsAttacher {
             ProcessTls::OpenSsl
         } else {
             let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-            let elf = self.inspect_executable(&exe);
+            let elf = match self.inspect_executable(&exe, exe_budget) {
+                Inspected::Elf(elf) => elf,
+                // Not read this time: no verdict yet.
+                Inspected::Later => return self.processes.get(&pid).map(|p| p.0),
+            };
             match elf {
                 Some(e) if e.has_openssl() && self.attach_file(ebpf, &exe, Some(pid)) => {
                     ProcessTls::OpenSsl
@@ -219,17 +245,25 @@ impl TlsAttacher {
         Some(state)
     }
 
-    fn inspect_executable(&mut self, exe: &Path) -> Option<ElfTls> {
-        let meta = std::fs::metadata(exe).ok()?;
+    fn inspect_executable(&mut self, exe: &Path, budget: Option<&mut usize>) -> Inspected {
+        let Ok(meta) = std::fs::metadata(exe) else {
+            return Inspected::Elf(None);
+        };
         let key = (meta.dev(), meta.ino());
         if let Some(known) = self.executables.get(&key) {
-            return known.clone();
+            return Inspected::Elf(known.clone());
+        }
+        if let Some(budget) = budget {
+            if *budget == 0 || meta.len() > MAX_RESCAN_EXECUTABLE_BYTES {
+                return Inspected::Later;
+            }
+            *budget -= 1;
         }
         let found = std::fs::read(exe)
             .ok()
             .and_then(|b| libssl::inspect_elf(&b));
         self.executables.insert(key, found.clone());
-        found
+        Inspected::Elf(found)
     }
 
     /// Attaches every hooked symbol the file defines, once per file. True if the file is
@@ -286,7 +320,7 @@ impl TlsAttacher {
             match cached {
                 Some(ProcessTls::OpenSsl) => ProcessTls::OpenSsl,
                 // Unknown, or untraceable at the last look: libssl may have been loaded since.
-                _ => match (self.scan_pid(ebpf, start.pid), cached) {
+                _ => match (self.scan_pid(ebpf, start.pid, None), cached) {
                     (Some(s), _) => s,
                     // Already gone: what the last rescan found.
                     (None, Some(s)) => s,
