@@ -35,5 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = tls.read_to_end(&mut response);
     let text = String::from_utf8_lossy(&response);
     println!("{}", text.lines().next().unwrap_or(""));
+    // Stay around a moment, like a service would.
+    std::thread::sleep(std::time::Duration::from_millis(500));
     Ok(())
 }
