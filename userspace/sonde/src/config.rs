@@ -76,6 +76,18 @@ pub struct RunArgs {
     /// Route templates that override the inferred ones, e.g. `/api/{version}/items/{id}` (repeatable).
     #[arg(long = "route", value_name = "TEMPLATE")]
     pub routes: Vec<String>,
+    /// Distinct values a path position may take before routes collapse it into `{value}`
+    /// (the cardinality guard; 0 turns it off).
+    #[arg(long, default_value_t = crate::trace::route::DEFAULT_MAX_SEGMENT_VALUES)]
+    pub route_max_values: usize,
+    /// Export `url.path` / the path in `url.full` as received. By default high-entropy segments
+    /// (tokens, hex, emails) are templated as in `http.route`.
+    #[arg(long)]
+    pub raw_url_path: bool,
+    /// Export `process.command_line` and `process.command_args` (opt-in, as in the semantic
+    /// conventions), with secret-looking arguments redacted.
+    #[arg(long)]
+    pub export_command_line: bool,
     /// Ring buffer size in bytes (rounded up to a power of two).
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub ring_buffer_bytes: u32,
@@ -105,7 +117,7 @@ pub struct RunArgs {
     /// How long eBPF spans of SDK-instrumented processes wait for the SDK's spans to merge with.
     #[arg(long, default_value_t = 10_000)]
     pub merge_window_ms: u64,
-    /// Memory budget of the whole daemon in MiB (default: 80% of the cgroup's limit, or 256).
+    /// Memory budget of the whole daemon in MiB (default: 80% of the cgroup's limit, or 512).
     /// The exporter queue gets half, the receiver's in-flight requests an eighth.
     #[arg(long)]
     pub memory_budget_mib: Option<usize>,
@@ -152,6 +164,8 @@ pub struct Config {
     pub pids: Vec<u32>,
     pub selection: Selection,
     pub routes: RouteTemplates,
+    /// Opt-in: export the (redacted) command line as resource attributes.
+    pub export_command_line: bool,
     pub capture_bytes: u32,
     pub postgres_capture_bytes: u32,
     pub ring_buffer_bytes: u32,
@@ -324,7 +338,12 @@ impl Config {
                 ports: args.ports.into_iter().collect::<HashSet<_>>(),
                 executables: args.executables.into_iter().collect(),
             },
-            routes: RouteTemplates::new(&args.routes),
+            routes: RouteTemplates::with_guard(
+                &args.routes,
+                args.route_max_values,
+                args.raw_url_path,
+            ),
+            export_command_line: args.export_command_line,
             capture_bytes: args.capture_bytes,
             postgres_capture_bytes: args.postgres_capture_bytes,
             ring_buffer_bytes: args.ring_buffer_bytes,

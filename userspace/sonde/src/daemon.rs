@@ -20,19 +20,22 @@ use sonde_otlp_receive::{Receiver, ReceiverConfig};
 use crate::{
     capture::{
         event::{Role, decode},
-        inflight,
         loader::{self, ProbeSettings, Probes},
-        preexisting,
-        sockets::{self, SocketResolver},
         tls::TlsAttacher,
     },
     clock::{self, Clock},
     config::Config,
+    discover::{
+        ProcHost, inflight,
+        process::ResourceCache,
+        sockets::{self, SocketResolver},
+    },
     merge::{MergeConfig, Merger},
     metrics::{self, CaptureSnapshot},
+    protocols::{Postgres, Protocol, ProtocolSettings},
     sdk::{self, SdkRequest},
-    trace::{http::Endpoints, resource::ResourceCache},
-    tracer::{KernelCommand, ProcHost, Tracer, TracerConfig},
+    trace::http::Endpoints,
+    tracer::{KernelCommand, Tracer, TracerConfig},
 };
 
 /// How long the capture loop sleeps when the kernel does not wake it (batched wake-ups).
@@ -92,10 +95,7 @@ impl CaptureLoop {
             if !self.merger.is_sdk_pid(pid) && self.tracer.is_sdk_candidate(pid) {
                 self.merger.observe_candidate(pid, now);
             }
-            if self
-                .merger
-                .should_hold(pid, &span, self.tracer.is_marked(&span.trace_id))
-            {
+            if self.merger.should_hold(pid, &span) {
                 self.merger.hold(pid, span, now);
             } else {
                 ready.push((pid, span));
@@ -116,9 +116,6 @@ impl CaptureLoop {
     }
 
     fn sender_pid(&mut self, peer: SocketAddr) -> Option<u32> {
-        if let Some(pid) = self.tracer.pid_of_receiver_peer(peer) {
-            return Some(pid);
-        }
         if let Some(hit) = self.peer_cache.get(&peer) {
             return *hit;
         }
@@ -134,7 +131,6 @@ impl CaptureLoop {
     /// resource attributes, let the merger see the spans, forward everything.
     fn handle_sdk_requests(&mut self) {
         let now = clock::monotonic_now_ns();
-        let before = self.merger.sdk_pid_count();
         for _ in 0..1024 {
             let Ok(sdk::Queued { request, bytes }) = self.sdk_requests.try_recv() else {
                 break;
@@ -172,9 +168,6 @@ impl CaptureLoop {
                     let _ = self.exporter.send_logs(req.resource_logs);
                 }
             }
-        }
-        if self.merger.sdk_pid_count() != before {
-            self.tracer.set_sdk_pids(self.merger.sdk_pids());
         }
     }
 
@@ -263,7 +256,6 @@ impl CaptureLoop {
             if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
                 self.tracer.set_clock(Clock::sample());
                 self.tracer.tick(clock::monotonic_now_ns());
-                self.tracer.set_sdk_pids(self.merger.sdk_pids());
                 last_housekeeping = Instant::now();
             }
         }
@@ -427,7 +419,7 @@ fn with_descendants(pids: &[u32]) -> Vec<u32> {
 
 fn adopt_preexisting(tracer: &mut Tracer<ProcHost>, pids: &[u32]) -> usize {
     let only = if pids.is_empty() { None } else { Some(pids) };
-    let found = preexisting::scan_established(std::process::id(), only);
+    let found = sockets::scan_established(std::process::id(), only);
     let n = found.len();
     for s in found {
         let role = if s.accepted {
@@ -505,7 +497,7 @@ pub async fn run(config: Config) -> Result<()> {
     let exporter = Exporter::start(config.exporter.clone()).context("starting the exporter")?;
     let host = ProcHost {
         sockets: SocketResolver::default(),
-        resources: ResourceCache::new(),
+        resources: ResourceCache::new().with_command_line(config.export_command_line),
     };
     // Decoded SDK requests waiting for the capture thread: an eighth of the memory budget.
     let (sink, sdk_requests, sdk_queued) = sdk::sink(
@@ -523,7 +515,12 @@ pub async fn run(config: Config) -> Result<()> {
     let tracer_config = TracerConfig {
         selection: config.selection.clone(),
         routes: config.routes.clone(),
-        postgres_capture_bytes: config.postgres_capture_bytes,
+        // Per-protocol flags reach the parsers through the registry.
+        protocols: ProtocolSettings::default()
+            .with_capture_bytes(Postgres::NAME, config.postgres_capture_bytes),
+        // The OpenSSL uprobes (capture/tls.rs) deliver TLS plaintext: encrypted connections
+        // stay tracked, their ciphertext dropped.
+        tls_plaintext: true,
         sampler: config.sampler,
         own_ports,
     };

@@ -89,25 +89,7 @@ pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// The first bytes of a connection are a TLS record: a handshake (`0x16`, version 3.x) for a
-/// connection seen from its start; for one open before sonde started, any record type
-/// (change-cipher-spec, alert, handshake, application data).
-pub fn looks_like_tls_record(payload: &[u8], from_start: bool) -> bool {
-    let [kind, major, minor, ..] = *payload else {
-        return false;
-    };
-    let kind_ok = if from_start {
-        kind == 0x16
-    } else {
-        (0x14..=0x17).contains(&kind)
-    };
-    kind_ok && major == 3 && minor <= 4
-}
-
-/// Too short to tell, but could start a TLS handshake record (a one-byte `MSG_PEEK`).
-pub fn may_become_tls_record(payload: &[u8]) -> bool {
-    matches!(payload, [0x16] | [0x16, 0x03] | [0x16, 0x03, _])
-}
+pub use sonde_core::tracer::{looks_like_tls_record, may_become_tls_record};
 
 enum Inspected {
     Elf(Option<ElfTls>),
@@ -313,9 +295,7 @@ impl TlsAttacher {
     /// A TLS connection started in `start.pid`. Returns true if the process's TLS cannot be
     /// read (the tracer then untracks its TLS connections); counts and logs it.
     pub fn on_tls_started(&mut self, ebpf: &mut Ebpf, start: TlsStart) -> bool {
-        let state = if start.gssapi {
-            ProcessTls::Untraceable(Untraceable::GssapiEncryption)
-        } else {
+        let state = {
             let cached = self.processes.get(&start.pid).map(|p| p.0);
             match cached {
                 Some(ProcessTls::OpenSsl) => ProcessTls::OpenSsl,
@@ -350,7 +330,7 @@ impl TlsAttacher {
                  they produce no spans and are counted in sonde_tls_untraceable_connections_total"
             );
         }
-        !start.gssapi
+        true
     }
 }
 

@@ -31,14 +31,8 @@ pub enum Direction {
     Egress,
 }
 
-/// Where a data event's bytes come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    /// What a read/write-family syscall moved (ciphertext, on a TLS connection).
-    Syscall,
-    /// Plaintext of `SSL_read`/`SSL_write` on the same connection (OpenSSL uprobes).
-    TlsPlaintext,
-}
+/// Where a data event's bytes come from: the syscall, or the TLS uprobes (plaintext).
+pub use sonde_protocol::Source;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {

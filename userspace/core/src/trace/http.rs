@@ -110,6 +110,25 @@ fn outcome(ex: &Exchange, error_from: u16, missing: &str, attrs: &mut Vec<KeyVal
     outcome
 }
 
+/// HTTP/1.x's span mapping for the registry: a CLIENT span where sonde traced the client's
+/// socket, a SERVER span (with route templates) where it traced the server's.
+impl crate::protocols::SpanMapping for sonde_http1::Http1 {
+    fn span_parts(
+        ex: &Exchange,
+        ctx: SpanContext,
+        at: &crate::protocols::MapContext<'_>,
+    ) -> SpanParts {
+        match at.side {
+            sonde_protocol::Side::Client => {
+                client_span(ex, at.endpoints, at.routes, ctx, at.clock, at.now_ns)
+            }
+            sonde_protocol::Side::Server => {
+                server_span(ex, at.endpoints, at.routes, ctx, at.clock, at.now_ns)
+            }
+        }
+    }
+}
+
 pub fn server_span(
     ex: &Exchange,
     conn: Endpoints,
@@ -126,7 +145,7 @@ pub fn server_span(
         None => (req.target.as_str(), None),
     };
     let route = routes.route(path);
-    attrs.push(str_attr("url.path", truncate(path, 2048)));
+    attrs.push(str_attr("url.path", truncate(&routes.url_path(path), 2048)));
     if let Some(q) = query {
         attrs.push(str_attr("url.query", truncate(&redact::query(q), 2048)));
     }
@@ -185,6 +204,7 @@ pub fn server_span(
 pub fn client_span(
     ex: &Exchange,
     conn: Endpoints,
+    routes: &RouteTemplates,
     ctx: SpanContext,
     clock: &Clock,
     fallback_end_ns: u64,
@@ -212,9 +232,14 @@ pub fn client_span(
         Some(80) | None => server_host,
         Some(p) => format!("{server_host}:{p}"),
     };
+    // The path's tokens are templated like `url.path` on server spans (unless raw paths).
+    let target = match req.target.find(['?', '#']) {
+        Some(i) => format!("{}{}", routes.url_path(&req.target[..i]), &req.target[i..]),
+        None => routes.url_path(&req.target),
+    };
     attrs.push(str_attr(
         "url.full",
-        truncate(&redact::url_full("http", &authority, &req.target), 4096),
+        truncate(&redact::url_full("http", &authority, &target), 4096),
     ));
     attrs.push(str_attr(
         "network.protocol.version",

@@ -157,15 +157,6 @@ impl Merger {
         }
     }
 
-    pub fn sdk_pids(&self) -> HashSet<u32> {
-        self.sdk_pids.keys().copied().collect()
-    }
-
-    /// How many SDK processes are known (cheap; the capture loop checks it every poll).
-    pub fn sdk_pid_count(&self) -> usize {
-        self.sdk_pids.len()
-    }
-
     pub fn is_sdk_pid(&self, pid: u32) -> bool {
         self.sdk_pids.contains_key(&pid)
     }
@@ -224,9 +215,10 @@ impl Merger {
         }
     }
 
-    /// Whether an eBPF span must wait for possible SDK counterparts.
-    pub fn should_hold(&self, pid: u32, span: &Span, trace_marked: bool) -> bool {
-        trace_marked || self.is_sdk_pid(pid) || self.held.contains_key(&span.trace_id)
+    /// Whether an eBPF span must wait for possible SDK counterparts: its process is an SDK
+    /// process, or a span of its trace is already held.
+    pub fn should_hold(&self, pid: u32, span: &Span) -> bool {
+        self.is_sdk_pid(pid) || self.held.contains_key(&span.trace_id)
     }
 
     pub fn hold(&mut self, pid: u32, span: Span, now_ns: u64) {
@@ -581,7 +573,7 @@ mod tests {
             0,
         );
         for (pid, s) in ebpf_request() {
-            assert!(m.should_hold(pid, &s, true));
+            assert!(m.should_hold(pid, &s));
             m.hold(pid, s, 0);
         }
         let out = m.poll(1);
@@ -751,7 +743,7 @@ mod tests {
             ..Default::default()
         });
         let s = span(1, 10, 0, SpanKind::Server, 0, 1, vec![]);
-        assert!(!m.should_hold(42, &s, false));
+        assert!(!m.should_hold(42, &s));
         m.observe_sdk(7, &sdk_request(vec![]), 0);
         for i in 0..5u8 {
             m.hold(
