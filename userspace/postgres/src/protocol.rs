@@ -40,9 +40,7 @@ impl Postgres {
                     },
                 }),
                 // 'S' (TLS: the tracer re-detects on the plaintext) or 'G' (GSSAPI).
-                Event::Encrypted | Event::TlsStarted => {
-                    out.push(Output::GiveUp(GiveUp::Encrypted))
-                }
+                Event::Encrypted | Event::TlsStarted => out.push(Output::GiveUp(GiveUp::Encrypted)),
                 Event::NotPostgres => out.push(Output::GiveUp(GiveUp::NotThisProtocol)),
                 Event::Startup { .. } | Event::Notification { .. } => {}
             }

@@ -38,10 +38,10 @@ pub const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// New executables read (for statically linked OpenSSL) per rescan: reading them is the
 /// expensive part of discovery (debug builds weigh hundreds of MiB), so it is spread over
 /// ticks and kept off the startup path.
-pub const EXECUTABLES_PER_RESCAN: usize = 4;
+pub const EXECUTABLES_PER_RESCAN: usize = 2;
 /// Executables larger than this are not read during rescans (only when one of their TLS
 /// connections has to be classified).
-const MAX_RESCAN_EXECUTABLE_BYTES: u64 = 256 << 20;
+const MAX_RESCAN_EXECUTABLE_BYTES: u64 = 32 << 20;
 
 /// Entry program per hooked symbol (same order as [`SSL_SYMBOLS`]).
 const ENTRY_PROGRAMS: [(&str, &str); 5] = [
