@@ -485,7 +485,7 @@ pub async fn run(config: Config) -> Result<()> {
 
     // OpenSSL uprobes before connections are adopted, so TLS connections that predate sonde
     // are read from their next call.
-    let mut tls = TlsAttacher::new(std::process::id());
+    let mut tls = TlsAttacher::new(std::process::id(), config.tls, &pids);
     tls.attach_system(&mut probes.ebpf);
     // Mapped libraries only: executables (static OpenSSL) are read over the next ticks.
     tls.rescan(
@@ -520,7 +520,7 @@ pub async fn run(config: Config) -> Result<()> {
             .with_capture_bytes(Postgres::NAME, config.postgres_capture_bytes),
         // The OpenSSL uprobes (capture/tls.rs) deliver TLS plaintext: encrypted connections
         // stay tracked, their ciphertext dropped.
-        tls_plaintext: true,
+        tls_plaintext: config.tls,
         sampler: config.sampler,
         own_ports,
     };

@@ -120,6 +120,11 @@ type FileKey = (u64, u64);
 
 pub struct TlsAttacher {
     self_pid: u32,
+    /// `--no-tls`: nothing is attached.
+    enabled: bool,
+    /// With a pid filter, uprobes fire only in those processes (`UProbeScope::OneProcess`):
+    /// every other process using the same libssl pays no trap. Empty: all processes.
+    scope_pids: Vec<u32>,
     attached: HashSet<FileKey>,
     failed: HashSet<FileKey>,
     /// Executables already inspected, by file.
@@ -133,9 +138,11 @@ pub struct TlsAttacher {
 }
 
 impl TlsAttacher {
-    pub fn new(self_pid: u32) -> Self {
+    pub fn new(self_pid: u32, enabled: bool, filter_pids: &[u32]) -> Self {
         Self {
             self_pid,
+            enabled,
+            scope_pids: filter_pids.to_vec(),
             attached: HashSet::new(),
             failed: HashSet::new(),
             executables: HashMap::new(),
@@ -152,6 +159,9 @@ impl TlsAttacher {
 
     /// Attaches the well-known system libssl files, whoever maps them (or will).
     pub fn attach_system(&mut self, ebpf: &mut Ebpf) {
+        if !self.enabled {
+            return;
+        }
         for path in SYSTEM_LIBSSL {
             let path = Path::new(path);
             if path.exists() {
@@ -161,13 +171,18 @@ impl TlsAttacher {
     }
 
     pub fn rescan_due(&self) -> bool {
-        self.last_scan
-            .is_none_or(|t| t.elapsed() >= RESCAN_INTERVAL)
+        self.enabled
+            && self
+                .last_scan
+                .is_none_or(|t| t.elapsed() >= RESCAN_INTERVAL)
     }
 
     /// Re-reads the maps of `pids` (every process when `None`); reads at most
     /// `max_executables` executables not inspected before.
     pub fn rescan(&mut self, ebpf: &mut Ebpf, pids: Option<&[u32]>, max_executables: usize) {
+        if !self.enabled {
+            return;
+        }
         self.last_scan = Some(Instant::now());
         let mut budget = max_executables;
         let all;
@@ -271,7 +286,7 @@ impl TlsAttacher {
                 return false;
             }
         };
-        match attach_symbols(ebpf, path, &symbols) {
+        match attach_symbols(ebpf, path, &symbols, &self.scope_pids) {
             Ok(()) => {
                 tracing::info!(
                     path = %path.display(),
@@ -334,7 +349,21 @@ impl TlsAttacher {
     }
 }
 
-fn attach_symbols(ebpf: &mut Ebpf, path: &Path, symbols: &[&'static str]) -> Result<(), String> {
+fn attach_symbols(
+    ebpf: &mut Ebpf,
+    path: &Path,
+    symbols: &[&'static str],
+    scope_pids: &[u32],
+) -> Result<(), String> {
+    let scopes: Vec<UProbeScope> = if scope_pids.is_empty() {
+        vec![UProbeScope::AllProcesses]
+    } else {
+        scope_pids
+            .iter()
+            .filter_map(|p| std::num::NonZeroU32::new(*p))
+            .map(UProbeScope::OneProcess)
+            .collect()
+    };
     for (program, symbol) in ENTRY_PROGRAMS {
         if !symbols.contains(&symbol) {
             continue;
@@ -346,8 +375,8 @@ fn attach_symbols(ebpf: &mut Ebpf, path: &Path, symbols: &[&'static str]) -> Res
                 .ok_or_else(|| format!("program {name} missing"))?
                 .try_into()
                 .map_err(|e| format!("{name}: {e}"))?;
-            p.attach(symbol, path, UProbeScope::AllProcesses)
-                .map_err(|e| {
+            for scope in &scopes {
+                p.attach(symbol, path, *scope).map_err(|e| {
                     let hint = if e.to_string().contains("ermission") {
                         " (uprobes need CAP_PERFMON or CAP_SYS_ADMIN, and reading files in \
                          containers CAP_SYS_PTRACE for /proc/<pid>/root)"
@@ -356,6 +385,7 @@ fn attach_symbols(ebpf: &mut Ebpf, path: &Path, symbols: &[&'static str]) -> Res
                     };
                     format!("{symbol} ({name}): {e}{hint}")
                 })?;
+            }
         }
     }
     Ok(())
