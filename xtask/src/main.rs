@@ -1,4 +1,4 @@
-//! `cargo xtask`: the developer entry points (bootstrap, build-ebpf, run, test, bench).
+//! `cargo xtask`: the developer entry points (bootstrap, build-ebpf, run, test, bench, fuzz).
 //!
 //! Every command that needs tools first runs the idempotent bootstrap, so a fresh machine goes
 //! from nothing to running with `cargo xtask run` and `cargo xtask test`.
@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod fuzz;
 
 /// Nightly whose LLVM (22) matches bpf-linker's; keep in sync with build.rs and bootstrap.sh.
 const EBPF_TOOLCHAIN: &str = "nightly-2026-05-01";
@@ -34,7 +35,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The whole suite: formatting, clippy, unit, property and end-to-end tests.
+    /// The whole suite: formatting, clippy, unit, property and end-to-end tests, then every
+    /// fuzz target for $SONDE_FUZZ_SECONDS (default 20) seconds.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -44,7 +46,13 @@ enum Cmd {
     Lint,
     /// Benchmarks: HTTP, PostgreSQL and OTLP-forwarding overhead against the issue budgets.
     Bench(bench::Args),
+    /// Runs every cargo-fuzz target (userspace/*/fuzz) for a time budget on its seed corpus.
+    Fuzz(fuzz::Args),
 }
+
+/// Seconds per fuzz target in `cargo xtask test` (override with this environment variable).
+const TEST_FUZZ_SECONDS_ENV: &str = "SONDE_FUZZ_SECONDS";
+const TEST_FUZZ_SECONDS: u64 = 20;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -95,7 +103,9 @@ fn lint() -> Result<()> {
         "--",
         "-D",
         "warnings",
-    ]))
+    ]))?;
+    // The fuzz crates are outside the workspace: lint them too so they cannot rot.
+    fuzz::lint(&root())
 }
 
 fn main() -> ExitCode {
@@ -148,7 +158,28 @@ fn real_main() -> Result<()> {
             run(Command::new("cargo")
                 .current_dir(root())
                 .args(["test", "--workspace", "--no-fail-fast"])
-                .args(args))
+                .args(args))?;
+            let seconds = match std::env::var(TEST_FUZZ_SECONDS_ENV) {
+                Ok(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .with_context(|| format!("{TEST_FUZZ_SECONDS_ENV}={v:?}: want seconds > 0"))?,
+                Err(_) => TEST_FUZZ_SECONDS,
+            };
+            fuzz::run(
+                &fuzz::Args {
+                    seconds,
+                    targets: Vec::new(),
+                    sanitizer: "none".to_owned(),
+                },
+                &root(),
+            )
+        }
+        Cmd::Fuzz(args) => {
+            bootstrap()?;
+            fuzz::run(&args, &root())
         }
         Cmd::Bench(args) => {
             if !args.no_build {

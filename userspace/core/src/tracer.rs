@@ -146,6 +146,9 @@ pub struct TracerStats {
     pub connections_open: usize,
     pub connections_ignored: u64,
     pub decode_errors: u64,
+    /// Client spans left without a parent because several requests of their event-loop
+    /// process were in flight (which one they belong to cannot be known).
+    pub spans_parent_ambiguous: u64,
 }
 
 pub struct Tracer<H: HostView> {
@@ -267,6 +270,7 @@ impl<H: HostView> Tracer<H> {
     pub fn stats(&self) -> TracerStats {
         TracerStats {
             connections_open: self.conns.len(),
+            spans_parent_ambiguous: self.parenting.ambiguous(),
             ..self.stats.clone()
         }
     }
@@ -316,6 +320,17 @@ impl<H: HostView> Tracer<H> {
 
     pub fn pending_spans(&self) -> usize {
         self.spans.len()
+    }
+
+    /// Trace ids of the server requests still in flight (their eBPF spans, held for merging,
+    /// wait for the request's end: see `Merger::poll`).
+    pub fn open_server_traces(&self) -> HashSet<Vec<u8>> {
+        self.conns
+            .iter()
+            .filter(|(_, e)| e.data.role == Role::Server)
+            .flat_map(|(_, e)| e.data.in_flight.values())
+            .map(|ctx| ctx.trace_id.0.to_vec())
+            .collect()
     }
 
     /// Housekeeping on a timer: forget unclaimed cross-process registrations.
@@ -512,6 +527,11 @@ impl<H: HostView> Tracer<H> {
     fn ignore(&mut self, id: ConnId) {
         if let Some(entry) = self.conns.get_mut(id) {
             entry.data.proto = Proto::Ignored;
+            if entry.data.role == Role::Server {
+                for ctx in entry.data.in_flight.values() {
+                    self.parenting.request_abandoned(entry.pid, ctx.span_id);
+                }
+            }
             entry.data.in_flight.clear();
             for fd in &entry.fds {
                 self.commands.push(KernelCommand::Untrack {
@@ -664,6 +684,12 @@ impl<H: HostView> Tracer<H> {
         };
         if entry.data.role == Role::Client {
             self.parenting.connection_closed(entry.data.endpoints);
+        }
+        // Requests never answered end with their connection.
+        if entry.data.role == Role::Server {
+            for ctx in entry.data.in_flight.values() {
+                self.parenting.request_abandoned(entry.pid, ctx.span_id);
+            }
         }
     }
 

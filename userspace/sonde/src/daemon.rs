@@ -64,10 +64,15 @@ struct CaptureLoop {
     spans_rejected: u64,
     /// Published for the metrics endpoint.
     snapshot: Arc<Mutex<CaptureSnapshot>>,
+<<<<<<< HEAD
     /// OpenSSL discovery and uprobe attachment; untraceable TLS accounting.
     tls: TlsAttacher,
     /// A pid filter is set: TLS discovery looks at the traced pids only.
     filter_pids: bool,
+=======
+    /// Kubernetes identity of processes (inert off Kubernetes) and the pod selection.
+    k8s: sonde_k8s::Enricher,
+>>>>>>> main
 }
 
 impl CaptureLoop {
@@ -95,13 +100,15 @@ impl CaptureLoop {
             if !self.merger.is_sdk_pid(pid) && self.tracer.is_sdk_candidate(pid) {
                 self.merger.observe_candidate(pid, now);
             }
-            if self.merger.should_hold(pid, &span) {
+            if self.merger.should_hold(pid, &span, now) {
                 self.merger.hold(pid, span, now);
             } else {
                 ready.push((pid, span));
             }
         }
-        ready.extend(self.merger.poll(now));
+        // Groups of traces whose server request is still in flight wait for its end.
+        let open = self.tracer.open_server_traces();
+        ready.extend(self.merger.poll(now, &|trace| open.contains(trace)));
         self.export(ready);
     }
 
@@ -109,7 +116,8 @@ impl CaptureLoop {
         if spans.is_empty() {
             return;
         }
-        let grouped = self.tracer.group(spans);
+        let mut grouped = self.tracer.group(spans);
+        grouped.retain_mut(|rs| rs.resource.as_mut().is_none_or(|r| self.k8s.enrich(r)));
         if self.exporter.send_traces(grouped).is_err() {
             self.spans_rejected += 1;
         }
@@ -127,6 +135,13 @@ impl CaptureLoop {
         pid
     }
 
+    /// The resource of `pid`'s telemetry, with its Kubernetes identity.
+    fn resource_of(&mut self, pid: u32) -> opentelemetry_proto::tonic::resource::v1::Resource {
+        let mut resource = self.tracer.resource_of(pid);
+        self.k8s.enrich(&mut resource);
+        resource
+    }
+
     /// SDK telemetry from the receiver: attribute it to its process, give it that process's
     /// resource attributes, let the merger see the spans, forward everything.
     fn handle_sdk_requests(&mut self) {
@@ -139,7 +154,7 @@ impl CaptureLoop {
             match request {
                 SdkRequest::Traces(peer, mut req) => {
                     if let Some(pid) = self.sender_pid(peer) {
-                        let ours = self.tracer.resource_of(pid);
+                        let ours = self.resource_of(pid);
                         for rs in &mut req.resource_spans {
                             sdk::enrich(&mut rs.resource, &ours);
                         }
@@ -151,7 +166,7 @@ impl CaptureLoop {
                 }
                 SdkRequest::Metrics(peer, mut req) => {
                     if let Some(pid) = self.sender_pid(peer) {
-                        let ours = self.tracer.resource_of(pid);
+                        let ours = self.resource_of(pid);
                         for rm in &mut req.resource_metrics {
                             sdk::enrich(&mut rm.resource, &ours);
                         }
@@ -160,7 +175,7 @@ impl CaptureLoop {
                 }
                 SdkRequest::Logs(peer, mut req) => {
                     if let Some(pid) = self.sender_pid(peer) {
-                        let ours = self.tracer.resource_of(pid);
+                        let ours = self.resource_of(pid);
                         for rl in &mut req.resource_logs {
                             sdk::enrich(&mut rl.resource, &ours);
                         }
@@ -256,6 +271,7 @@ impl CaptureLoop {
             if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
                 self.tracer.set_clock(Clock::sample());
                 self.tracer.tick(clock::monotonic_now_ns());
+                self.k8s.prune();
                 last_housekeeping = Instant::now();
             }
         }
@@ -456,6 +472,9 @@ async fn shutdown_signal() -> &'static str {
 }
 
 pub async fn run(config: Config) -> Result<()> {
+    if config.k8s.events {
+        return run_k8s_events(config).await;
+    }
     let settings = ProbeSettings {
         self_pid: std::process::id(),
         filter_pids: !config.pids.is_empty(),
@@ -506,12 +525,14 @@ pub async fn run(config: Config) -> Result<()> {
     );
     let receiver = start_receiver(&config, Arc::new(sink)).await.map(Arc::new);
     // Only ports actually bound: connections to them are SDK exports to this daemon.
-    let own_ports = receiver
+    let own_ports: std::collections::HashSet<u16> = receiver
         .iter()
         .flat_map(|r| [r.grpc_local_addr(), r.http_local_addr()])
         .flatten()
         .map(|a| a.port())
         .collect();
+    // Without a receiver no process can export to sonde: nothing waits to be classified.
+    let hold_new_processes = !own_ports.is_empty();
     let tracer_config = TracerConfig {
         selection: config.selection.clone(),
         routes: config.routes.clone(),
@@ -533,6 +554,7 @@ pub async fn run(config: Config) -> Result<()> {
         max_held_spans: (config.memory_budget_bytes / 8 / 1024).max(1024),
         // About 200 bytes a remembered SDK span: a sixteenth of the budget.
         max_sdk_spans: (config.memory_budget_bytes / 16 / 200).max(1024),
+        hold_new_processes,
         ..MergeConfig::default()
     });
 
@@ -548,8 +570,12 @@ pub async fn run(config: Config) -> Result<()> {
         stop: stop.clone(),
         spans_rejected: 0,
         snapshot: Arc::new(Mutex::new(CaptureSnapshot::default())),
+<<<<<<< HEAD
         tls,
         filter_pids: !config.pids.is_empty(),
+=======
+        k8s: sonde_k8s::start_enricher(&config.k8s).await,
+>>>>>>> main
     };
     capture.apply_commands();
     let blocked = stash_blocked_syscalls(&mut capture.probes, &pids, config.capture_bytes);
@@ -617,6 +643,7 @@ pub async fn run(config: Config) -> Result<()> {
         },
         None => None,
     };
+    let ready = Arc::new(AtomicBool::new(false));
     let metrics_task = match metrics_listener {
         Some((addr, listener)) => {
             eprintln!(
@@ -635,12 +662,14 @@ pub async fn run(config: Config) -> Result<()> {
                     },
                 ),
                 memory_budget_bytes: config.memory_budget_bytes,
+                ready: ready.clone(),
             };
             Some(tokio::spawn(metrics::serve(listener, sources)))
         }
         None => None,
     };
     eprintln!("sonde: ready");
+    ready.store(true, Ordering::Relaxed);
 
     let handle = std::thread::Builder::new()
         .name("sonde-capture".into())
@@ -673,5 +702,46 @@ pub async fn run(config: Config) -> Result<()> {
         "sonde: stopped; {} events, {} spans, {} ring buffer records lost, {} span batches refused by a full queue",
         stats.events, stats.spans, lost, capture.spans_rejected
     );
+    Ok(())
+}
+
+/// `sonde run --k8s-events`: the cluster's events as OTLP log records, no probes. The manifests
+/// run it in one one-replica Deployment so each event is exported once cluster-wide.
+async fn run_k8s_events(config: Config) -> Result<()> {
+    let client = sonde_k8s::client(&config.k8s).await.context(
+        "--k8s-events needs the Kubernetes API (in-cluster service account or KUBECONFIG)",
+    )?;
+    let exporter = Exporter::start(config.exporter.clone()).context("starting the exporter")?;
+    let ready = Arc::new(AtomicBool::new(true));
+    let metrics_task = match config.metrics_addr {
+        Some(addr) => {
+            let listener = metrics::bind(addr).await?;
+            let sources = metrics::Sources {
+                capture: Arc::new(Mutex::new(CaptureSnapshot::default())),
+                exporter: exporter.clone(),
+                receiver: None,
+                memory_budget_bytes: config.memory_budget_bytes,
+                ready,
+            };
+            Some(tokio::spawn(metrics::serve(listener, sources)))
+        }
+        None => None,
+    };
+    let sender = exporter.clone();
+    let watch = tokio::spawn(sonde_k8s::events::watch(client, move |logs| {
+        let _ = sender.send_logs(vec![logs]);
+    }));
+    eprintln!("sonde: exporting Kubernetes events");
+    eprintln!("sonde: ready");
+    let signal = shutdown_signal().await;
+    eprintln!(
+        "sonde: {signal}, flushing (up to {:?})",
+        config.shutdown_timeout
+    );
+    watch.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
+    exporter.shutdown(config.shutdown_timeout).await;
     Ok(())
 }

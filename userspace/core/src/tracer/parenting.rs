@@ -1,7 +1,8 @@
 //! The context and parenting policy: which trace and parent each span gets, decided when its
 //! operation starts (`traceparent` on an incoming request, then a local client on the
 //! mirrored 4-tuple, then a new root; a client call is a child of the request its thread is
-//! serving), and the sampling decision that travels with it. The rules and their limits are
+//! serving; on an event loop or a helper thread, a child of its process's one request in
+//! flight, or of none when several are), and the sampling decision that travels with it. The rules and their limits are
 //! in ARCHITECTURE.md ("Parenting rules"); the bookkeeping is `trace::correlate`.
 //!
 //! Must never: look at bytes or build spans.
@@ -9,7 +10,7 @@ use crate::{
     protocols::{Seen, Side},
     trace::{
         context::{IdGenerator, SpanContext, SpanId, TraceId, parse_traceparent},
-        correlate::Correlator,
+        correlate::{Correlator, Parent},
         http::Endpoints,
         sampler::Sampler,
     },
@@ -19,6 +20,8 @@ pub struct Parenting {
     ids: IdGenerator,
     correlator: Correlator,
     sampler: Sampler,
+    /// Client calls left without a parent: several requests of their process in flight.
+    ambiguous: u64,
 }
 
 impl Parenting {
@@ -27,6 +30,7 @@ impl Parenting {
             ids: IdGenerator::default(),
             correlator: Correlator::default(),
             sampler,
+            ambiguous: 0,
         }
     }
 
@@ -99,6 +103,16 @@ impl Parenting {
         }
     }
 
+    /// A server request that will never complete (its connection closed or was dropped).
+    pub fn request_abandoned(&mut self, pid: u32, span_id: SpanId) {
+        self.correlator.end_request(pid, span_id);
+    }
+
+    /// How many client calls got no parent because it could not be known.
+    pub fn ambiguous(&self) -> u64 {
+        self.ambiguous
+    }
+
     pub fn process_exited(&mut self, pid: u32) {
         self.correlator.forget_thread_of(pid);
     }
@@ -108,11 +122,16 @@ impl Parenting {
         self.correlator.expire(now_ns, 30_000_000_000);
     }
 
-    /// Context for a client call starting on `tid`: a child of the request that thread serves.
+    /// Context for a client call starting on `tid`: a child of the request that thread serves,
+    /// or on an event loop of the one request in flight (see `trace::correlate`).
     fn client_context(&mut self, pid: u32, tid: u32) -> SpanContext {
-        match self.correlator.serving(pid, tid) {
-            Some((trace, parent, sampled)) => self.child(trace, parent, sampled),
-            None => self.root(),
+        match self.correlator.parent(pid, tid) {
+            Parent::Request(trace, parent, sampled) => self.child(trace, parent, sampled),
+            Parent::None => self.root(),
+            Parent::Ambiguous => {
+                self.ambiguous += 1;
+                self.root()
+            }
         }
     }
 

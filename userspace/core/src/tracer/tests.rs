@@ -595,6 +595,7 @@ fn selection_by_port_untracks_other_connections() {
 }
 
 #[test]
+<<<<<<< HEAD
 fn a_tls_server_peek_and_handshake_keep_the_socket_and_its_plaintext_spans_are_https() {
     let mut r = Replay::with(TracerConfig {
         tls_plaintext: true,
@@ -681,4 +682,39 @@ fn tls_record_recognition() {
     assert!(!looks_like_tls_record(&[0, 0, 0, 8, 4, 210, 22, 47], true));
     assert!(may_become_tls_record(&[0x16]));
     assert!(!may_become_tls_record(b"G"));
+=======
+fn an_event_loop_nests_under_its_only_request_and_counts_what_it_cannot_know() {
+    let mut r = Replay::new();
+    with_database(&mut r);
+    // uvicorn: loop thread 101 reads requests, asgiref's thread 102 runs the sync view.
+    accepted(&mut r, 5);
+    r.read(SERVER, 101, 5, &request("/one"));
+    r.write(SERVER, 102, 6, &pg_query("SELECT 1"));
+    r.read(SERVER, 102, 6, &pg_done("SELECT 1"));
+    r.write(SERVER, 101, 5, &response(200, "ok"));
+    // Two requests in flight on the loop: a query on either thread gets no parent.
+    r.connect(SERVER, 7, Role::Server, "10.0.0.1:8080", "10.0.0.9:50001");
+    r.read(SERVER, 101, 5, &request("/two"));
+    r.read(SERVER, 101, 7, &request("/three"));
+    r.write(SERVER, 101, 6, &pg_query("SELECT 2"));
+    r.read(SERVER, 101, 6, &pg_done("SELECT 1"));
+    r.write(SERVER, 101, 5, &response(200, "ok"));
+    // /three is alone again: the loop's next query is its.
+    r.write(SERVER, 101, 6, &pg_query("SELECT 3"));
+    r.read(SERVER, 101, 6, &pg_done("SELECT 1"));
+    r.write(SERVER, 101, 7, &response(200, "ok"));
+    let spans = r.spans();
+    assert_eq!(
+        snapshot(&spans),
+        [
+            "100 CLIENT SELECT <- GET /one",
+            "100 SERVER GET /one <- root",
+            "100 CLIENT SELECT <- root",
+            "100 SERVER GET /two <- root",
+            "100 CLIENT SELECT <- GET /three",
+            "100 SERVER GET /three <- root"
+        ]
+    );
+    assert_eq!(r.tracer.stats().spans_parent_ambiguous, 1);
+>>>>>>> main
 }
