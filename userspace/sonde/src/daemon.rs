@@ -64,15 +64,12 @@ struct CaptureLoop {
     spans_rejected: u64,
     /// Published for the metrics endpoint.
     snapshot: Arc<Mutex<CaptureSnapshot>>,
-<<<<<<< HEAD
     /// OpenSSL discovery and uprobe attachment; untraceable TLS accounting.
     tls: TlsAttacher,
     /// A pid filter is set: TLS discovery looks at the traced pids only.
     filter_pids: bool,
-=======
     /// Kubernetes identity of processes (inert off Kubernetes) and the pod selection.
     k8s: sonde_k8s::Enricher,
->>>>>>> main
 }
 
 impl CaptureLoop {
@@ -570,12 +567,9 @@ pub async fn run(config: Config) -> Result<()> {
         stop: stop.clone(),
         spans_rejected: 0,
         snapshot: Arc::new(Mutex::new(CaptureSnapshot::default())),
-<<<<<<< HEAD
         tls,
         filter_pids: !config.pids.is_empty(),
-=======
         k8s: sonde_k8s::start_enricher(&config.k8s).await,
->>>>>>> main
     };
     capture.apply_commands();
     let blocked = stash_blocked_syscalls(&mut capture.probes, &pids, config.capture_bytes);

@@ -595,7 +595,6 @@ fn selection_by_port_untracks_other_connections() {
 }
 
 #[test]
-<<<<<<< HEAD
 fn a_tls_server_peek_and_handshake_keep_the_socket_and_its_plaintext_spans_are_https() {
     let mut r = Replay::with(TracerConfig {
         tls_plaintext: true,
@@ -682,7 +681,9 @@ fn tls_record_recognition() {
     assert!(!looks_like_tls_record(&[0, 0, 0, 8, 4, 210, 22, 47], true));
     assert!(may_become_tls_record(&[0x16]));
     assert!(!may_become_tls_record(b"G"));
-=======
+}
+
+#[test]
 fn an_event_loop_nests_under_its_only_request_and_counts_what_it_cannot_know() {
     let mut r = Replay::new();
     with_database(&mut r);
@@ -716,5 +717,4 @@ fn an_event_loop_nests_under_its_only_request_and_counts_what_it_cannot_know() {
         ]
     );
     assert_eq!(r.tracer.stats().spans_parent_ambiguous, 1);
->>>>>>> main
 }
