@@ -14,6 +14,7 @@ APT_PACKAGES=(
   postgresql postgresql-contrib                         # real PostgreSQL + pgbench for tests/bench
   nginx-light wrk                                       # real HTTP server and load generator
   curl iproute2 procps
+  openssl                                               # self-signed certificates for the TLS tests/bench
   prometheus                                            # promtool for exposition checks
 )
 

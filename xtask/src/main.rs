@@ -113,9 +113,11 @@ fn lint() -> Result<()> {
         .current_dir(root())
         .args(["fmt", "--all", "--check"]))?;
     // The kernel programs are outside the workspace: check their formatting too.
+    // rustfmt comes from the stable toolchain: the pinned eBPF nightly is installed without it.
     run(Command::new("cargo")
         .current_dir(root().join("ebpf/probes"))
-        .args(["fmt", "--check"]))?;
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args(["+stable", "fmt", "--check"]))?;
     run(Command::new("cargo").current_dir(root()).args([
         "clippy",
         "--workspace",

@@ -12,6 +12,7 @@ mod lifecycle;
 mod maps;
 mod syscalls;
 mod tcp_health;
+mod tls;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -409,6 +409,10 @@ fn enter_data(ctx: &TracePointContext, buf_kind: u32, dir: u32) -> u32 {
     } else {
         cfg.capture_bytes
     };
+    // Ciphertext that OpenSSL moves inside SSL_read/SSL_write: the uprobes emit the plaintext.
+    if crate::tls::inside_ssl_call(id, fd, dir, capture) {
+        return 0;
+    }
     let args = DataArgs {
         fd,
         buf_kind,
@@ -487,7 +491,7 @@ fn sniff_postgres(id: u64, args: &DataArgs) {
 }
 
 #[inline(always)]
-fn emit_data(id: u64, args: &DataArgs, total: u64) {
+pub(crate) fn emit_data(id: u64, args: &DataArgs, total: u64) {
     let Some(event) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -497,7 +501,12 @@ fn emit_data(id: u64, args: &DataArgs, total: u64) {
     event.direction = args.direction;
     event.total_len = total;
     event.enter_ts_ns = args.enter_ts_ns;
-    event.flags = 0;
+    let source = if args.flags & sonde_common::data_flags::TLS != 0 {
+        sonde_common::DATA_FLAG_TLS
+    } else {
+        0
+    };
+    event.flags = source;
 
     let captured = if total < args.capture_bytes as u64 {
         total as u32
@@ -507,7 +516,7 @@ fn emit_data(id: u64, args: &DataArgs, total: u64) {
     if args.buf_kind == BUF_NONE || captured == 0 {
         event.offset = 0;
         event.len = 0;
-        event.flags = DATA_FLAG_LAST_CHUNK;
+        event.flags = source | DATA_FLAG_LAST_CHUNK;
         output_raw(
             (event as *const sonde_common::DataEvent).cast(),
             DATA_HEADER_SIZE as u64,
@@ -547,7 +556,9 @@ fn emit_chunk(
     }
     event.offset = offset;
     event.len = len;
-    event.flags = if last { DATA_FLAG_LAST_CHUNK } else { 0 };
+    // Keep the source bit (TLS plaintext or syscall bytes) set by `emit_data`.
+    event.flags =
+        (event.flags & sonde_common::DATA_FLAG_TLS) | if last { DATA_FLAG_LAST_CHUNK } else { 0 };
     output_raw(
         (event as *const sonde_common::DataEvent).cast(),
         DATA_HEADER_SIZE as u64 + len as u64,

@@ -164,6 +164,38 @@ pub struct Tracer<H: HostView> {
     outputs: Vec<Output<AnyExchange>>,
     /// Processes that exited since the last flush.
     exited: Vec<u32>,
+    /// TLS connections that started since the last call (for the daemon's libssl discovery
+    /// and untraceable-TLS accounting).
+    tls_started: Vec<TlsStart>,
+    /// Processes whose TLS sonde cannot read: their TLS connections are untracked at once.
+    tls_untraceable: HashSet<u32>,
+}
+
+/// A connection turned out to be TLS (a handshake seen in clear, or PostgreSQL's answer to
+/// SSLRequest/GSSENCRequest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsStart {
+    pub pid: u32,
+}
+
+/// The first bytes of a connection are a TLS record: a handshake (`0x16`, version 3.x) for a
+/// connection seen from its start; for one open before sonde started, any record type
+/// (change-cipher-spec, alert, handshake, application data).
+pub fn looks_like_tls_record(payload: &[u8], from_start: bool) -> bool {
+    let [kind, major, minor, ..] = *payload else {
+        return false;
+    };
+    let kind_ok = if from_start {
+        kind == 0x16
+    } else {
+        (0x14..=0x17).contains(&kind)
+    };
+    kind_ok && major == 3 && minor <= 4
+}
+
+/// Too short to tell, but could start a TLS handshake record (nginx's one-byte `MSG_PEEK`).
+pub fn may_become_tls_record(payload: &[u8]) -> bool {
+    matches!(payload, [0x16] | [0x16, 0x03] | [0x16, 0x03, _])
 }
 
 fn egress_or_ingress_ts(direction: Direction, hdr: &Header, enter_ts_ns: u64) -> u64 {
@@ -188,6 +220,46 @@ impl<H: HostView> Tracer<H> {
             stats: TracerStats::default(),
             outputs: Vec::new(),
             exited: Vec::new(),
+            tls_started: Vec::new(),
+            tls_untraceable: HashSet::new(),
+        }
+    }
+
+    /// TLS connections seen starting since the last call.
+    pub fn take_tls_started(&mut self) -> Vec<TlsStart> {
+        std::mem::take(&mut self.tls_started)
+    }
+
+    /// The daemon found that `pid` has no readable TLS library (Go, rustls, no symbols...):
+    /// its TLS connections are untracked (their ciphertext is of no use) now and from now on.
+    pub fn set_tls_untraceable(&mut self, pid: u32) {
+        self.tls_untraceable.insert(pid);
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| {
+                e.pid == pid && e.data.ciphertext && matches!(e.data.proto, Proto::Unknown)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        for id in ids {
+            self.ignore(id);
+        }
+    }
+
+    /// A connection's bytes turned out to be ciphertext: keep it for the plaintext (or
+    /// untrack it if its process's TLS cannot be read).
+    fn tls_started(&mut self, id: ConnId) {
+        let Some(entry) = self.conns.get_mut(id) else {
+            return;
+        };
+        entry.data.ciphertext = true;
+        entry.data.proto = Proto::Unknown;
+        entry.data.in_flight.clear();
+        let pid = entry.pid;
+        self.tls_started.push(TlsStart { pid });
+        if self.tls_untraceable.contains(&pid) {
+            self.ignore(id);
         }
     }
 
@@ -530,6 +602,29 @@ impl<H: HostView> Tracer<H> {
         if entry.data.ciphertext && source == Source::Syscall {
             return;
         }
+        if source == Source::TlsPlaintext
+            && !entry.data.ciphertext
+            && let Some(entry) = self.conns.get_mut(id)
+        {
+            // Plaintext on a connection whose handshake was never seen (open before sonde
+            // started): from now on its syscall bytes are ciphertext.
+            entry.data.ciphertext = true;
+        }
+        let Some(entry) = self.conns.get(id) else {
+            return;
+        };
+        if self.config.tls_plaintext
+            && source == Source::Syscall
+            && matches!(entry.data.proto, Proto::Unknown)
+        {
+            if may_become_tls_record(payload) {
+                return; // a one-byte MSG_PEEK (nginx): wait for the record
+            }
+            if looks_like_tls_record(payload, entry.data.from_start) {
+                self.tls_started(id);
+                return;
+            }
+        }
         if matches!(entry.data.proto, Proto::Unknown) {
             if payload.is_empty() {
                 return;
@@ -638,7 +733,7 @@ impl<H: HostView> Tracer<H> {
                         .get_mut(id)
                         .and_then(|e| e.data.in_flight.remove(&seq));
                     let ctx = self.parenting.done(pid, side, first, started);
-                    let parts = exchange.span_parts(
+                    let mut parts = exchange.span_parts(
                         ctx,
                         &MapContext {
                             side,
@@ -648,16 +743,16 @@ impl<H: HostView> Tracer<H> {
                             now_ns,
                         },
                     );
+                    if self.conns.get(id).is_some_and(|e| e.data.ciphertext) {
+                        // Read through the TLS uprobes: https (no-op for other protocols).
+                        crate::trace::http::into_https(&mut parts);
+                    }
                     self.emit(pid, parts);
                 }
                 Output::GiveUp(GiveUp::Encrypted) if self.config.tls_plaintext => {
                     // Keep the socket: its plaintext comes from the TLS uprobes and is
                     // detected afresh; the ciphertext is dropped.
-                    if let Some(entry) = self.conns.get_mut(id) {
-                        entry.data.ciphertext = true;
-                        entry.data.proto = Proto::Unknown;
-                        entry.data.in_flight.clear();
-                    }
+                    self.tls_started(id);
                     return;
                 }
                 Output::GiveUp(GiveUp::Encrypted | GiveUp::NotThisProtocol) => {

@@ -201,6 +201,9 @@ struct Proto {
     last_was_backend: bool,
     /// When backend bytes were last seen (ends operations whose answer was lost).
     last_backend_seen: Seen,
+    /// SSLRequest answered 'S' and no frontend byte since: the next one tells plaintext (a
+    /// StartupMessage, whose length's high byte is 0) from ciphertext (TLS record type 0x16).
+    after_ssl_yes: bool,
 }
 
 /// The PostgreSQL protocol state of one client connection.
@@ -400,6 +403,15 @@ impl Connection {
                     p.round = p.round.saturating_add(1);
                     p.last_was_backend = false;
                 }
+                if p.after_ssl_yes && !data.is_empty() {
+                    p.after_ssl_yes = false;
+                    if data.first() == Some(&0x16) {
+                        // Fed the TLS handshake, not the decrypted stream: unreadable.
+                        p.life = Life::Dead;
+                        out.push(Event::Encrypted);
+                        return;
+                    }
+                }
                 if !self.fe.synced {
                     if looks_like_startup(data) {
                         self.fe.synced = true;
@@ -489,6 +501,7 @@ impl Proto {
             round: 0,
             last_was_backend: false,
             last_backend_seen: Seen::default(),
+            after_ssl_yes: false,
         }
     }
 
@@ -751,7 +764,13 @@ impl Proto {
         match m.tag {
             SINGLE => {
                 let b = body.first().copied().unwrap_or(0);
-                if matches!(b, b'S' | b'G') {
+                if b == b'S' {
+                    // TLS: the caller feeds the plaintext (OpenSSL uprobes) from here on,
+                    // starting with the StartupMessage.
+                    self.life = Life::Startup;
+                    self.after_ssl_yes = true;
+                    out.push(Event::TlsStarted);
+                } else if b == b'G' {
                     self.life = Life::Dead;
                     out.push(Event::Encrypted);
                 } else {

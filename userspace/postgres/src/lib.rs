@@ -118,9 +118,13 @@ pub enum Event {
         first: Seen,
     },
     Operation(Operation),
-    /// SSLRequest/GSSENCRequest answered 'S'/'G' (or a TLS handshake started directly): the
-    /// rest of the connection is encrypted and unreadable.
+    /// GSSENCRequest answered 'G' (or TLS ciphertext fed where the startup belongs): the rest
+    /// of the connection is encrypted and unreadable.
     Encrypted,
+    /// SSLRequest answered 'S': TLS starts. The caller must feed the decrypted stream from
+    /// here on (the StartupMessage comes next); fed the ciphertext, the parser gives up with
+    /// `Encrypted`.
+    TlsStarted,
     /// Asynchronous NotificationResponse (LISTEN/NOTIFY), between exchanges.
     Notification {
         channel: String,

@@ -39,7 +39,8 @@ impl Postgres {
                         operation,
                     },
                 }),
-                Event::Encrypted => out.push(Output::GiveUp(GiveUp::Encrypted)),
+                // 'S' (TLS: the tracer re-detects on the plaintext) or 'G' (GSSAPI).
+                Event::Encrypted | Event::TlsStarted => out.push(Output::GiveUp(GiveUp::Encrypted)),
                 Event::NotPostgres => out.push(Output::GiveUp(GiveUp::NotThisProtocol)),
                 Event::Startup { .. } | Event::Notification { .. } => {}
             }

@@ -152,6 +152,10 @@ pub struct RunArgs {
     /// Benchmark baseline: attach programs that do nothing (measures the cost of the hooks alone).
     #[arg(long, hide = true)]
     pub noop_probes: bool,
+    /// Do not attach the OpenSSL uprobes: TLS connections are untracked, and processes using
+    /// OpenSSL pay no uprobe trap per SSL_read/SSL_write (see the HTTPS benchmark).
+    #[arg(long)]
+    pub no_tls: bool,
     /// Seconds to flush queued telemetry on SIGTERM before giving up.
     #[arg(long, default_value_t = 25)]
     pub shutdown_timeout_s: u64,
@@ -193,6 +197,8 @@ pub struct Config {
     pub receiver_http: Option<SocketAddr>,
     pub shutdown_timeout: Duration,
     pub noop_probes: bool,
+    /// Attach the OpenSSL uprobes (TLS plaintext).
+    pub tls: bool,
     pub nice: i32,
     pub sampler: Sampler,
     pub receiver_max_message_bytes: usize,
@@ -408,6 +414,7 @@ impl Config {
             receiver_http: parse_addr("otlp-http-addr", &args.otlp_http_addr)?,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout_s),
             noop_probes: args.noop_probes,
+            tls: !args.no_tls,
             nice: args.nice,
             sampler,
             receiver_max_message_bytes: args.otlp_max_message_mib.saturating_mul(1 << 20),

@@ -21,6 +21,7 @@ use crate::{
     capture::{
         event::{Role, decode},
         loader::{self, ProbeSettings, Probes},
+        tls::TlsAttacher,
     },
     clock::{self, Clock},
     config::Config,
@@ -64,11 +65,14 @@ struct CaptureLoop {
     spans_rejected: u64,
     /// Published for the metrics endpoint.
     snapshot: Arc<Mutex<CaptureSnapshot>>,
+    /// OpenSSL discovery and uprobe attachment; untraceable TLS accounting.
+    tls: TlsAttacher,
     /// Kubernetes identity of processes (inert off Kubernetes) and the pod selection.
     k8s: sonde_k8s::Enricher,
     /// Request/process metrics (None with `--no-metrics`).
     metrics: Option<MetricsFeed>,
-    /// Whether the kernel follows chosen pids (then their processes get process metrics).
+    /// A pid filter is set: the kernel follows chosen pids (their processes get process
+    /// metrics; TLS discovery looks at the traced pids only).
     filter_pids: bool,
 }
 
@@ -82,6 +86,7 @@ impl CaptureLoop {
             lost_per_cpu: self.probes.lost_per_cpu(),
             tracer: self.tracer.stats(),
             merge: self.merger.stats(),
+            tls: self.tls.stats(),
         };
         if let Ok(mut guard) = self.snapshot.lock() {
             *guard = snapshot;
@@ -231,6 +236,32 @@ impl CaptureLoop {
         }
     }
 
+    /// TLS connections the tracer saw start: hook their process's OpenSSL if it was not yet,
+    /// or count them as untraceable. Then the periodic rescan for late-loaded libssl.
+    fn tls_step(&mut self) {
+        let started = self.tracer.take_tls_started();
+        for start in started {
+            if self.tls.on_tls_started(&mut self.probes.ebpf, start) {
+                self.tracer.set_tls_untraceable(start.pid);
+            }
+        }
+        if self.tls.rescan_due() {
+            let pids: Option<Vec<u32>> = self.filter_pids.then(|| {
+                self.probes
+                    .traced_pids
+                    .keys()
+                    .filter_map(Result::ok)
+                    .collect()
+            });
+            self.tls.rescan(
+                &mut self.probes.ebpf,
+                pids.as_deref(),
+                crate::capture::tls::EXECUTABLES_PER_RESCAN,
+            );
+        }
+        self.apply_commands();
+    }
+
     fn run(mut self) -> Self {
         let fd = self.probes.events.as_raw_fd();
         let mut last_flush = Instant::now();
@@ -249,6 +280,7 @@ impl CaptureLoop {
             }
             self.drain();
             self.drain_health();
+            self.tls_step();
             self.handle_sdk_requests();
             if stopping {
                 self.flush();
@@ -530,6 +562,17 @@ pub async fn run(config: Config) -> Result<()> {
             .with_context(|| format!("adding pid {pid} to the kernel filter"))?;
     }
 
+    // OpenSSL uprobes before connections are adopted, so TLS connections that predate sonde
+    // are read from their next call.
+    let mut tls = TlsAttacher::new(std::process::id(), config.tls, &pids);
+    tls.attach_system(&mut probes.ebpf);
+    // Mapped libraries only: executables (static OpenSSL) are read over the next ticks.
+    tls.rescan(
+        &mut probes.ebpf,
+        (!config.pids.is_empty()).then_some(&pids[..]),
+        0,
+    );
+
     let exporter = Exporter::start(config.exporter.clone()).context("starting the exporter")?;
     let host = ProcHost {
         sockets: SocketResolver::default(),
@@ -556,8 +599,9 @@ pub async fn run(config: Config) -> Result<()> {
         // Per-protocol flags reach the parsers through the registry.
         protocols: ProtocolSettings::default()
             .with_capture_bytes(Postgres::NAME, config.postgres_capture_bytes),
-        // No TLS plaintext source yet: encrypted connections are untracked.
-        tls_plaintext: false,
+        // The OpenSSL uprobes (capture/tls.rs) deliver TLS plaintext: encrypted connections
+        // stay tracked, their ciphertext dropped.
+        tls_plaintext: config.tls,
         sampler: config.sampler,
         own_ports,
     };
@@ -586,6 +630,7 @@ pub async fn run(config: Config) -> Result<()> {
         stop: stop.clone(),
         spans_rejected: 0,
         snapshot: Arc::new(Mutex::new(CaptureSnapshot::default())),
+        tls,
         k8s: sonde_k8s::start_enricher(&config.k8s).await,
         metrics: config.metrics.enabled.then(|| {
             MetricsFeed::new(

@@ -30,6 +30,7 @@ pub struct CaptureSnapshot {
     pub lost_per_cpu: Vec<u64>,
     pub tracer: TracerStats,
     pub merge: MergeStats,
+    pub tls: crate::capture::tls::TlsStats,
 }
 
 /// Everything a scrape reads.
@@ -149,6 +150,38 @@ pub fn render(sources: &Sources, format: Format) -> String {
         "sonde_tracer_connections_ignored_total",
         "Connections not traced (filtered, not HTTP or PostgreSQL, encrypted).",
         t.connections_ignored,
+    );
+    let tls = &capture.tls;
+    let untraceable: Vec<_> = tls
+        .untraceable
+        .iter()
+        .map(|((exe, reason), n)| {
+            (
+                vec![
+                    ("executable", exe.clone()),
+                    ("reason", (*reason).to_owned()),
+                ],
+                *n,
+            )
+        })
+        .collect();
+    e.family(
+        "sonde_tls_untraceable_connections_total",
+        "counter",
+        "TLS connections sonde cannot read (no OpenSSL it can hook: Go crypto/tls, rustls, \
+         GnuTLS, Java, static builds without symbols), by \
+         executable and reason.",
+        &untraceable,
+    );
+    e.gauge(
+        "sonde_tls_libraries_attached",
+        "Files (libssl or executables with OpenSSL linked in) with the TLS uprobes attached.",
+        tls.files_attached,
+    );
+    e.counter(
+        "sonde_tls_attach_failures_total",
+        "Files where attaching the TLS uprobes failed (see the log).",
+        tls.attach_failures,
     );
     e.counter(
         "sonde_tracer_spans_parent_ambiguous_total",

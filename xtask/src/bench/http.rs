@@ -83,24 +83,55 @@ pub fn parse_wrk(out: &str) -> Option<WrkResult> {
     })
 }
 
-/// nginx with one worker answering `hello` on 127.0.0.1:`port`.
+/// nginx with one worker answering `hello` on 127.0.0.1:`port`, the same over TLS on
+/// `tls_port` (self-signed certificate, system libssl), and on `gateway_port` a plain listener
+/// that proxies to the TLS one over kept-alive upstream connections (so sonde's plain-TCP
+/// fixed-rate client can drive TLS traffic: nginx is then TLS client and server).
 pub struct Nginx {
     _proc: Proc,
     _dir: Scratch,
     pub port: u16,
+    pub tls_port: u16,
+    pub gateway_port: u16,
+}
+
+/// A self-signed certificate and key in `dir`.
+fn self_signed(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let cert = dir.join("server.crt");
+    let key = dir.join("server.key");
+    procs::output(
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+    )?;
+    Ok((cert, key))
 }
 
 impl Nginx {
     pub fn start() -> Result<Nginx> {
         let dir = Scratch::new("sonde-bench-nginx-")?;
         let port = measure::free_port()?;
+        let tls_port = measure::free_port()?;
+        let gateway_port = measure::free_port()?;
+        let (cert, key) = self_signed(dir.path())?;
+        let (cert, key) = (cert.display(), key.display());
         let d = dir.path().display();
         let conf = format!(
             "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\n\
              error_log {d}/error.log warn;\nevents {{ worker_connections 4096; }}\nhttp {{\n\
              access_log off;\nkeepalive_requests 100000000;\nclient_body_temp_path {d}/body;\nproxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fastcgi;\nuwsgi_temp_path {d}/uwsgi;\nscgi_temp_path {d}/scgi;\n\
-             server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello\\n\"; }} }}\n}}\n"
+             server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello\\n\"; }} }}\n\
+             server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {cert}; ssl_certificate_key {key};\n\
+             location / {{ return 200 \"hello\\n\"; }} }}\n\
+             upstream tls_upstream {{ server 127.0.0.1:{tls_port}; keepalive 64; }}\n\
+             server {{ listen 127.0.0.1:{gateway_port}; location / {{ proxy_pass https://tls_upstream;\n\
+             proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_ssl_session_reuse on; }} }}\n}}\n"
         );
         let conf_path = dir.path().join("nginx.conf");
         fs::write(&conf_path, conf)?;
@@ -113,12 +144,20 @@ impl Nginx {
             .arg(dir.path().join("error.log"))
             .stdin(Stdio::null());
         let proc = Proc::spawn("nginx", &mut cmd)?;
-        measure::wait_for_port(port, Duration::from_secs(10)).context("nginx did not start")?;
+        for p in [port, tls_port, gateway_port] {
+            measure::wait_for_port(p, Duration::from_secs(10)).context("nginx did not start")?;
+        }
         Ok(Nginx {
             _proc: proc,
             _dir: dir,
             port,
+            tls_port,
+            gateway_port,
         })
+    }
+
+    pub fn tls_url(&self) -> String {
+        format!("https://127.0.0.1:{}/", self.tls_port)
     }
 
     pub fn url(&self) -> String {
@@ -279,33 +318,57 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
     ];
     let mut max = Section::new("http", "nginx under wrk -t1 -c32 (max rate)", &cols);
     max.rows = variants.iter().map(|v| Row::new(v.name())).collect();
+    // HTTPS in the same run: wrk over TLS (OpenSSL) against nginx's TLS listener; sonde
+    // reads both sides' plaintext through the OpenSSL uprobes.
+    let tls_url = nginx.tls_url();
+    run_wrk(&tls_url, 1)?;
+    let mut tls_max = Section::new(
+        "https",
+        "nginx over TLS under wrk -t1 -c32 (max rate, keep-alive)",
+        &cols,
+    );
+    tls_max.rows = variants.iter().map(|v| Row::new(v.name())).collect();
     for round in 1..=args.rounds {
-        for (i, v) in variants.iter().enumerate() {
-            eprintln!("[bench] http round {round}/{}: {}", args.rounds, v.name());
-            let (w, fig) = with_sonde(sonde_bin, *v, &sink, || run_wrk(&url, args.duration))?;
-            let Some(row) = max.rows.get_mut(i) else {
-                continue;
-            };
-            row.push("rps", w.rps);
-            row.push("p50_ms", w.p50_us / 1000.0);
-            row.push("p99_ms", w.p99_us / 1000.0);
-            if let Some(f) = &fig {
-                push_sonde(row, f, w.requests);
+        for (section, target, label) in
+            [(&mut max, &url, "http"), (&mut tls_max, &tls_url, "https")]
+        {
+            for (i, v) in variants.iter().enumerate() {
+                eprintln!(
+                    "[bench] {label} round {round}/{}: {}",
+                    args.rounds,
+                    v.name()
+                );
+                let (w, fig) = with_sonde(sonde_bin, *v, &sink, || run_wrk(target, args.duration))?;
+                let Some(row) = section.rows.get_mut(i) else {
+                    continue;
+                };
+                row.push("rps", w.rps);
+                row.push("p50_ms", w.p50_us / 1000.0);
+                row.push("p99_ms", w.p99_us / 1000.0);
+                if let Some(f) = &fig {
+                    push_sonde(row, f, w.requests);
+                }
             }
         }
     }
-    max.add_ratio(0, "rps");
-    max.add_ratio(0, "p99_ms");
-    max.add_ratio(3, "cpu_ms_per_1k");
+    for section in [&mut max, &mut tls_max] {
+        section.add_ratio(0, "rps");
+        section.add_ratio(0, "p99_ms");
+        section.add_ratio(3, "cpu_ms_per_1k");
+        section.notes.push(format!(
+            "{} rounds of {} s, variants interleaved (plain and TLS in the same rounds); medians; ratios paired per round; spans go to an in-process discard OTLP/gRPC sink",
+            args.rounds, args.duration
+        ));
+    }
     max.notes.push(
         "metrics cost = sonde CPU per request of c (metrics on, the default) over d (--no-metrics); budget < 1.10"
             .into(),
     );
-    max.notes.push(format!(
-        "{} rounds of {} s, variants interleaved; medians; ratios paired per round; spans go to an in-process discard OTLP/gRPC sink",
-        args.rounds, args.duration
-    ));
+    tls_max.notes.push(
+        "budget: c >= 0.85 of a; each SSL_read/SSL_write adds a uprobe and a uretprobe".into(),
+    );
     max.finish();
+    tls_max.finish();
 
     // Fixed rate: sonde's own open-loop client (wrk has no rate limit), a vs c.
     let rate = args.http_rate;
@@ -369,10 +432,54 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
         ));
     }
     fixed.finish();
+
+    // TLS at a fixed rate: the open-loop client -> nginx's plain gateway -> kept-alive TLS
+    // upstream connections -> nginx's TLS server (nginx is TLS client and server, both read
+    // through the uprobes: two spans per request). Budget: no lost events.
+    let tls_rate = args.https_rate;
+    let mut tls_fixed = Section::new(
+        "https",
+        &format!("nginx TLS gateway at a fixed {tls_rate} req/s (32 connections, open loop)"),
+        &fixed_cols,
+    );
+    tls_fixed.rows = fixed_variants.iter().map(|v| Row::new(v.name())).collect();
+    for round in 1..=args.rounds {
+        for (i, v) in fixed_variants.iter().enumerate() {
+            eprintln!(
+                "[bench] https fixed {tls_rate}/s round {round}/{}: {}",
+                args.rounds,
+                v.name()
+            );
+            let load = || {
+                fixedrate::run(
+                    nginx.gateway_port,
+                    tls_rate,
+                    32,
+                    Duration::from_secs(args.duration),
+                )
+            };
+            let (r, fig) = with_sonde(sonde_bin, *v, &sink, load)?;
+            let Some(row) = tls_fixed.rows.get_mut(i) else {
+                continue;
+            };
+            row.push("rps", r.achieved_rps());
+            row.push("p50_ms", r.p50_us as f64 / 1000.0);
+            row.push("p99_ms", r.p99_us as f64 / 1000.0);
+            row.push("errors", r.errors as f64);
+            if let Some(f) = &fig {
+                push_sonde(row, f, r.completed);
+            }
+        }
+    }
+    tls_fixed.add_ratio(0, "p99_ms");
+    tls_fixed.notes.push(
+        "spans: a CLIENT span (nginx's upstream TLS call) and a SERVER span per request, plus the gateway's plain SERVER span".into(),
+    );
+    tls_fixed.finish();
     if max.rows.iter().all(|r| r.samples("rps").is_empty()) {
         bail!("no http run completed");
     }
-    Ok(vec![max, fixed])
+    Ok(vec![max, tls_max, fixed, tls_fixed])
 }
 
 #[cfg(test)]

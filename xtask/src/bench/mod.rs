@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: overhead and throughput of sonde against its issue budgets.
 //!
-//! Suites: `http` (nginx under wrk: no tracer / empty programs / tracing), `postgres`
-//! (pgbench -S simple and prepared, without and with sonde) and `otlp` (sonde forwarding OTLP
+//! Suites: `http` (nginx under wrk: no tracer / empty programs / tracing, plain and over TLS
+//! in the same rounds, plus fixed-rate runs), `postgres` (pgbench -S simple and prepared, and
+//! simple over TLS, without and with sonde) and `otlp` (sonde forwarding OTLP
 //! from a Rust load generator to a discard sink). The machine is small and noisy, so variants
 //! are interleaved in every round and each figure is a median over rounds, with ratios paired
 //! per round against the baseline measured in the same run. Every process started is killed
@@ -58,6 +59,9 @@ pub struct Args {
     /// Request rate of the fixed-rate HTTP run.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub http_rate: u32,
+    /// Request rate of the fixed-rate HTTPS run (through nginx's TLS gateway).
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub https_rate: u32,
     /// Skip bootstrap and the release build; use the binaries already built.
     #[arg(long)]
     pub no_build: bool,

@@ -95,6 +95,22 @@ impl Postgres {
                 .gid(gid),
         )?;
         let port = measure::free_port()?;
+        // TLS available (self-signed); each pgbench run picks it with PGSSLMODE.
+        let cert = dir.path().join("server.crt");
+        let key = dir.path().join("server.key");
+        procs::output(
+            Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                ])
+                .args(["-subj", "/CN=localhost", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert),
+        )?;
+        for f in [&cert, &key] {
+            chown(f, Some(uid), Some(gid))?;
+        }
         let log = fs::File::create(dir.path().join("postgres.log"))?;
         chown(dir.path().join("postgres.log"), Some(uid), Some(gid))?;
         let mut cmd = Command::new(bin.join("postgres"));
@@ -118,6 +134,10 @@ impl Postgres {
             ])
             .arg("-c")
             .arg(format!("unix_socket_directories={}", dir.path().display()))
+            .args(["-c", "ssl=on", "-c"])
+            .arg(format!("ssl_cert_file={}", cert.display()))
+            .arg("-c")
+            .arg(format!("ssl_key_file={}", key.display()))
             .uid(uid)
             .gid(gid)
             .stdin(Stdio::null())
@@ -165,19 +185,29 @@ impl Drop for Postgres {
     }
 }
 
+/// `mode` is a pgbench query mode, optionally suffixed `+tls` (sslmode=require; otherwise
+/// sslmode=disable).
 fn run_pgbench(pg: &Postgres, mode: &str, duration: u64) -> Result<PgbenchResult> {
-    let out = procs::output(pg.pgbench().args([
-        "-S",
-        "-M",
-        mode,
-        "-c",
-        "4",
-        "-j",
-        "2",
-        "-T",
-        &duration.to_string(),
-        "postgres",
-    ]))?;
+    let (mode, tls) = match mode.strip_suffix("+tls") {
+        Some(m) => (m, true),
+        None => (mode, false),
+    };
+    let out = procs::output(
+        pg.pgbench()
+            .env("PGSSLMODE", if tls { "require" } else { "disable" })
+            .args([
+                "-S",
+                "-M",
+                mode,
+                "-c",
+                "4",
+                "-j",
+                "2",
+                "-T",
+                &duration.to_string(),
+                "postgres",
+            ]),
+    )?;
     parse_pgbench(&out).with_context(|| format!("unparsable pgbench output:\n{out}"))
 }
 
@@ -212,13 +242,18 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
         col("batches_refused", "refused", 0),
         col("failed", "failed tx", 0),
     ];
-    let modes = ["simple", "prepared"];
+    let modes = ["simple", "prepared", "simple+tls"];
     let mut sections: Vec<Section> = modes
         .iter()
         .map(|m| {
             let mut s = Section::new(
                 "postgres",
-                &format!("pgbench -S -M {m} -c 4 -j 2 (scale 1)"),
+                &match m.strip_suffix("+tls") {
+                    Some(m) => {
+                        format!("pgbench -S -M {m} -c 4 -j 2 (scale 1) over TLS (sslmode=require)")
+                    }
+                    None => format!("pgbench -S -M {m} -c 4 -j 2 (scale 1)"),
+                },
                 &cols,
             );
             s.rows = vec![

@@ -287,3 +287,78 @@ mod tests {
         assert_eq!(truncate("abc", 5), "abc");
     }
 }
+
+/// The exchange travelled over TLS (its bytes came from the OpenSSL uprobes): `url.scheme`
+/// becomes `https` and `url.full` starts with `https://`, without the default port 443.
+pub fn into_https(parts: &mut SpanParts) {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    for kv in &mut parts.attributes {
+        let Some(Value::StringValue(v)) = kv.value.as_mut().and_then(|a| a.value.as_mut()) else {
+            continue;
+        };
+        match kv.key.as_str() {
+            "url.scheme" if v == "http" => *v = "https".to_owned(),
+            "url.full" => {
+                if let Some(rest) = v.strip_prefix("http://") {
+                    let (authority, tail) = match rest.find(['/', '?', '#']) {
+                        Some(i) => rest.split_at(i),
+                        None => (rest, ""),
+                    };
+                    let authority = authority.strip_suffix(":443").unwrap_or(authority);
+                    *v = format!("https://{authority}{tail}");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod https_tests {
+    use super::*;
+    use crate::trace::span::Kind;
+
+    fn value(parts: &SpanParts, key: &str) -> String {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        parts
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                Value::StringValue(s) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn tls_exchanges_get_the_https_scheme_without_the_default_port() {
+        let mut parts = SpanParts {
+            ctx: SpanContext {
+                trace_id: crate::trace::context::TraceId([1; 16]),
+                span_id: crate::trace::context::SpanId([1; 8]),
+                parent: None,
+                remote_parent: false,
+                sampled: true,
+            },
+            name: "GET".into(),
+            kind: Kind::Client,
+            start_unix_ns: 0,
+            end_unix_ns: 0,
+            attributes: vec![
+                str_attr("url.scheme", "http"),
+                str_attr("url.full", "http://api.example:443/v1?x=REDACTED"),
+            ],
+            outcome: Outcome::Unset,
+        };
+        into_https(&mut parts);
+        assert_eq!(value(&parts, "url.scheme"), "https");
+        assert_eq!(
+            value(&parts, "url.full"),
+            "https://api.example/v1?x=REDACTED"
+        );
+        parts.attributes = vec![str_attr("url.full", "http://127.0.0.1:8443/")];
+        into_https(&mut parts);
+        assert_eq!(value(&parts, "url.full"), "https://127.0.0.1:8443/");
+    }
+}

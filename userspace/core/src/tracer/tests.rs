@@ -595,6 +595,95 @@ fn selection_by_port_untracks_other_connections() {
 }
 
 #[test]
+fn a_tls_server_peek_and_handshake_keep_the_socket_and_its_plaintext_spans_are_https() {
+    let mut r = Replay::with(TracerConfig {
+        tls_plaintext: true,
+        ..config()
+    });
+    accepted(&mut r, 6);
+    // nginx peeks at one byte, then OpenSSL reads the ClientHello (in clear, outside SSL_read).
+    r.read(SERVER, 101, 6, &[0x16]);
+    r.read(
+        SERVER,
+        101,
+        6,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    );
+    r.write(SERVER, 101, 6, b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76");
+    assert!(
+        !r.tracer
+            .take_commands()
+            .iter()
+            .any(|c| matches!(c, KernelCommand::Untrack { .. })),
+    );
+    assert_eq!(r.tracer.take_tls_started(), [TlsStart { pid: SERVER }]);
+    r.data_from(
+        SERVER,
+        101,
+        6,
+        Direction::Ingress,
+        &request("/a?key=s"),
+        Source::TlsPlaintext,
+    );
+    r.read(SERVER, 101, 6, b"\x17\x03\x03\x00\x20stray-ciphertext");
+    r.data_from(
+        SERVER,
+        101,
+        6,
+        Direction::Egress,
+        &response(200, "ok"),
+        Source::TlsPlaintext,
+    );
+    let spans = r.spans();
+    assert_eq!(spans.len(), 1, "{:?}", snapshot(&spans));
+    assert_eq!(attr(&spans[0].1, "url.scheme").as_deref(), Some("https"));
+}
+
+#[test]
+fn tls_connections_of_untraceable_processes_are_untracked() {
+    let mut r = Replay::with(TracerConfig {
+        tls_plaintext: true,
+        ..config()
+    });
+    r.connect(CLIENT, 6, Role::Client, "127.0.0.1:50000", "127.0.0.1:443");
+    r.write(
+        CLIENT,
+        201,
+        6,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    );
+    assert_eq!(r.tracer.take_tls_started(), [TlsStart { pid: CLIENT }]);
+    r.tracer.set_tls_untraceable(CLIENT);
+    assert_eq!(
+        r.tracer.take_commands().last(),
+        Some(&KernelCommand::Untrack { pid: CLIENT, fd: 6 })
+    );
+    // The next TLS connection of that process is untracked at its handshake.
+    r.connect(CLIENT, 7, Role::Client, "127.0.0.1:50001", "127.0.0.1:443");
+    r.write(
+        CLIENT,
+        201,
+        7,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    );
+    assert_eq!(
+        r.tracer.take_commands().last(),
+        Some(&KernelCommand::Untrack { pid: CLIENT, fd: 7 })
+    );
+}
+
+#[test]
+fn tls_record_recognition() {
+    assert!(looks_like_tls_record(&[0x16, 0x03, 0x01, 0x02], true));
+    assert!(looks_like_tls_record(&[0x17, 0x03, 0x03, 0, 5], false));
+    assert!(!looks_like_tls_record(&[0x17, 0x03, 0x03, 0, 5], true));
+    assert!(!looks_like_tls_record(b"GET / HTTP/1.1\r\n", true));
+    assert!(!looks_like_tls_record(&[0, 0, 0, 8, 4, 210, 22, 47], true));
+    assert!(may_become_tls_record(&[0x16]));
+    assert!(!may_become_tls_record(b"G"));
+}
+
+#[test]
 fn an_event_loop_nests_under_its_only_request_and_counts_what_it_cannot_know() {
     let mut r = Replay::new();
     with_database(&mut r);

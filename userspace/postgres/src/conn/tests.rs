@@ -187,7 +187,7 @@ fn ssl_request_answered_n_continues() {
 }
 
 #[test]
-fn ssl_request_answered_s_is_encrypted_and_nothing_else_is_parsed() {
+fn ssl_request_answered_s_fed_ciphertext_is_encrypted_and_nothing_else_is_parsed() {
     let mut r = Run::new(Connection::new());
     r.fe(&untagged(SSL_REQUEST, &[])).be(b"S");
     // TLS records that happen to contain protocol-looking bytes.
@@ -195,7 +195,33 @@ fn ssl_request_answered_s_is_encrypted_and_nothing_else_is_parsed() {
         .fe(&q("SELECT 1"))
         .be(&cat(&[complete("SELECT 1"), ready()]));
     r.c.close(at(99), &mut r.out);
-    assert_eq!(r.out, vec![Event::Encrypted]);
+    assert_eq!(r.out, vec![Event::TlsStarted, Event::Encrypted]);
+}
+
+#[test]
+fn ssl_request_answered_s_continues_with_the_plaintext_startup() {
+    let mut r = Run::new(Connection::new());
+    r.fe(&untagged(SSL_REQUEST, &[])).be(b"S");
+    assert_eq!(r.out, vec![Event::TlsStarted]);
+    // What the OpenSSL uprobes deliver: the startup message, then the protocol as usual.
+    r.fe(&startup("u", Some("shop")));
+    r.be(&ready());
+    simple_exchange(&mut r);
+    assert!(matches!(r.out.get(1), Some(Event::Startup { database: Some(d), .. }) if d == "shop"));
+    assert_eq!(r.ops().len(), 1);
+    assert_eq!(r.c.database(), Some("shop"));
+}
+
+#[test]
+fn ssl_request_and_startup_in_one_write_answered_n_in_the_same_read_as_the_next_answer() {
+    let mut r = Run::new(Connection::new());
+    r.fe(&cat(&[untagged(SSL_REQUEST, &[]), startup("u", Some("d"))]));
+    r.be(&cat(&[b"N".to_vec(), ready()]));
+    simple_exchange(&mut r);
+    assert!(!r.out.contains(&Event::Encrypted));
+    assert!(!r.out.contains(&Event::TlsStarted));
+    assert_eq!(r.ops().len(), 1);
+    assert_eq!(r.c.database(), Some("d"));
 }
 
 #[test]

@@ -131,8 +131,9 @@ pub struct ProbeSettings {
 pub struct Probes {
     /// Process lifecycle and TCP health records (`sonde_common::HealthEvent`).
     pub health: RingBuf<MapData>,
-    /// Keeps the programs and their links alive.
-    _ebpf: Ebpf,
+    /// Keeps the programs and their links alive; the TLS uprobes are attached later, per
+    /// library (`capture/tls.rs`).
+    pub ebpf: Ebpf,
     pub events: RingBuf<MapData>,
     pub sockets: BpfHashMap<MapData, u64, SocketState>,
     pub traced_pids: BpfHashMap<MapData, u32, u8>,
@@ -317,6 +318,8 @@ pub fn load(settings: &ProbeSettings) -> Result<Probes, LoadError> {
         attached.push(format!("{category}:{name}"));
     }
 
+    crate::capture::tls::load_programs(&mut ebpf)?;
+
     let take = |ebpf: &mut Ebpf, name: &'static str| {
         ebpf.take_map(name)
             .ok_or(LoadError::Map(name, "missing from the object".into()))
@@ -336,7 +339,7 @@ pub fn load(settings: &ProbeSettings) -> Result<Probes, LoadError> {
     let health = RingBuf::try_from(take(&mut ebpf, names::HEALTH)?)
         .map_err(|e| LoadError::Map(names::HEALTH, e.to_string()))?;
     Ok(Probes {
-        _ebpf: ebpf,
+        ebpf,
         events,
         health,
         sockets,

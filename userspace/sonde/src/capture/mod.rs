@@ -2,3 +2,4 @@
 //! Decoding a record is pure and lives in `sonde_core::event` (re-exported here).
 pub use sonde_core::event;
 pub mod loader;
+pub mod tls;

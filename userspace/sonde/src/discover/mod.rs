@@ -1,6 +1,7 @@
 //! What the daemon learns from the host rather than from the probes: /proc's TCP tables
 //! (endpoints the kernel did not give, listeners, connections that predate sonde), process
-//! identity, and threads already blocked in a syscall when the probes attached. Everything
+//! identity, threads already blocked in a syscall when the probes attached, and the TLS
+//! libraries processes map (`libssl`). Everything
 //! that reads /proc lives here; the pure logic it feeds is in `sonde-core`.
 //!
 //! Must never: decide protocol or span semantics (that is `sonde-core`'s job).
@@ -12,6 +13,7 @@ use sonde_core::{
 };
 
 pub mod inflight;
+pub mod libssl;
 pub mod process;
 pub mod sockets;
 

@@ -1,0 +1,549 @@
+//! End-to-end TLS capture through the OpenSSL uprobes: real nginx terminating TLS (system
+//! libssl), curl and Python as HTTPS clients, PostgreSQL 15 with `ssl=on` and psycopg2's own
+//! vendored libssl, with self-signed certificates made by `openssl` here. Asserts the spans
+//! are the plaintext ones (https scheme), that the ciphertext gives no garbage or duplicate
+//! spans, that a connection opened before sonde started is traced from its next request, and
+//! that a seccomp-filtered process that forbids the uretprobe syscall survives the probes.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::*;
+use sonde_e2e::{Nginx, NginxOpts, Postgres, Sonde, Span, TestDir, curl, dump_spans, python};
+
+/// A self-signed certificate and key for `localhost` / 127.0.0.1.
+fn self_signed(dir: &TestDir) -> (PathBuf, PathBuf) {
+    let cert = dir.join("server.crt");
+    let key = dir.join("server.key");
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        // An end-entity certificate (rustls refuses a CA as the server certificate).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// nginx with a second, TLS listener on a free port; returns (nginx, tls port).
+fn nginx_tls(dir: &TestDir) -> (Nginx, u16) {
+    let (cert, key) = self_signed(dir);
+    let port = sonde_e2e::free_port();
+    let nginx = Nginx::start(
+        NginxOpts::default()
+            .static_file("big.bin", 1 << 20)
+            .extra(&format!(
+                "    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {};\n    ssl_certificate_key {};",
+                cert.display(),
+                key.display()
+            )),
+    );
+    (nginx, port)
+}
+
+fn all_kind<'a>(spans: &'a [Span], kind: &str) -> Vec<&'a Span> {
+    let mut v: Vec<&Span> = spans.iter().filter(|s| s.kind == kind).collect();
+    v.sort_by_key(|s| s.start_ns);
+    v
+}
+
+#[test]
+fn https_nginx_server_and_curl_client_keep_alive_and_one_mebibyte() {
+    let dir = TestDir::new("tls-nginx").unwrap();
+    let (nginx, port) = nginx_tls(&dir);
+    let sonde = Sonde::start(&["--port", &port.to_string()]);
+    // A process started after sonde: curl, three requests on one keep-alive connection,
+    // the last one a 1 MiB body.
+    let base = format!("https://127.0.0.1:{port}");
+    let out = curl(&[
+        "-sk",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        &format!("{base}/?token=secret"),
+        &format!("{base}/file.txt"),
+        &format!("{base}/big.bin"),
+    ]);
+    assert!(out.status.success());
+    sonde.wait_for_spans(
+        |s| all_kind(s, "SERVER").len() >= 3 && all_kind(s, "CLIENT").len() >= 3,
+        WAIT,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let spans = sonde.spans();
+    let srv = all_kind(&spans, "SERVER");
+    let cl = all_kind(&spans, "CLIENT");
+    assert_eq!((srv.len(), cl.len()), (3, 3), "{}", dump_spans(&spans));
+    for s in &srv {
+        assert_well_formed(s);
+        assert_eq!(s.attr_str("url.scheme"), Some("https"), "{s:?}");
+        assert_eq!(s.attr_i64("http.response.status_code"), Some(200));
+        assert_eq!(
+            s.resource_i64("process.pid").map(|p| p as u32),
+            nginx.worker_pids().first().copied()
+        );
+    }
+    assert_eq!(srv[0].attr_str("url.query"), Some("token=REDACTED"));
+    assert_eq!(srv[2].attr_str("url.path"), Some("/big.bin"));
+    let urls: Vec<_> = cl
+        .iter()
+        .map(|c| c.attr_str("url.full").unwrap_or(""))
+        .collect();
+    assert_eq!(
+        urls,
+        vec![
+            format!("{base}/?token=REDACTED"),
+            format!("{base}/file.txt"),
+            format!("{base}/big.bin"),
+        ],
+        "{}",
+        dump_spans(&spans)
+    );
+    // One trace per request across curl and nginx: the 4-tuple correlation works over TLS
+    // because a write's plaintext is emitted at its first write syscall, before the peer
+    // can read it.
+    for (c, s) in cl.iter().zip(&srv) {
+        assert_eq!(c.resource_str("service.name"), Some("curl"));
+        assert_eq!(s.trace_id, c.trace_id, "{}", dump_spans(&spans));
+        assert_eq!(s.parent_span_id, c.span_id);
+    }
+}
+
+/// A Python HTTPS client (system libssl through `_ssl`) that connects and sends one request
+/// BEFORE sonde starts, waits for a line on stdin, then sends `n` more on the same keep-alive
+/// connection. With `seccomp`, it first installs a filter that kills the process on the
+/// uretprobe syscall (x86_64 335): if the kernel let that filter see uretprobe returns, the
+/// process would die with SIGSYS.
+const PY_CLIENT: &str = r#"
+import ctypes, http.client, ssl, struct, sys
+port, n, use_seccomp = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+if use_seccomp:
+    libc = ctypes.CDLL(None, use_errno=True)
+    # BPF: A = seccomp_data.nr; if A == 335 -> KILL_PROCESS else ALLOW
+    insns = [(0x20, 0, 0, 0), (0x15, 0, 1, 335), (0x06, 0, 0, 0x80000000), (0x06, 0, 0, 0x7fff0000)]
+    raw = b"".join(struct.pack("HBBI", *i) for i in insns)
+    buf = ctypes.create_string_buffer(raw)
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    prog = Prog(len(insns), ctypes.addressof(buf))
+    assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+    assert libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0, ctypes.get_errno()  # SECCOMP_MODE_FILTER
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx)
+conn.request("GET", "/file.txt?before=1")
+conn.getresponse().read()
+print("connected", flush=True)
+sys.stdin.readline()
+for i in range(n):
+    conn.request("GET", f"/file.txt?i={i}")
+    r = conn.getresponse()
+    r.read()
+    assert r.status == 200
+print("done", flush=True)
+"#;
+
+/// Installs a filter that kills the process on syscall `nr`, then makes that syscall.
+const SECCOMP_CONTROL: &str = r#"
+import ctypes, struct, sys
+nr = int(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+insns = [(0x20, 0, 0, 0), (0x15, 0, 1, nr), (0x06, 0, 0, 0x80000000), (0x06, 0, 0, 0x7fff0000)]
+raw = b"".join(struct.pack("HBBI", *i) for i in insns)
+buf = ctypes.create_string_buffer(raw)
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+prog = Prog(len(insns), ctypes.addressof(buf))
+assert libc.prctl(38, 1, 0, 0, 0) == 0
+assert libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0
+libc.syscall(nr)
+"#;
+
+/// The filter used below works (getpid is killed with SIGSYS), and on this kernel it never
+/// sees the uretprobe syscall: called directly outside the trampoline, 335 gets the kernel's
+/// SIGILL, not the filter's SIGSYS ("seccomp: passthrough uretprobe systemcall").
+#[test]
+fn seccomp_filters_do_not_see_the_uretprobe_syscall_on_this_kernel() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = TestDir::new("seccomp").unwrap();
+    let script = dir.join("control.py");
+    std::fs::write(&script, SECCOMP_CONTROL).unwrap();
+    let signal = |nr: &str| {
+        Command::new(python())
+            .arg(&script)
+            .arg(nr)
+            .status()
+            .unwrap()
+            .signal()
+    };
+    assert_eq!(signal("39"), Some(libc_sig::SIGSYS));
+    assert_eq!(signal("335"), Some(libc_sig::SIGILL));
+}
+
+mod libc_sig {
+    pub const SIGILL: i32 = 4;
+    pub const SIGSYS: i32 = 31;
+}
+
+#[test]
+fn tls_connection_opened_before_sonde_and_uretprobes_spare_seccomp_filtered_processes() {
+    let dir = TestDir::new("tls-pre").unwrap();
+    let (_nginx, port) = nginx_tls(&dir);
+    let script = dir.join("client.py");
+    std::fs::write(&script, PY_CLIENT).unwrap();
+    let mut child = Command::new(python())
+        .arg(&script)
+        .args([&port.to_string(), "20", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "connected");
+    let sonde = Sonde::start(&["--port", &port.to_string()]);
+    writeln!(child.stdin.as_mut().unwrap()).unwrap();
+    let done = lines.next().map(|l| l.unwrap_or_default());
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        status.success() && done.as_deref() == Some("done"),
+        "the seccomp-filtered client died with the uretprobes attached: {status:?} {stderr}"
+    );
+    sonde.wait_for_spans(
+        |s| all_kind(s, "SERVER").len() >= 20 && all_kind(s, "CLIENT").len() >= 20,
+        WAIT,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let spans = sonde.spans();
+    let srv = all_kind(&spans, "SERVER");
+    let cl = all_kind(&spans, "CLIENT");
+    // Exactly the 20 requests after sonde started, on both sides; none for the one before.
+    assert_eq!((srv.len(), cl.len()), (20, 20), "{}", dump_spans(&spans));
+    for (i, (c, s)) in cl.iter().zip(&srv).enumerate() {
+        assert_eq!(s.attr_str("url.scheme"), Some("https"));
+        assert_eq!(s.attr_str("url.query"), Some(format!("i={i}").as_str()));
+        assert_eq!(
+            c.attr_str("url.full"),
+            Some(format!("https://127.0.0.1:{port}/file.txt?i={i}").as_str())
+        );
+    }
+}
+
+/// Enables TLS on a running cluster with a fresh self-signed certificate.
+fn enable_ssl(pg: &Postgres, dir: &TestDir) {
+    let (cert, key) = self_signed(dir);
+    for f in [&cert, &key] {
+        let st = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(f)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // The directory must be reachable by the postgres user.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    pg.psql(
+        "postgres",
+        &format!("ALTER SYSTEM SET ssl_cert_file = '{}'", cert.display()),
+    );
+    pg.psql(
+        "postgres",
+        &format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
+    );
+    pg.psql("postgres", "ALTER SYSTEM SET ssl = on");
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+const PG_CLIENT: &str = r#"
+import sys, time
+driver, dsn, tag = sys.argv[1], sys.argv[2], sys.argv[3]
+if driver == "psycopg2":
+    import psycopg2 as pg
+else:
+    import psycopg as pg
+# Like an application that imports its driver at start and queries later: the vendored
+# libssl the import just loaded is found by sonde's rescan (every second) before the query.
+time.sleep(1.5)
+conn = pg.connect(dsn)
+cur = conn.cursor()
+cur.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+print(cur.fetchone()[0], flush=True)
+for i in range(3):
+    cur.execute("SELECT %s::text AS tag, %s::int AS i", (tag, i))
+    cur.fetchall()
+conn.commit()
+conn.close()
+"#;
+
+fn pg_client(dir: &TestDir, driver: &str, dsn: &str, tag: &str) -> String {
+    let script = dir.join("pgclient.py");
+    std::fs::write(&script, PG_CLIENT).unwrap();
+    let out = Command::new(python())
+        .arg(&script)
+        .args([driver, dsn, tag])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn db_spans(spans: &[Span], port: u16) -> Vec<&Span> {
+    let mut v: Vec<&Span> = spans
+        .iter()
+        .filter(|s| {
+            s.attr_str("db.system.name") == Some("postgresql")
+                && s.attr_i64("server.port") == Some(i64::from(port))
+        })
+        .collect();
+    v.sort_by_key(|s| s.start_ns);
+    v
+}
+
+#[test]
+fn postgres_over_tls_psycopg2_vendored_libssl_psycopg3_and_refused_ssl() {
+    let dir = TestDir::new("tls-pg").unwrap();
+    let mut plain = Postgres::start();
+    let pg = Postgres::start();
+    enable_ssl(&pg, &dir);
+    pg.create_database("shop");
+    plain.create_database("shop");
+    let sonde = Sonde::start(&[
+        "--port",
+        &pg.port().to_string(),
+        "--port",
+        &plain.port().to_string(),
+    ]);
+    // Default sslmode (prefer) with psycopg2's own libssl (psycopg2_binary.libs), loaded by a
+    // process that starts after sonde; then sslmode=require with psycopg 3 (system libssl).
+    let dsn = pg.dsn("shop");
+    assert_eq!(pg_client(&dir, "psycopg2", &dsn, "p2"), "True");
+    assert_eq!(
+        pg_client(&dir, "psycopg", &format!("{dsn} sslmode=require"), "p3"),
+        "True"
+    );
+    // The server without ssl answers the SSLRequest 'N': the startup follows in clear.
+    assert_eq!(
+        pg_client(&dir, "psycopg2", &plain.dsn("shop"), "plain"),
+        "False"
+    );
+    let want =
+        |s: &[Span]| db_spans(s, pg.port()).len() >= 8 && db_spans(s, plain.port()).len() >= 4;
+    sonde.wait_for_spans(want, WAIT);
+    std::thread::sleep(Duration::from_millis(1500));
+    let spans = sonde.spans();
+    let tls = db_spans(&spans, pg.port());
+    let clear = db_spans(&spans, plain.port());
+    // Per client: the pg_stat_ssl query and three SELECTs (+ COMMIT for psycopg2/psycopg).
+    // psycopg 3 binds server-side ($1), psycopg2 interpolates (sanitized to ?).
+    let selects = |v: &[&Span]| {
+        v.iter()
+            .filter(|s| {
+                s.name == "SELECT"
+                    && s.attr_str("db.query.text")
+                        .is_some_and(|q| q.ends_with("::int AS i"))
+            })
+            .count()
+    };
+    assert_eq!(selects(&tls), 6, "{}", dump_spans(&spans));
+    assert_eq!(selects(&clear), 3, "{}", dump_spans(&spans));
+    assert_eq!(
+        tls.iter()
+            .filter(|s| s.name == "SELECT pg_stat_ssl")
+            .count(),
+        2,
+        "{}",
+        dump_spans(&spans)
+    );
+    for s in tls.iter().chain(&clear) {
+        assert_well_formed(s);
+        assert_eq!(s.attr_str("db.namespace"), Some("shop"), "{s:?}");
+    }
+    plain.stop();
+}
+
+#[test]
+fn a_rustls_client_gives_no_spans_and_is_counted_as_untraceable() {
+    let dir = TestDir::new("tls-rustls").unwrap();
+    let (_nginx, port) = nginx_tls(&dir);
+    let metrics_port = sonde_e2e::free_port();
+    let sonde = Sonde::start(&[
+        "--port",
+        &port.to_string(),
+        "--metrics-addr",
+        &format!("127.0.0.1:{metrics_port}"),
+    ]);
+    let bin = sonde_e2e::find_target_bin(
+        "sonde-rustls-client",
+        "SONDE_RUSTLS_CLIENT",
+        "cargo build -p sonde-e2e",
+    )
+    .unwrap();
+    let der = dir.join("server.der");
+    let st = Command::new("openssl")
+        .args(["x509", "-outform", "der", "-in"])
+        .arg(dir.join("server.crt"))
+        .arg("-out")
+        .arg(&der)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = Command::new(bin)
+        .arg(port.to_string())
+        .arg(&der)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("200"));
+    let metric = "sonde_tls_untraceable_connections_total{executable=\"sonde-rustls-client\",reason=\"rustls\"} 1";
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = curl(&["-s", &format!("http://127.0.0.1:{metrics_port}/metrics")]).stdout;
+        if text.contains(metric) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(text.contains(metric), "{text}");
+    // nginx's side of the same connection is read through libssl: one server span, and no
+    // client span from the rustls process.
+    let spans = sonde.wait_for_spans(|s| !all_kind(s, "SERVER").is_empty(), WAIT);
+    std::thread::sleep(Duration::from_millis(1000));
+    drop(spans);
+    let spans = sonde.spans();
+    assert_eq!(
+        all_kind(&spans, "CLIENT").len(),
+        0,
+        "{}",
+        dump_spans(&spans)
+    );
+    assert_eq!(
+        all_kind(&spans, "SERVER").len(),
+        1,
+        "{}",
+        dump_spans(&spans)
+    );
+}
+
+const PY_TLS_SERVER: &str = r#"
+import http.server, ssl, sys
+cert, key, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b"hello\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+httpd = http.server.HTTPServer(("127.0.0.1", port), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+print("listening", flush=True)
+httpd.serve_forever()
+"#;
+
+const PY_REQUESTS: &str = r#"
+import sys, requests, urllib3
+urllib3.disable_warnings()
+port, n = int(sys.argv[1]), int(sys.argv[2])
+with requests.Session() as s:
+    for i in range(n):
+        r = s.get(f"https://127.0.0.1:{port}/items/{i}?api_key=secret", verify=False)
+        assert r.status_code == 200 and r.text == "hello\n"
+"#;
+
+#[test]
+fn python_http_server_wrapped_in_ssl_and_requests_client() {
+    let dir = TestDir::new("tls-py").unwrap();
+    let (cert, key) = self_signed(&dir);
+    let port = sonde_e2e::free_port();
+    let sonde = Sonde::start(&["--port", &port.to_string()]);
+    let server_py = dir.join("server.py");
+    std::fs::write(&server_py, PY_TLS_SERVER).unwrap();
+    let mut server = Command::new(python())
+        .arg(&server_py)
+        .arg(&cert)
+        .arg(&key)
+        .arg(port.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "listening");
+    let client_py = dir.join("client.py");
+    std::fs::write(&client_py, PY_REQUESTS).unwrap();
+    let out = Command::new(python())
+        .arg(&client_py)
+        .args([&port.to_string(), "10"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sonde.wait_for_spans(
+        |s| all_kind(s, "SERVER").len() >= 10 && all_kind(s, "CLIENT").len() >= 10,
+        WAIT,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let spans = sonde.spans();
+    let _ = server.kill();
+    let _ = server.wait();
+    let srv = all_kind(&spans, "SERVER");
+    let cl = all_kind(&spans, "CLIENT");
+    assert_eq!((srv.len(), cl.len()), (10, 10), "{}", dump_spans(&spans));
+    for (i, (c, s)) in cl.iter().zip(&srv).enumerate() {
+        assert_eq!(s.attr_str("url.scheme"), Some("https"));
+        assert_eq!(s.attr_str("url.path"), Some(format!("/items/{i}").as_str()));
+        assert_eq!(s.attr_str("url.query"), Some("api_key=REDACTED"));
+        assert_eq!(
+            c.attr_str("url.full"),
+            Some(format!("https://127.0.0.1:{port}/items/{i}?api_key=REDACTED").as_str())
+        );
+        assert_eq!(s.trace_id, c.trace_id, "{}", dump_spans(&spans));
+        assert_eq!(s.parent_span_id, c.span_id);
+    }
+}

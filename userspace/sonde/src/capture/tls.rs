@@ -1,0 +1,431 @@
+//! TLS plaintext capture: attaches the OpenSSL uprobes (`ebpf/probes/src/tls.rs`) to every
+//! libssl and statically linked OpenSSL the traced processes use, once per file (device and
+//! inode), and accounts for the TLS connections sonde cannot read.
+//!
+//! Discovery runs at startup (well-known system paths plus every process's maps), every
+//! [`RESCAN_INTERVAL`] (Python and libpq load libssl late), and at once for a process whose
+//! TLS handshake the tracer just saw without knowing its library. Files inside containers
+//! are reached through `/proc/<pid>/root`. A uprobe on a file fires in every process that
+//! maps it, so a process started later with an already-attached library needs nothing.
+//!
+//! Return probes: uretprobes. On kernels with the uretprobe syscall (6.11+) those were
+//! reported to kill seccomp-filtered processes; since "seccomp: passthrough uretprobe
+//! systemcall without filtering" the kernel lets that syscall through every filter. The
+//! end-to-end test `tls_uretprobes_spare_seccomp_filtered_processes` proves it on the kernel
+//! it runs on: a process whose filter kills the uretprobe syscall makes HTTPS calls while the
+//! probes are attached, survives, and its spans arrive.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf,
+    programs::{UProbe, uprobe::UProbeScope},
+};
+
+use crate::{
+    capture::loader::LoadError,
+    discover::libssl::{self, ElfTls, SSL_SYMBOLS, Untraceable},
+    tracer::TlsStart,
+};
+
+/// How often every traced process's maps are re-read for newly loaded libssl copies.
+pub const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// New executables read (for statically linked OpenSSL) per rescan: reading them is the
+/// expensive part of discovery (debug builds weigh hundreds of MiB), so it is spread over
+/// ticks and kept off the startup path.
+pub const EXECUTABLES_PER_RESCAN: usize = 2;
+/// Executables larger than this are not read during rescans (only when one of their TLS
+/// connections has to be classified).
+const MAX_RESCAN_EXECUTABLE_BYTES: u64 = 32 << 20;
+
+/// Entry program per hooked symbol (same order as [`SSL_SYMBOLS`]).
+const ENTRY_PROGRAMS: [(&str, &str); 5] = [
+    ("ssl_read_enter", "SSL_read"),
+    ("ssl_write_enter", "SSL_write"),
+    ("ssl_read_ex_enter", "SSL_read_ex"),
+    ("ssl_write_ex_enter", "SSL_write_ex"),
+    ("ssl_write_ex2_enter", "SSL_write_ex2"),
+];
+/// The return program shared by every hooked symbol.
+const RETURN_PROGRAM: &str = "ssl_exit";
+
+/// System libssl locations attached at startup even if nothing maps them yet.
+const SYSTEM_LIBSSL: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+    "/usr/lib/x86_64-linux-gnu/libssl.so.1.1",
+    "/usr/lib/aarch64-linux-gnu/libssl.so.3",
+    "/usr/lib/aarch64-linux-gnu/libssl.so.1.1",
+    "/usr/lib64/libssl.so.3",
+    "/usr/lib64/libssl.so.1.1",
+    "/lib/libssl.so.3",
+    "/usr/lib/libssl.so.3",
+];
+
+/// Loads the uprobe programs (attached later, per library). Called by the loader.
+pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let names = ENTRY_PROGRAMS
+        .iter()
+        .map(|(p, _)| *p)
+        .chain([RETURN_PROGRAM]);
+    for program in names {
+        let verify = |source| LoadError::Verify {
+            program: program.to_owned(),
+            source: Box::new(source),
+        };
+        let p: &mut UProbe = ebpf
+            .program_mut(program)
+            .ok_or_else(|| LoadError::MissingProgram {
+                program: program.to_owned(),
+            })?
+            .try_into()
+            .map_err(verify)?;
+        p.load().map_err(verify)?;
+    }
+    Ok(())
+}
+
+pub use sonde_core::tracer::{looks_like_tls_record, may_become_tls_record};
+
+enum Inspected {
+    Elf(Option<ElfTls>),
+    /// Over this rescan's budget: read on a later tick (or on demand).
+    Later,
+}
+
+/// What sonde knows about one process's TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProcessTls {
+    /// OpenSSL found and hooked (shared or static).
+    OpenSsl,
+    Untraceable(Untraceable),
+}
+
+/// Counters for `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct TlsStats {
+    /// Files (libssl or executables) with the uprobes attached.
+    pub files_attached: u64,
+    /// Files whose attach failed (named in the log).
+    pub attach_failures: u64,
+    /// TLS connections sonde cannot read, by (executable, reason).
+    pub untraceable: BTreeMap<(String, &'static str), u64>,
+}
+
+type FileKey = (u64, u64);
+
+pub struct TlsAttacher {
+    self_pid: u32,
+    /// `--no-tls`: nothing is attached.
+    enabled: bool,
+    /// With a pid filter, uprobes fire only in those processes (`UProbeScope::OneProcess`):
+    /// every other process using the same libssl pays no trap. Empty: all processes.
+    scope_pids: Vec<u32>,
+    attached: HashSet<FileKey>,
+    failed: HashSet<FileKey>,
+    /// Executables already inspected, by file.
+    executables: HashMap<FileKey, Option<ElfTls>>,
+    /// Per process: what it uses, and its executable's name (kept: short-lived clients are
+    /// often gone by the time their connection is counted).
+    processes: HashMap<u32, (ProcessTls, String)>,
+    logged: HashSet<(String, &'static str)>,
+    stats: TlsStats,
+    last_scan: Option<Instant>,
+}
+
+impl TlsAttacher {
+    pub fn new(self_pid: u32, enabled: bool, filter_pids: &[u32]) -> Self {
+        Self {
+            self_pid,
+            enabled,
+            scope_pids: filter_pids.to_vec(),
+            attached: HashSet::new(),
+            failed: HashSet::new(),
+            executables: HashMap::new(),
+            processes: HashMap::new(),
+            logged: HashSet::new(),
+            stats: TlsStats::default(),
+            last_scan: None,
+        }
+    }
+
+    pub fn stats(&self) -> TlsStats {
+        self.stats.clone()
+    }
+
+    /// Attaches the well-known system libssl files, whoever maps them (or will).
+    pub fn attach_system(&mut self, ebpf: &mut Ebpf) {
+        if !self.enabled {
+            return;
+        }
+        for path in SYSTEM_LIBSSL {
+            let path = Path::new(path);
+            if path.exists() {
+                self.attach_file(ebpf, path, None);
+            }
+        }
+    }
+
+    pub fn rescan_due(&self) -> bool {
+        self.enabled
+            && self
+                .last_scan
+                .is_none_or(|t| t.elapsed() >= RESCAN_INTERVAL)
+    }
+
+    /// Re-reads the maps of `pids` (every process when `None`); reads at most
+    /// `max_executables` executables not inspected before.
+    pub fn rescan(&mut self, ebpf: &mut Ebpf, pids: Option<&[u32]>, max_executables: usize) {
+        if !self.enabled {
+            return;
+        }
+        self.last_scan = Some(Instant::now());
+        let mut budget = max_executables;
+        let all;
+        let pids = match pids {
+            Some(p) => p,
+            None => {
+                all = all_pids();
+                &all
+            }
+        };
+        let mut alive = HashSet::new();
+        for &pid in pids {
+            if pid == self.self_pid {
+                continue;
+            }
+            alive.insert(pid);
+            self.scan_pid(ebpf, pid, Some(&mut budget));
+        }
+        self.processes.retain(|pid, _| alive.contains(pid));
+    }
+
+    /// Finds and hooks the OpenSSL of one process; returns what it uses.
+    /// `exe_budget`: how many unknown executables may still be read (None: no limit).
+    fn scan_pid(
+        &mut self,
+        ebpf: &mut Ebpf,
+        pid: u32,
+        exe_budget: Option<&mut usize>,
+    ) -> Option<ProcessTls> {
+        let name = executable_name(pid);
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+        let mapped = libssl::parse_maps(&maps);
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let mut hooked = false;
+        for lib in &mapped.libssl {
+            // Inside the process's mount namespace (containers): its root.
+            let path = root.join(lib.trim_start_matches('/'));
+            hooked |= self.attach_file(ebpf, &path, Some(pid));
+        }
+        let state = if hooked {
+            ProcessTls::OpenSsl
+        } else {
+            let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+            let elf = match self.inspect_executable(&exe, exe_budget) {
+                Inspected::Elf(elf) => elf,
+                // Not read this time: no verdict yet.
+                Inspected::Later => return self.processes.get(&pid).map(|p| p.0),
+            };
+            match elf {
+                Some(e) if e.has_openssl() && self.attach_file(ebpf, &exe, Some(pid)) => {
+                    ProcessTls::OpenSsl
+                }
+                _ => ProcessTls::Untraceable(libssl::untraceable_reason(&mapped, elf.as_ref())),
+            }
+        };
+        self.processes.insert(pid, (state, name));
+        Some(state)
+    }
+
+    fn inspect_executable(&mut self, exe: &Path, budget: Option<&mut usize>) -> Inspected {
+        let Ok(meta) = std::fs::metadata(exe) else {
+            return Inspected::Elf(None);
+        };
+        let key = (meta.dev(), meta.ino());
+        if let Some(known) = self.executables.get(&key) {
+            return Inspected::Elf(known.clone());
+        }
+        if let Some(budget) = budget {
+            if *budget == 0 || meta.len() > MAX_RESCAN_EXECUTABLE_BYTES {
+                return Inspected::Later;
+            }
+            *budget -= 1;
+        }
+        let found = std::fs::read(exe)
+            .ok()
+            .and_then(|b| libssl::inspect_elf(&b));
+        self.executables.insert(key, found.clone());
+        Inspected::Elf(found)
+    }
+
+    /// Attaches every hooked symbol the file defines, once per file. True if the file is
+    /// (now or already) hooked.
+    fn attach_file(&mut self, ebpf: &mut Ebpf, path: &Path, pid: Option<u32>) -> bool {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return false;
+        };
+        let key = (meta.dev(), meta.ino());
+        if self.attached.contains(&key) {
+            return true;
+        }
+        if self.failed.contains(&key) {
+            return false;
+        }
+        let symbols = match std::fs::read(path)
+            .ok()
+            .and_then(|b| libssl::inspect_elf(&b))
+        {
+            Some(elf) if elf.has_openssl() => elf.ssl_symbols,
+            _ => {
+                self.failed.insert(key);
+                return false;
+            }
+        };
+        match attach_symbols(ebpf, path, &symbols, &self.scope_pids) {
+            Ok(()) => {
+                tracing::info!(
+                    path = %path.display(),
+                    pid = ?pid,
+                    symbols = ?symbols,
+                    "OpenSSL uprobes attached"
+                );
+                self.attached.insert(key);
+                self.stats.files_attached += 1;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "could not attach the OpenSSL uprobes: {e}");
+                self.failed.insert(key);
+                self.stats.attach_failures += 1;
+                false
+            }
+        }
+    }
+
+    /// A TLS connection started in `start.pid`. Returns true if the process's TLS cannot be
+    /// read (the tracer then untracks its TLS connections); counts and logs it.
+    pub fn on_tls_started(&mut self, ebpf: &mut Ebpf, start: TlsStart) -> bool {
+        let state = {
+            let cached = self.processes.get(&start.pid).map(|p| p.0);
+            match cached {
+                Some(ProcessTls::OpenSsl) => ProcessTls::OpenSsl,
+                // Unknown, or untraceable at the last look: libssl may have been loaded since.
+                _ => match (self.scan_pid(ebpf, start.pid, None), cached) {
+                    (Some(s), _) => s,
+                    // Already gone: what the last rescan found.
+                    (None, Some(s)) => s,
+                    (None, None) => return false,
+                },
+            }
+        };
+        let ProcessTls::Untraceable(reason) = state else {
+            return false;
+        };
+        let exe = match self.processes.get(&start.pid) {
+            Some((_, name)) => name.clone(),
+            None => executable_name(start.pid),
+        };
+        let label = reason.label();
+        *self
+            .stats
+            .untraceable
+            .entry((exe.clone(), label))
+            .or_default() += 1;
+        if self.logged.insert((exe.clone(), label)) {
+            tracing::warn!(
+                executable = %exe,
+                pid = start.pid,
+                reason = label,
+                "TLS connections of this executable cannot be read (no OpenSSL sonde can hook); \
+                 they produce no spans and are counted in sonde_tls_untraceable_connections_total"
+            );
+        }
+        true
+    }
+}
+
+fn attach_symbols(
+    ebpf: &mut Ebpf,
+    path: &Path,
+    symbols: &[&'static str],
+    scope_pids: &[u32],
+) -> Result<(), String> {
+    let scopes: Vec<UProbeScope> = if scope_pids.is_empty() {
+        vec![UProbeScope::AllProcesses]
+    } else {
+        scope_pids
+            .iter()
+            .filter_map(|p| std::num::NonZeroU32::new(*p))
+            .map(UProbeScope::OneProcess)
+            .collect()
+    };
+    for (program, symbol) in ENTRY_PROGRAMS {
+        if !symbols.contains(&symbol) {
+            continue;
+        }
+        debug_assert!(SSL_SYMBOLS.contains(&symbol));
+        for name in [program, RETURN_PROGRAM] {
+            let p: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or_else(|| format!("program {name} missing"))?
+                .try_into()
+                .map_err(|e| format!("{name}: {e}"))?;
+            for scope in &scopes {
+                p.attach(symbol, path, *scope).map_err(|e| {
+                    let hint = if e.to_string().contains("ermission") {
+                        " (uprobes need CAP_PERFMON or CAP_SYS_ADMIN, and reading files in \
+                         containers CAP_SYS_PTRACE for /proc/<pid>/root)"
+                    } else {
+                        ""
+                    };
+                    format!("{symbol} ({name}): {e}{hint}")
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn all_pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The executable's file name (for the metric label), else its command name.
+fn executable_name(pid: u32) -> String {
+    if let Ok(target) = std::fs::read_link(format!("/proc/{pid}/exe"))
+        && let Some(name) = target.file_name().and_then(|n| n.to_str())
+    {
+        return name.trim_end_matches(" (deleted)").to_owned();
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_records_are_recognised_and_plaintext_is_not() {
+        let hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
+        assert!(looks_like_tls_record(&hello, true));
+        assert!(looks_like_tls_record(&[0x17, 0x03, 0x03, 0, 5], false));
+        assert!(!looks_like_tls_record(&[0x17, 0x03, 0x03, 0, 5], true));
+        assert!(!looks_like_tls_record(b"GET / HTTP/1.1\r\n", true));
+        assert!(!looks_like_tls_record(&[0, 0, 0, 8, 4, 210, 22, 47], true));
+        assert!(!looks_like_tls_record(&[0x16, 0x03], true));
+        assert!(may_become_tls_record(&[0x16]));
+        assert!(!may_become_tls_record(b"G"));
+        assert!(!may_become_tls_record(&hello));
+    }
+}
