@@ -1,10 +1,17 @@
 //! End-to-end checks from an adversarial run (issue 12): secrets in a traced process's argv
-//! and in URL paths never reach any output.
+//! and in URL paths never reach any output; what the receiver answers OK is delivered.
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 mod common;
 
-use std::{process::Command, time::Duration};
+use std::{
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use common::*;
 use sonde_e2e::{
@@ -166,4 +173,159 @@ fn token_paths_are_templated_in_names_routes_and_urls() {
             "{c:?}"
         );
     }
+}
+
+/// An OTLP/JSON traces request with `n` spans named `name`.
+fn flood_request(n: usize, name: &str, seed: u64) -> String {
+    let spans: Vec<String> = (0..n)
+        .map(|i| {
+            let id = seed.wrapping_mul(1_000_003).wrapping_add(i as u64 + 1);
+            format!(
+                r#"{{"traceId":"{id:032x}","spanId":"{id:016x}","name":"{name}","kind":2,"startTimeUnixNano":"1700000000000000000","endTimeUnixNano":"1700000000001000000","attributes":[{{"key":"i","value":{{"intValue":"{i}"}}}}]}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"flood"}}}}]}},"scopeSpans":[{{"scope":{{"name":"flood"}},"spans":[{}]}}]}}]}}"#,
+        spans.join(",")
+    )
+}
+
+/// What a flood got: spans in requests answered OK, requests refused with a retry hint, and
+/// spans in requests whose answer never arrived (connection reset under load: unknown fate).
+struct Flood {
+    ok_spans: u64,
+    refused: u64,
+    unknown_spans: u64,
+}
+
+/// `clients` threads POST `spans_per_request`-span requests to `url` for `duration`; a refusal
+/// (503/429 with Retry-After) is counted and retried after a short pause, as an SDK would.
+fn flood(url: &str, clients: usize, spans_per_request: usize, duration: Duration) -> Flood {
+    let ok = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let unknown = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + duration;
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let (ok, refused, unknown) = (ok.clone(), refused.clone(), unknown.clone());
+            let url = url.to_owned();
+            std::thread::spawn(move || {
+                let mut seed = (c as u64 + 1) << 40;
+                while Instant::now() < end {
+                    seed += 1;
+                    let body = flood_request(spans_per_request, "flood", seed);
+                    let resp = match sonde_e2e::http::http_request(
+                        "POST",
+                        &url,
+                        &[("Content-Type", "application/json")],
+                        body.as_bytes(),
+                    ) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            eprintln!("flood: {e}");
+                            unknown.fetch_add(spans_per_request as u64, Ordering::Relaxed);
+                            std::thread::sleep(Duration::from_millis(20));
+                            continue;
+                        }
+                    };
+                    match resp.status {
+                        200 => {
+                            ok.fetch_add(spans_per_request as u64, Ordering::Relaxed);
+                        }
+                        503 | 429 => {
+                            assert!(resp.header("retry-after").is_some(), "no retry hint");
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        s => panic!("unexpected status {s}: {}", resp.text()),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    Flood {
+        ok_spans: ok.load(Ordering::Relaxed),
+        refused: refused.load(Ordering::Relaxed),
+        unknown_spans: unknown.load(Ordering::Relaxed),
+    }
+}
+
+/// Spans answered OK == spans delivered (requests whose answer was lost may or may not be).
+fn assert_delivered(f: &Flood, delivered: u64) {
+    assert!(
+        delivered >= f.ok_spans && delivered <= f.ok_spans + f.unknown_spans,
+        "answered OK {} spans (+{} unknown), delivered {delivered}",
+        f.ok_spans,
+        f.unknown_spans
+    );
+}
+
+fn receiver_args(http_port: u16) -> Vec<String> {
+    [
+        "--otlp-http-addr",
+        &format!("127.0.0.1:{http_port}"),
+        // Nothing else is traced: only the flood reaches the output.
+        "--port",
+        &free_port().to_string(),
+        "--memory-budget-mib",
+        "8",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+#[test]
+fn receiver_flood_against_terminal_output_delivers_everything_it_accepted() {
+    let http_port = free_port();
+    let args = receiver_args(http_port);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut sonde = Sonde::start(&args);
+    let url = format!("http://127.0.0.1:{http_port}/v1/traces");
+    let f = flood(&url, 4, 1000, Duration::from_secs(10));
+    let spans = sonde.stop();
+    let delivered = spans.iter().filter(|s| s.name == "flood").count() as u64;
+    eprintln!(
+        "terminal: answered OK {} spans, delivered {delivered}, refused {} requests",
+        f.ok_spans, f.refused
+    );
+    assert!(f.ok_spans > 0);
+    assert_delivered(&f, delivered);
+    assert!(
+        sonde.stderr().contains("0 spans dropped"),
+        "{}",
+        sonde.stderr()
+    );
+}
+
+#[test]
+fn receiver_flood_against_a_slow_sink_delivers_everything_it_accepted() {
+    let sink = OtlpSink::start_failing("delay_s=0.3");
+    let http_port = free_port();
+    let mut args = receiver_args(http_port);
+    args.extend(["--output", "otlp", "--otlp-endpoint"].map(str::to_owned));
+    args.push(sink.http_endpoint());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut sonde = Sonde::start(&args);
+    let url = format!("http://127.0.0.1:{http_port}/v1/traces");
+    let f = flood(&url, 4, 3000, Duration::from_secs(10));
+    sonde.stop();
+    let delivered = sonde_e2e::spans_from_sink_file(sink.out_path())
+        .unwrap()
+        .iter()
+        .filter(|s| s.name == "flood")
+        .count() as u64;
+    eprintln!(
+        "slow sink: answered OK {} spans, delivered {delivered}, refused {} requests",
+        f.ok_spans, f.refused
+    );
+    assert!(
+        f.refused > 0,
+        "the flood never filled the queue: the test proves nothing"
+    );
+    assert_delivered(&f, delivered);
 }

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use sonde_common::{SocketState, role, socket_key};
-use sonde_otlp_export::Exporter;
+use sonde_otlp_export::{Exporter, Request};
 use sonde_otlp_receive::{Receiver, ReceiverConfig};
 
 use crate::{
@@ -125,16 +125,24 @@ impl CaptureLoop {
     }
 
     /// SDK telemetry from the receiver: attribute it to its process, give it that process's
-    /// resource attributes, let the merger see the spans, forward everything.
-    fn handle_sdk_requests(&mut self) {
+    /// resource attributes, let the merger see the spans, forward everything with the room
+    /// reserved at admission. Returns the number of requests handled.
+    fn handle_sdk_requests(&mut self) -> usize {
         let now = clock::monotonic_now_ns();
         let before = self.merger.sdk_pid_count();
+        let mut handled = 0;
         for _ in 0..1024 {
-            let Ok(sdk::Queued { request, bytes }) = self.sdk_requests.try_recv() else {
+            let Ok(sdk::Queued {
+                request,
+                bytes,
+                reservation,
+            }) = self.sdk_requests.try_recv()
+            else {
                 break;
             };
+            handled += 1;
             self.sdk_queued.release(bytes);
-            match request {
+            let request = match request {
                 SdkRequest::Traces(peer, mut req) => {
                     if let Some(pid) = self.sender_pid(peer) {
                         let ours = self.tracer.resource_of(pid);
@@ -143,9 +151,7 @@ impl CaptureLoop {
                         }
                         self.merger.observe_sdk(pid, &req, now);
                     }
-                    if self.exporter.send_traces(req.resource_spans).is_err() {
-                        self.spans_rejected += 1;
-                    }
+                    Request::Traces(req)
                 }
                 SdkRequest::Metrics(peer, mut req) => {
                     if let Some(pid) = self.sender_pid(peer) {
@@ -154,7 +160,7 @@ impl CaptureLoop {
                             sdk::enrich(&mut rm.resource, &ours);
                         }
                     }
-                    let _ = self.exporter.send_metrics(req.resource_metrics);
+                    Request::Metrics(req)
                 }
                 SdkRequest::Logs(peer, mut req) => {
                     if let Some(pid) = self.sender_pid(peer) {
@@ -163,13 +169,18 @@ impl CaptureLoop {
                             sdk::enrich(&mut rl.resource, &ours);
                         }
                     }
-                    let _ = self.exporter.send_logs(req.resource_logs);
+                    Request::Logs(req)
                 }
+            };
+            let traces = matches!(request, Request::Traces(_));
+            if self.exporter.send_reserved(request, reservation).is_err() && traces {
+                self.spans_rejected += 1;
             }
         }
         if self.merger.sdk_pid_count() != before {
             self.tracer.set_sdk_pids(self.merger.sdk_pids());
         }
+        handled
     }
 
     /// Drains everything queued in the ring buffer; returns the number of records.
@@ -211,7 +222,11 @@ impl CaptureLoop {
                 unsafe { libc::poll(&mut pfd, 1, POLL_INTERVAL.as_millis() as i32) };
             }
             self.drain();
-            self.handle_sdk_requests();
+            let mut handled = self.handle_sdk_requests();
+            // At the last pass everything the receiver accepted must reach the exporter.
+            while stopping && handled > 0 {
+                handled = self.handle_sdk_requests();
+            }
             if stopping {
                 self.flush();
                 let held = self.merger.drain();
@@ -626,9 +641,26 @@ pub async fn run(config: Config) -> Result<()> {
     let lost: u64 = capture.probes.lost_per_cpu().iter().sum();
     let stats = capture.tracer.stats();
     exporter.shutdown(config.shutdown_timeout).await;
+    // The summary in spans: what left, what was dropped and why, what the kernel lost.
+    let t = exporter.stats().traces;
     eprintln!(
-        "sonde: stopped; {} events, {} spans, {} ring buffer records lost, {} span batches refused by a full queue",
-        stats.events, stats.spans, lost, capture.spans_rejected
+        "sonde: stopped; {} events, {} spans built, {} spans exported, {} spans dropped \
+         (queue full {}, undelivered at retry limit or shutdown deadline {}, refused by the backend {}), \
+         {} ring buffer records lost in the kernel",
+        stats.events,
+        stats.spans,
+        t.exported_items_total,
+        t.dropped_items_total().saturating_add(t.failed_items_total),
+        t.dropped_queue_full_items_total,
+        t.dropped_retry_exhausted_items_total,
+        t.failed_items_total,
+        lost
     );
+    if capture.spans_rejected > 0 {
+        eprintln!(
+            "sonde: {} span batches were refused by a full queue (counted above)",
+            capture.spans_rejected
+        );
+    }
     Ok(())
 }
