@@ -329,3 +329,68 @@ fn receiver_flood_against_a_slow_sink_delivers_everything_it_accepted() {
     );
     assert_delivered(&f, delivered);
 }
+
+#[test]
+fn a_sink_outage_is_reported_while_it_lasts_and_when_it_ends() {
+    let sink = OtlpSink::start();
+    let server = TestServer::start();
+    let mut sonde = Sonde::start(&[
+        "--port",
+        &server.port().to_string(),
+        "--output",
+        "otlp",
+        "--otlp-endpoint",
+        &sink.http_endpoint(),
+        "--batch-timeout-ms",
+        "200",
+    ]);
+    let startup = sonde.stderr();
+    assert!(
+        startup.contains(&format!(
+            "otlp-http-protobuf (traces -> {}/v1/traces",
+            sink.http_endpoint()
+        )),
+        "the startup summary names the endpoint and protocol:\n{startup}"
+    );
+    sink.control(r#"{"down_s": 15}"#).unwrap();
+    let down_at = Instant::now();
+    let mut warned_after = None;
+    let mut recovered_after = None;
+    let mut i = 0;
+    while down_at.elapsed() < Duration::from_secs(60) && recovered_after.is_none() {
+        if down_at.elapsed() < Duration::from_secs(20) {
+            assert_eq!(
+                sonde_e2e::http_get(&format!("{}/len/{i}", server.base_url())).0,
+                200
+            );
+            i += 1;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        let log = sonde.stderr();
+        if warned_after.is_none() && log.contains("is failing") {
+            warned_after = Some(down_at.elapsed());
+        }
+        if log.contains("recovered after") {
+            recovered_after = Some(down_at.elapsed());
+        }
+    }
+    let log = sonde.stderr();
+    let warned = warned_after.unwrap_or_else(|| panic!("no warning about the outage:\n{log}"));
+    assert!(
+        warned <= Duration::from_secs(10),
+        "warned only after {warned:?}:\n{log}"
+    );
+    let recovered = recovered_after.unwrap_or_else(|| panic!("no recovery line:\n{log}"));
+    eprintln!("outage: warned after {warned:?}, recovery logged after {recovered:?}");
+    let failing_line = log.lines().find(|l| l.contains("is failing")).unwrap();
+    assert!(
+        failing_line.contains(&sink.http_endpoint()),
+        "{failing_line}"
+    );
+    sonde.stop();
+    let log = sonde.stderr();
+    let summary = log.lines().find(|l| l.contains("sonde: stopped")).unwrap();
+    assert!(summary.contains("spans exported"), "{summary}");
+    assert!(summary.contains("spans dropped"), "{summary}");
+    assert!(summary.contains("lost in the kernel"), "{summary}");
+}

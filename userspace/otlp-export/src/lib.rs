@@ -283,7 +283,10 @@ impl Exporter {
                 {
                     takers.push(o);
                 }
-                None => stats::bump(&o.counters(signal).dropped_queue_full_items, items),
+                None => {
+                    stats::bump(&o.counters(signal).dropped_queue_full_items, items);
+                    o.note_queue_full(signal, items);
+                }
             }
         }
         let Some((last, others)) = takers.split_last() else {
@@ -384,6 +387,7 @@ impl Exporter {
                 takers.push(o);
             } else {
                 stats::bump(&o.counters(signal).dropped_queue_full_items, items);
+                o.note_queue_full(signal, items);
             }
         }
         if !offered {

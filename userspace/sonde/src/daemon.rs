@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use sonde_common::{SocketState, role, socket_key};
-use sonde_otlp_export::{Exporter, Request};
+use sonde_otlp_export::{Exporter, Output, Request};
 use sonde_otlp_receive::{Receiver, ReceiverConfig};
 
 use crate::{
@@ -249,6 +249,27 @@ impl CaptureLoop {
                 last_housekeeping = Instant::now();
             }
         }
+    }
+}
+
+/// An output for the startup summary: protocol and where each signal goes.
+fn describe_output(o: &Output) -> String {
+    match o {
+        Output::Otlp(e) => {
+            let urls: Vec<String> = [
+                ("traces", &e.traces_url),
+                ("metrics", &e.metrics_url),
+                ("logs", &e.logs_url),
+            ]
+            .into_iter()
+            .filter_map(|(signal, url)| {
+                url.as_ref()
+                    .map(|u| format!("{signal} -> {}", crate::trace::redact::url(u)))
+            })
+            .collect();
+            format!("{} ({})", o.kind(), urls.join(", "))
+        }
+        Output::Text | Output::Json => format!("{} (stdout)", o.kind()),
     }
 }
 
@@ -558,16 +579,9 @@ pub async fn run(config: Config) -> Result<()> {
     eprintln!(
         "  connections open before start: {preexisting} adopted; {blocked} threads already blocked in socket syscalls"
     );
-    eprintln!(
-        "  output: {}",
-        config
-            .exporter
-            .outputs
-            .iter()
-            .map(|o| o.kind())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    for o in &config.exporter.outputs {
+        eprintln!("  output: {}", describe_output(o));
+    }
     match &receiver {
         Some(r) => eprintln!(
             "  OTLP receiver: gRPC {}, HTTP {}",
