@@ -394,3 +394,68 @@ fn a_sink_outage_is_reported_while_it_lasts_and_when_it_ends() {
     assert!(summary.contains("spans dropped"), "{summary}");
     assert!(summary.contains("lost in the kernel"), "{summary}");
 }
+
+/// Resident memory of a process in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn memory_returns_near_idle_within_a_minute_after_a_flood() {
+    let http_port = free_port();
+    let mut sonde = Sonde::start(&[
+        "--otlp-http-addr",
+        &format!("127.0.0.1:{http_port}"),
+        "--port",
+        &free_port().to_string(),
+    ]);
+    std::thread::sleep(Duration::from_secs(3));
+    let idle = rss_kib(sonde.pid());
+    let peak = Arc::new(AtomicU64::new(idle));
+    let pid = sonde.pid();
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let url = format!("http://127.0.0.1:{http_port}/v1/traces");
+    let f = flood(&url, 2, 5000, Duration::from_secs(10));
+    sampling.store(false, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    let ended = Instant::now();
+    // Near idle: within a quarter of what the flood added, and at most 64 MiB above idle.
+    let limit = idle + ((peak.saturating_sub(idle)) / 4).min(64 * 1024);
+    let mut after = rss_kib(pid);
+    while after > limit && ended.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_secs(2));
+        after = rss_kib(pid);
+    }
+    eprintln!(
+        "RSS: idle {} MiB, peak {} MiB, {:?} after the flood {} MiB (flood: {} spans accepted)",
+        idle / 1024,
+        peak / 1024,
+        ended.elapsed(),
+        after / 1024,
+        f.ok_spans
+    );
+    assert!(
+        peak > idle + 20 * 1024,
+        "the flood did not load the daemon: peak {peak} KiB"
+    );
+    assert!(
+        after <= limit,
+        "RSS {after} KiB a minute after the flood; idle {idle} KiB, peak {peak} KiB"
+    );
+    sonde.stop();
+}

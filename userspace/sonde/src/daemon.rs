@@ -210,6 +210,7 @@ impl CaptureLoop {
         let mut last_flush = Instant::now();
         let mut last_housekeeping = Instant::now();
         let mut last_snapshot = Instant::now();
+        let mut records_since_housekeeping = 0usize;
         loop {
             let stopping = self.stop.load(Ordering::Relaxed);
             let mut pfd = libc::pollfd {
@@ -221,7 +222,7 @@ impl CaptureLoop {
                 // SAFETY: one valid pollfd.
                 unsafe { libc::poll(&mut pfd, 1, POLL_INTERVAL.as_millis() as i32) };
             }
-            self.drain();
+            records_since_housekeeping = records_since_housekeeping.saturating_add(self.drain());
             let mut handled = self.handle_sdk_requests();
             // At the last pass everything the receiver accepted must reach the exporter.
             while stopping && handled > 0 {
@@ -246,6 +247,10 @@ impl CaptureLoop {
                 self.tracer.set_clock(Clock::sample());
                 self.tracer.tick(clock::monotonic_now_ns());
                 self.tracer.set_sdk_pids(self.merger.sdk_pids());
+                if records_since_housekeeping < IDLE_RECORDS {
+                    trim_heap();
+                }
+                records_since_housekeeping = 0;
                 last_housekeeping = Instant::now();
             }
         }
@@ -270,6 +275,20 @@ fn describe_output(o: &Output) -> String {
             format!("{} ({})", o.kind(), urls.join(", "))
         }
         Output::Text | Output::Json => format!("{} (stdout)", o.kind()),
+    }
+}
+
+/// Below this many ring-buffer records per housekeeping interval the node counts as idle.
+const IDLE_RECORDS: usize = 1000;
+
+/// Gives freed heap back to the kernel. glibc keeps what a flood freed in its arenas (RSS
+/// stayed at 250-330 MiB against 41 MiB idle); trimming when idle brings RSS back near idle
+/// within one housekeeping interval, at the cost of a few milliseconds every five seconds.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions; it only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
