@@ -459,3 +459,63 @@ fn memory_returns_near_idle_within_a_minute_after_a_flood() {
     );
     sonde.stop();
 }
+
+#[test]
+fn clients_of_sondes_own_receiver_and_metrics_ports_are_never_traced() {
+    let server = TestServer::start();
+    let (http_port, metrics_port) = (free_port(), free_port());
+    let sonde = Sonde::start(&[
+        "--otlp-http-addr",
+        &format!("127.0.0.1:{http_port}"),
+        "--metrics-addr",
+        &format!("127.0.0.1:{metrics_port}"),
+        "--port",
+        &http_port.to_string(),
+        "--port",
+        &metrics_port.to_string(),
+        "--port",
+        &server.port().to_string(),
+    ]);
+    for _ in 0..3 {
+        let body = flood_request(2, "sdk-span", 7);
+        let out = curl(&[
+            "-o",
+            "/dev/null",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body,
+            &format!("http://127.0.0.1:{http_port}/v1/traces"),
+        ]);
+        assert!(out.success, "{}", out.stderr);
+        let out = curl(&[
+            "-o",
+            "/dev/null",
+            &format!("http://127.0.0.1:{metrics_port}/metrics"),
+        ]);
+        assert!(out.success, "{}", out.stderr);
+        let out = curl(&["-o", "/dev/null", &format!("{}/len/1", server.base_url())]);
+        assert!(out.success, "{}", out.stderr);
+    }
+    // The test server's exchanges prove tracing works; by then the others would be there too.
+    let spans = sonde.wait_for_spans(
+        |s| servers(s, server.port()).len() >= 3 && clients(s, server.port()).len() >= 3,
+        WAIT,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let spans = [spans, sonde.spans()].concat();
+    for port in [http_port, metrics_port] {
+        let own: Vec<_> = spans
+            .iter()
+            .filter(|s| s.attr_i64("server.port") == Some(i64::from(port)))
+            .collect();
+        assert!(
+            own.is_empty(),
+            "connections to sonde's port {port} were traced: {own:?}"
+        );
+    }
+    assert!(
+        spans.iter().any(|s| s.name == "sdk-span"),
+        "the SDK spans were received"
+    );
+}

@@ -524,12 +524,14 @@ pub async fn run(config: Config) -> Result<()> {
         (config.memory_budget_bytes / 8).max(1 << 20),
     );
     let receiver = start_receiver(&config, Arc::new(sink)).await.map(Arc::new);
-    // Only ports actually bound: connections to them are SDK exports to this daemon.
+    // Only ports actually bound (receiver) or configured (metrics): connections to them are
+    // SDK exports and scrapes of this daemon, never traced.
     let own_ports = receiver
         .iter()
         .flat_map(|r| [r.grpc_local_addr(), r.http_local_addr()])
         .flatten()
         .map(|a| a.port())
+        .chain(config.metrics_addr.map(|a| a.port()).filter(|p| *p != 0))
         .collect();
     let tracer_config = TracerConfig {
         selection: config.selection.clone(),

@@ -105,8 +105,8 @@ pub struct TracerConfig {
     pub postgres_capture_bytes: u32,
     /// Head sampling (OTEL_TRACES_SAMPLER).
     pub sampler: Sampler,
-    /// Ports of sonde's own OTLP receiver: connections to them are SDK exports, never traced,
-    /// but remembered to tell which process an OTLP request came from.
+    /// Ports of sonde's own OTLP receiver and metrics endpoint: connections to them on this host
+    /// are never traced.
     pub own_ports: HashSet<u16>,
 }
 
@@ -370,6 +370,15 @@ impl<H: HostView> Tracer<H> {
     }
 
     fn selected(&mut self, pid: u32, endpoints: Endpoints) -> bool {
+        // Clients of sonde's own receiver and metrics endpoint on this host are never traced.
+        if let Some(remote) = endpoints.remote
+            && self.config.own_ports.contains(&remote.port())
+            && (remote.ip().is_loopback()
+                || remote.ip().is_unspecified()
+                || endpoints.local.is_some_and(|l| l.ip() == remote.ip()))
+        {
+            return false;
+        }
         let sel = &self.config.selection;
         if !sel.ports.is_empty() {
             let ports = [
