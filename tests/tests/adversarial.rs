@@ -519,3 +519,49 @@ fn clients_of_sondes_own_receiver_and_metrics_ports_are_never_traced() {
         "the SDK spans were received"
     );
 }
+
+/// `sonde run` as an unprivileged user holding exactly `caps` (setpriv), for at most 8 s.
+fn run_with_caps(caps: &str) -> (Option<i32>, String) {
+    let bin = sonde_e2e::sonde::sonde_bin().unwrap();
+    let out = Command::new("timeout")
+        .args([
+            "-s", "INT", "8", "setpriv", "--reuid", "65534", "--regid", "65534",
+        ])
+        .args([
+            "--clear-groups",
+            "--inh-caps",
+            caps,
+            "--ambient-caps",
+            caps,
+            "--bounding-set",
+            caps,
+        ])
+        .arg(&bin)
+        .args([
+            "run",
+            "--port",
+            "1",
+            "--otlp-grpc-addr",
+            "off",
+            "--otlp-http-addr",
+            "off",
+        ])
+        .args(["--metrics-addr", "off"])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_unreadable_tracefs_names_the_missing_capability() {
+    let (code, err) = run_with_caps("-all,+bpf,+perfmon");
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("CAP_DAC_READ_SEARCH"), "{err}");
+    assert!(!err.contains("not mounted"), "{err}");
+    // With that capability added, the same user starts.
+    let (_, err) = run_with_caps("-all,+bpf,+perfmon,+dac_read_search");
+    assert!(err.contains("sonde: ready"), "{err}");
+}
