@@ -565,3 +565,79 @@ fn an_unreadable_tracefs_names_the_missing_capability() {
     let (_, err) = run_with_caps("-all,+bpf,+perfmon,+dac_read_search");
     assert!(err.contains("sonde: ready"), "{err}");
 }
+
+/// nginx answers `return 200` to 100 pipelined requests per connection, sent in one write
+/// followed by a half-close. Statuses on spans must never be wrong (every span that states a
+/// status states 200); the counts are printed for the report.
+#[test]
+fn pipelined_requests_with_half_close_against_nginx_never_get_a_wrong_status() {
+    let nginx = sonde_e2e::Nginx::start(
+        sonde_e2e::NginxOpts::default()
+            .extra("location = /ok { return 200 \"ok\\n\"; }\nkeepalive_requests 10000;"),
+    );
+    let sonde = Sonde::start(&["--port", &nginx.port().to_string()]);
+    // Two clients at once, 40 connections each: 8,000 requests, as in the adversarial run.
+    let connections = 40;
+    let port = nginx.port();
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut answered = 0usize;
+                for _ in 0..connections {
+                    let mut client =
+                        sonde_e2e::RawHttpClient::connect(("127.0.0.1", port)).unwrap();
+                    let mut batch = Vec::new();
+                    for i in 0..100 {
+                        batch.extend_from_slice(
+                            format!(
+                                "GET /ok?i={i} HTTP/1.1\r\nHost: n\r\nUser-Agent: pipeline\r\n\r\n"
+                            )
+                            .as_bytes(),
+                        );
+                    }
+                    client.send(&batch).unwrap();
+                    client.shutdown_write().unwrap();
+                    let resps = client.read_responses(100).unwrap();
+                    answered += resps.iter().filter(|r| r.status == 200).count();
+                }
+                answered
+            })
+        })
+        .collect();
+    let answered: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert_eq!(answered, 2 * connections * 100);
+    let spans = sonde.wait_for_spans(|s| servers(s, nginx.port()).len() >= answered, WAIT);
+    std::thread::sleep(Duration::from_secs(2));
+    let spans = sonde.spans().into_iter().chain(spans).collect::<Vec<_>>();
+    let srv: Vec<_> = servers(&spans, nginx.port())
+        .into_iter()
+        .filter(|s| s.attr_str("user_agent.original") == Some("pipeline"))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let srv: Vec<_> = srv
+        .into_iter()
+        .filter(|s| seen.insert(s.span_id.clone()))
+        .collect();
+    let with_200 = srv
+        .iter()
+        .filter(|s| s.attr_i64("http.response.status_code") == Some(200))
+        .count();
+    let wrong: Vec<_> = srv
+        .iter()
+        .filter(|s| {
+            s.attr_i64("http.response.status_code")
+                .is_some_and(|c| c != 200)
+        })
+        .collect();
+    eprintln!(
+        "pipelined: answered {answered}, server spans {}, spans with 200 {with_200}, wrong {}",
+        srv.len(),
+        wrong.len()
+    );
+    assert!(wrong.is_empty(), "statuses nginx never sent: {wrong:?}");
+    assert_eq!(srv.len(), answered, "every answered request has its span");
+    assert_eq!(
+        with_200, answered,
+        "every span carries the status nginx sent"
+    );
+}
