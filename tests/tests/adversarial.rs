@@ -641,3 +641,79 @@ fn pipelined_requests_with_half_close_against_nginx_never_get_a_wrong_status() {
         "every span carries the status nginx sent"
     );
 }
+
+/// Noise on pipelined connections to nginx: garbage after a request, an oversized head. Every
+/// span's status must be the one nginx sent for that very request (matched by its query), and
+/// requests nginx never answered must not carry a status.
+#[test]
+fn noise_on_pipelined_connections_never_yields_a_wrong_status() {
+    let nginx = sonde_e2e::Nginx::start(
+        sonde_e2e::NginxOpts::default()
+            .extra("location = /ok { return 200 \"ok\\n\"; }\nkeepalive_requests 10000;"),
+    );
+    let sonde = Sonde::start(&["--port", &nginx.port().to_string()]);
+    let req = |c: usize, i: usize, extra: &str| {
+        format!("GET /ok?c={c}&i={i} HTTP/1.1\r\nHost: n\r\nUser-Agent: noise\r\n{extra}\r\n")
+    };
+    let mut sent_status = std::collections::HashMap::new();
+    for c in 0..30 {
+        let mut batch = String::new();
+        for i in 0..5 {
+            batch.push_str(&req(c, i, ""));
+        }
+        match c % 3 {
+            0 => batch.push_str("\u{1}\u{2}this is not http at all\r\n\r\n"),
+            1 => batch.push_str(&req(c, 5, &format!("X-Big: {}\r\n", "a".repeat(40_000)))),
+            _ => batch.push_str("GET /ok?c=x HTTP/1.1 trailing-noise\r\nHost: n\r\n\r\n"),
+        }
+        for i in 6..9 {
+            batch.push_str(&req(c, i, ""));
+        }
+        let mut client = sonde_e2e::RawHttpClient::connect(("127.0.0.1", nginx.port())).unwrap();
+        client.send(batch.as_bytes()).unwrap();
+        client.shutdown_write().unwrap();
+        // Responses in order until nginx closes; they belong to requests 0, 1, 2, ...
+        let mut statuses = Vec::new();
+        while let Ok(r) = client.read_response() {
+            statuses.push(r.status);
+        }
+        for (i, st) in statuses.iter().enumerate().take(5) {
+            sent_status.insert(format!("c={c}&i={i}"), i64::from(*st));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let spans = sonde.spans();
+    let srv: Vec<_> = servers(&spans, nginx.port())
+        .into_iter()
+        .filter(|s| s.attr_str("user_agent.original") == Some("noise"))
+        .collect();
+    let mut wrong = Vec::new();
+    let mut with_status = 0;
+    for s in &srv {
+        let Some(code) = s.attr_i64("http.response.status_code") else {
+            continue;
+        };
+        with_status += 1;
+        if let Some(sent) = s.attr_str("url.query").and_then(|q| sent_status.get(q))
+            && *sent != code
+        {
+            wrong.push(format!(
+                "{:?}: span says {code}, nginx sent {sent}",
+                s.attr_str("url.query")
+            ));
+        }
+    }
+    eprintln!(
+        "noise: {} requests answered before the noise, {} spans, {with_status} with a status, {} wrong",
+        sent_status.len(),
+        srv.len(),
+        wrong.len()
+    );
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    let answered_ok: Vec<_> = sent_status.iter().filter(|(_, st)| **st == 200).collect();
+    assert_eq!(
+        answered_ok.len(),
+        150,
+        "nginx answered the 5 requests before the noise"
+    );
+}

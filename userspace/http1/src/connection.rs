@@ -265,6 +265,9 @@ pub struct Connection {
     req_first: Option<Seen>,
     desyncs: u64,
     status: Status,
+    /// Bytes that are not HTTP followed requests on this connection: the server answers them
+    /// (or not) in ways that cannot be known, so no later request is paired with a response.
+    request_noise: bool,
 }
 
 impl Default for Connection {
@@ -298,6 +301,7 @@ impl Connection {
             req_first: None,
             desyncs: 0,
             status: Status::Active,
+            request_noise: false,
         }
     }
 
@@ -383,7 +387,7 @@ impl Connection {
         while !rest.is_empty() && self.status == Status::Active {
             let consumed = match &mut self.req.stage {
                 Stage::Resync => {
-                    if at_start && head::looks_like_request(rest) {
+                    if at_start && !self.request_noise && head::looks_like_request(rest) {
                         self.req.stage = Stage::Head;
                         0
                     } else {
@@ -449,6 +453,16 @@ impl Connection {
             }
             HeadStep::Lost => {
                 self.request_head_lost(seen, out);
+                None
+            }
+            HeadStep::NotHttp if self.next_seq > 0 => {
+                // Noise after requests on an HTTP connection: the requests before it keep
+                // their responses (they come first, in order); nothing after it is parsed,
+                // since the server's answers to the noise would be paired with later requests.
+                self.request_noise = true;
+                self.desyncs = self.desyncs.saturating_add(1);
+                self.req.stage = Stage::Resync;
+                self.req.reset_buf();
                 None
             }
             HeadStep::NotHttp => {
@@ -990,6 +1004,47 @@ mod tests {
 
     fn status(x: &Exchange) -> Option<u16> {
         x.response.as_ref().map(|r| r.status)
+    }
+
+    #[test]
+    fn noise_after_pipelined_requests_never_shifts_a_status() {
+        // Two requests, noise, one more request; the server answers 200, 200, then 400 to the
+        // noise and 204 to the last request. Only the first two can be paired with certainty.
+        let mut c = Connection::new();
+        let ev = run(
+            &mut c,
+            &[
+                (
+                    Req,
+                    b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n\x01\x02noise\r\n\r\n",
+                    0,
+                ),
+                (Req, b"GET /c HTTP/1.1\r\nHost: a\r\n\r\n", 0),
+                (
+                    Resp,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                    0,
+                ),
+                (Resp, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", 0),
+                (Resp, b"HTTP/1.1 204 No Content\r\n\r\n", 0),
+            ],
+            true,
+        );
+        let ex = exchanges(&ev);
+        let got: Vec<(String, Option<u16>)> = ex
+            .iter()
+            .map(|e| {
+                (
+                    e.request.target.clone(),
+                    e.response.as_ref().map(|r| r.status),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![("/a".into(), Some(200)), ("/b".into(), Some(200))],
+            "{ev:?}"
+        );
     }
 
     #[test]
