@@ -47,13 +47,22 @@ fi
 
 PY_PACKAGES=(django gunicorn psycopg2-binary "psycopg[binary]" opentelemetry-sdk
   opentelemetry-exporter-otlp opentelemetry-instrumentation-django
-  opentelemetry-instrumentation-psycopg2 opentelemetry-proto grpcio requests)
+  opentelemetry-instrumentation-psycopg2 opentelemetry-proto grpcio requests uvicorn
+  pyyaml kubernetes-validate)                            # deploy/kubernetes checks
 if ! python3 - <<'PY' 2>/dev/null
 import django, gunicorn, psycopg2, psycopg, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grpc
 import opentelemetry.instrumentation.django, opentelemetry.instrumentation.psycopg2, opentelemetry.proto, grpc, requests
+import uvicorn.workers
+import yaml, kubernetes_validate
 PY
 then
   log "pip: ${PY_PACKAGES[*]}"
   python3 -m pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
+fi
+# kubectl (kustomize renders the manifests offline) ships with this machine image; Debian's own
+# archive has no kubectl package, so a machine without it cannot pass the deploy tests.
+if ! command -v kubectl >/dev/null 2>&1; then
+  log "error: kubectl is missing (needed by tests/tests/deploy.rs to render deploy/kubernetes)"
+  exit 1
 fi
 log "ok"

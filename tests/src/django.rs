@@ -25,6 +25,11 @@ pub enum DjangoServer {
     Gunicorn,
     /// `manage.py runserver --noreload`: one process, a thread per request.
     Runserver,
+    /// gunicorn with `-k uvicorn.workers.UvicornWorker` on `djangoapp.asgi:application`:
+    /// [`DjangoOpts::workers`] event-loop workers (sync views on asgiref's executor thread).
+    UvicornWorker,
+    /// `uvicorn djangoapp.asgi:application`: one process, one event loop.
+    Uvicorn,
 }
 
 /// gunicorn's worker class.
@@ -102,6 +107,26 @@ impl DjangoOpts {
     pub fn gthread(mut self, threads: u32) -> Self {
         self.worker_class = WorkerClass::Gthread { threads };
         self
+    }
+
+    /// Django under ASGI: gunicorn with uvicorn workers.
+    pub fn uvicorn_worker(mut self) -> Self {
+        self.server = DjangoServer::UvicornWorker;
+        self
+    }
+
+    /// Django under ASGI: uvicorn itself, one process.
+    pub fn uvicorn(mut self) -> Self {
+        self.server = DjangoServer::Uvicorn;
+        self
+    }
+
+    /// The OpenTelemetry SDK set up in the app's code (a `TracerProvider` with a default
+    /// `BatchSpanProcessor`, 5 s delay), exporting over `protocol` (`grpc` or `http`) to
+    /// `endpoint` (`127.0.0.1:<port>`), with no `OTEL_*` variable in its environment.
+    pub fn sdk_in_code(self, protocol: &str, endpoint: &str) -> Self {
+        self.env("SONDE_TEST_SDK_IN_CODE", protocol)
+            .env("SONDE_TEST_SDK_ENDPOINT", endpoint)
     }
 
     /// Django's runserver instead of gunicorn.
@@ -207,6 +232,7 @@ impl Django {
         cmd.current_dir(&app)
             .env_remove("SONDE_TEST_OTEL")
             .env_remove("SONDE_TEST_OTEL_PSYCOPG2")
+            .env_remove("SONDE_TEST_SDK_IN_CODE")
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("PYTHONUNBUFFERED", "1")
             .env("DJANGO_SETTINGS_MODULE", "djangoapp.settings")
@@ -242,12 +268,15 @@ impl Django {
         let mut migrate = Self::python_cmd(pg, &opts);
         migrate.args(["manage.py", "migrate", "--noinput", "-v", "0"]);
         // The SDK is not wanted in management commands.
-        migrate.env_remove("SONDE_TEST_OTEL");
+        migrate
+            .env_remove("SONDE_TEST_OTEL")
+            .env_remove("SONDE_TEST_SDK_IN_CODE");
         run_command(&mut migrate)?;
         if opts.seed {
             let mut seed = Self::python_cmd(pg, &opts);
             seed.args(["manage.py", "seed"])
-                .env_remove("SONDE_TEST_OTEL");
+                .env_remove("SONDE_TEST_OTEL")
+                .env_remove("SONDE_TEST_SDK_IN_CODE");
             run_command(&mut seed)?;
         }
         let mut last_err = None;
@@ -256,8 +285,13 @@ impl Django {
             let port = free_port();
             let mut cmd = Self::python_cmd(pg, &opts);
             let name = match opts.server {
-                DjangoServer::Gunicorn => {
-                    cmd.args(["-m", "gunicorn", "djangoapp.wsgi:application", "-c"])
+                DjangoServer::Gunicorn | DjangoServer::UvicornWorker => {
+                    let entry = if opts.server == DjangoServer::Gunicorn {
+                        "djangoapp.wsgi:application"
+                    } else {
+                        "djangoapp.asgi:application"
+                    };
+                    cmd.args(["-m", "gunicorn", entry, "-c"])
                         .arg(app.join("gunicorn.conf.py"))
                         .arg("--bind")
                         .arg(format!("127.0.0.1:{port}"))
@@ -273,6 +307,9 @@ impl Django {
                         ])
                         .args(["--timeout", "120", "--graceful-timeout", "10"]);
                     match opts.worker_class {
+                        _ if opts.server == DjangoServer::UvicornWorker => {
+                            cmd.args(["--worker-class", "uvicorn.workers.UvicornWorker"]);
+                        }
                         WorkerClass::Sync => {
                             cmd.args(["--worker-class", "sync"]);
                         }
@@ -291,6 +328,19 @@ impl Django {
                         .arg(format!("127.0.0.1:{port}"));
                     "runserver"
                 }
+                DjangoServer::Uvicorn => {
+                    cmd.args([
+                        "-m",
+                        "uvicorn",
+                        "djangoapp.asgi:application",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                    ])
+                    .arg(port.to_string())
+                    .args(["--log-level", "info", "--no-access-log"]);
+                    "uvicorn"
+                }
             };
             let server = Proc::spawn(name, cmd, dir.path())?;
             let django = Django {
@@ -305,6 +355,7 @@ impl Django {
                     let logs = django.server.stderr() + &django.server.stdout();
                     if !logs.contains("Address already in use")
                         && !logs.contains("That port is already in use")
+                        && !logs.contains("address already in use")
                     {
                         return Err(e);
                     }
@@ -322,7 +373,7 @@ impl Django {
         let deadline = Instant::now() + timeout;
         let alive = || self.server.ensure_running();
         match self.opts.server {
-            DjangoServer::Gunicorn => {
+            DjangoServer::Gunicorn | DjangoServer::UvicornWorker => {
                 self.server.wait_for_line(
                     format!("Listening at: http://127.0.0.1:{}", self.port),
                     timeout,
@@ -359,6 +410,18 @@ impl Django {
                     alive,
                 )
             }
+            DjangoServer::Uvicorn => {
+                // Printed once the app is imported and the socket is bound.
+                self.server.wait_for_line(
+                    format!("Uvicorn running on http://127.0.0.1:{}", self.port),
+                    timeout,
+                )?;
+                wait_for_listen(
+                    self.port,
+                    deadline.saturating_duration_since(Instant::now()),
+                    alive,
+                )
+            }
         }
     }
 
@@ -387,11 +450,11 @@ impl Django {
         self.server.pid()
     }
 
-    /// The gunicorn worker pids (empty under runserver), read from /proc.
+    /// The gunicorn worker pids (empty under runserver and uvicorn), read from /proc.
     pub fn worker_pids(&self) -> Vec<u32> {
         match self.opts.server {
-            DjangoServer::Gunicorn => children_of(self.server.pid()),
-            DjangoServer::Runserver => Vec::new(),
+            DjangoServer::Gunicorn | DjangoServer::UvicornWorker => children_of(self.server.pid()),
+            DjangoServer::Runserver | DjangoServer::Uvicorn => Vec::new(),
         }
     }
 

@@ -106,6 +106,9 @@ pub struct DataEvent {
 }
 
 pub const DATA_FLAG_LAST_CHUNK: u32 = 1;
+/// Bit 1: the bytes are TLS plaintext captured by the OpenSSL uprobes (`SSL_read`/`SSL_write`),
+/// not what a syscall moved. `hdr.fd` is the socket the library read or wrote.
+pub const DATA_FLAG_TLS: u32 = 2;
 pub const DATA_HEADER_SIZE: usize = core::mem::size_of::<DataEvent>() - CHUNK_SIZE;
 
 /// Value of the kernel's per-socket map, keyed by `socket_key(pid, fd)`.
@@ -148,6 +151,8 @@ pub struct DataArgs {
 pub mod data_flags {
     /// A client socket with no protocol-specific capture size yet: look at what it writes.
     pub const SNIFF: u32 = 1;
+    /// TLS plaintext from the OpenSSL uprobes: the record carries `DATA_FLAG_TLS`.
+    pub const TLS: u32 = 2;
 }
 
 /// An accept in flight, by thread; written by the daemon too, as for [`DataArgs`].

@@ -1,13 +1,15 @@
-"""gunicorn hooks: flush SDK spans when a worker exits (only matters with SONDE_TEST_OTEL)."""
+"""gunicorn hooks: flush SDK spans when a worker exits (only matters when the SDK is on)."""
+import sys
 
 
 def worker_exit(server, worker):
-    try:
-        from djangoapp import wsgi
-    except Exception:  # the app failed to import: nothing to flush
-        return
-    if wsgi.OTEL_PROVIDER is not None:
-        wsgi.OTEL_PROVIDER.shutdown()
+    # Whichever entry point the worker loaded (wsgi, or asgi under UvicornWorker); importing
+    # the other one here would set up a second SDK.
+    for name in ("djangoapp.wsgi", "djangoapp.asgi"):
+        module = sys.modules.get(name)
+        provider = getattr(module, "OTEL_PROVIDER", None)
+        if provider is not None:
+            provider.shutdown()
 
 
 def post_worker_init(worker):

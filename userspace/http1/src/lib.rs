@@ -46,12 +46,14 @@
 mod chunked;
 mod connection;
 mod head;
+mod protocol;
 
 #[cfg(test)]
 mod proptests;
 
 pub use connection::Connection;
 pub use head::{looks_like_request, looks_like_response};
+pub use protocol::Http1;
 
 /// Largest request or response head (start line plus headers) buffered; a longer head is
 /// treated like a cut-off one.
@@ -62,21 +64,8 @@ pub const MAX_PENDING: usize = 256;
 /// Most 1xx statuses recorded per exchange.
 pub const MAX_INFORMATIONAL: usize = 16;
 
-/// Which way bytes moved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    /// Client to server bytes.
-    Request,
-    /// Server to client bytes.
-    Response,
-}
-
-/// When and on which thread a piece of bytes was seen; opaque to the parser, passed through.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Seen {
-    pub ts_ns: u64,
-    pub tid: u32,
-}
+/// Which way bytes moved, and when: the types shared by every protocol parser.
+pub use sonde_protocol::{Direction, Seen};
 
 /// One header line; the name as sent, the value as raw bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -395,7 +395,7 @@ impl Connection {
         }
         let p = &mut self.p;
         match direction {
-            Direction::Frontend => {
+            Direction::Request => {
                 if p.last_was_backend {
                     p.round = p.round.saturating_add(1);
                     p.last_was_backend = false;
@@ -431,7 +431,7 @@ impl Connection {
                     self.be.mode = mode;
                 }
             }
-            Direction::Backend => {
+            Direction::Response => {
                 p.last_was_backend = true;
                 let previous = std::mem::replace(&mut p.last_backend_seen, seen);
                 let mut data = data;

@@ -54,25 +54,15 @@
 mod conn;
 pub mod framer;
 mod lexer;
+mod protocol;
 pub mod sanitize;
 
 pub use conn::{Connection, looks_like_frontend_message, looks_like_startup};
+pub use protocol::{Postgres, Query};
 
-/// Which way bytes flowed on the client's connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    /// Client to server.
-    Frontend,
-    /// Server to client.
-    Backend,
-}
-
-/// When and on which thread bytes were seen; opaque, passed through.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Seen {
-    pub ts_ns: u64,
-    pub tid: u32,
-}
+/// Which way bytes flowed (`Direction::Frontend`/`Backend` are PostgreSQL's names for
+/// `Request`/`Response`), and when: the types shared by every protocol parser.
+pub use sonde_protocol::{Direction, Seen};
 
 /// One query execution.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -140,6 +140,8 @@ pub struct RunArgs {
     /// Seconds to flush queued telemetry on SIGTERM before giving up.
     #[arg(long, default_value_t = 25)]
     pub shutdown_timeout_s: u64,
+    #[command(flatten)]
+    pub k8s: sonde_k8s::K8sArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +158,8 @@ pub enum ConfigError {
         "--output otlp needs an endpoint: pass --otlp-endpoint or set OTEL_EXPORTER_OTLP_ENDPOINT"
     )]
     OtlpWithoutEndpoint,
+    #[error(transparent)]
+    K8s(#[from] sonde_k8s::K8sError),
 }
 
 /// The resolved configuration.
@@ -181,6 +185,7 @@ pub struct Config {
     pub merge_window: Duration,
     pub memory_budget_bytes: usize,
     pub metrics_addr: Option<SocketAddr>,
+    pub k8s: sonde_k8s::K8sConfig,
 }
 
 /// Heap bytes a queued span takes per byte of its protobuf encoding (decoded OTLP with typical attributes: up to ~8).
@@ -312,7 +317,9 @@ impl Config {
                 });
             }
             Some(mib) => mib.saturating_mul(1 << 20),
-            None => cgroup_memory_limit()
+            // The container's limit from the downward API (the manifests set it), else the cgroup's.
+            None => (env("SONDE_MEMORY_LIMIT_BYTES").and_then(|v| v.trim().parse().ok()))
+                .or_else(cgroup_memory_limit)
                 .map(|l| l / 10 * 8)
                 .unwrap_or(512 << 20),
         };
@@ -359,6 +366,7 @@ impl Config {
             merge_window: Duration::from_millis(args.merge_window_ms),
             memory_budget_bytes,
             metrics_addr: parse_addr("metrics-addr", &args.metrics_addr)?,
+            k8s: args.k8s.resolve(&env)?,
         })
     }
 }
@@ -452,6 +460,15 @@ mod tests {
         );
         assert_eq!(c.receiver_max_inflight_bytes, (100 << 20) / 8);
         assert!(Config::resolve(args(&["--memory-budget-mib", "0"]), |_| None).is_err());
+    }
+
+    #[test]
+    fn memory_budget_follows_the_container_limit_from_the_downward_api() {
+        let env = |k: &str| (k == "SONDE_MEMORY_LIMIT_BYTES").then(|| "104857600".to_owned());
+        let c = Config::resolve(args(&[]), env).unwrap();
+        assert_eq!(c.memory_budget_bytes, 104_857_600 / 10 * 8);
+        let c = Config::resolve(args(&["--memory-budget-mib", "50"]), env).unwrap();
+        assert_eq!(c.memory_budget_bytes, 50 << 20);
     }
 
     #[test]

@@ -20,18 +20,21 @@ use sonde_otlp_receive::{Receiver, ReceiverConfig};
 use crate::{
     capture::{
         event::{Role, decode},
-        inflight,
         loader::{self, ProbeSettings, Probes},
-        preexisting,
-        sockets::{self, SocketResolver},
     },
     clock::{self, Clock},
     config::Config,
+    discover::{
+        ProcHost, inflight,
+        process::ResourceCache,
+        sockets::{self, SocketResolver},
+    },
     merge::{MergeConfig, Merger},
     metrics::{self, CaptureSnapshot},
+    protocols::{Postgres, Protocol, ProtocolSettings},
     sdk::{self, SdkRequest},
-    trace::{http::Endpoints, resource::ResourceCache},
-    tracer::{KernelCommand, ProcHost, Tracer, TracerConfig},
+    trace::http::Endpoints,
+    tracer::{KernelCommand, Tracer, TracerConfig},
 };
 
 /// How long the capture loop sleeps when the kernel does not wake it (batched wake-ups).
@@ -60,6 +63,8 @@ struct CaptureLoop {
     spans_rejected: u64,
     /// Published for the metrics endpoint.
     snapshot: Arc<Mutex<CaptureSnapshot>>,
+    /// Kubernetes identity of processes (inert off Kubernetes) and the pod selection.
+    k8s: sonde_k8s::Enricher,
 }
 
 impl CaptureLoop {
@@ -86,16 +91,15 @@ impl CaptureLoop {
             if !self.merger.is_sdk_pid(pid) && self.tracer.is_sdk_candidate(pid) {
                 self.merger.observe_candidate(pid, now);
             }
-            if self
-                .merger
-                .should_hold(pid, &span, self.tracer.is_marked(&span.trace_id))
-            {
+            if self.merger.should_hold(pid, &span, now) {
                 self.merger.hold(pid, span, now);
             } else {
                 ready.push((pid, span));
             }
         }
-        ready.extend(self.merger.poll(now));
+        // Groups of traces whose server request is still in flight wait for its end.
+        let open = self.tracer.open_server_traces();
+        ready.extend(self.merger.poll(now, &|trace| open.contains(trace)));
         self.export(ready);
     }
 
@@ -103,16 +107,14 @@ impl CaptureLoop {
         if spans.is_empty() {
             return;
         }
-        let grouped = self.tracer.group(spans);
+        let mut grouped = self.tracer.group(spans);
+        grouped.retain_mut(|rs| rs.resource.as_mut().is_none_or(|r| self.k8s.enrich(r)));
         if self.exporter.send_traces(grouped).is_err() {
             self.spans_rejected += 1;
         }
     }
 
     fn sender_pid(&mut self, peer: SocketAddr) -> Option<u32> {
-        if let Some(pid) = self.tracer.pid_of_receiver_peer(peer) {
-            return Some(pid);
-        }
         if let Some(hit) = self.peer_cache.get(&peer) {
             return *hit;
         }
@@ -124,12 +126,18 @@ impl CaptureLoop {
         pid
     }
 
+    /// The resource of `pid`'s telemetry, with its Kubernetes identity.
+    fn resource_of(&mut self, pid: u32) -> opentelemetry_proto::tonic::resource::v1::Resource {
+        let mut resource = self.tracer.resource_of(pid);
+        self.k8s.enrich(&mut resource);
+        resource
+    }
+
     /// SDK telemetry from the receiver: attribute it to its process, give it that process's
     /// resource attributes, let the merger see the spans, forward everything with the room
     /// reserved at admission. Returns the number of requests handled.
     fn handle_sdk_requests(&mut self) -> usize {
         let now = clock::monotonic_now_ns();
-        let before = self.merger.sdk_pid_count();
         let mut handled = 0;
         for _ in 0..1024 {
             let Ok(sdk::Queued {
@@ -145,7 +153,7 @@ impl CaptureLoop {
             let request = match request {
                 SdkRequest::Traces(peer, mut req) => {
                     if let Some(pid) = self.sender_pid(peer) {
-                        let ours = self.tracer.resource_of(pid);
+                        let ours = self.resource_of(pid);
                         for rs in &mut req.resource_spans {
                             sdk::enrich(&mut rs.resource, &ours);
                         }
@@ -155,7 +163,7 @@ impl CaptureLoop {
                 }
                 SdkRequest::Metrics(peer, mut req) => {
                     if let Some(pid) = self.sender_pid(peer) {
-                        let ours = self.tracer.resource_of(pid);
+                        let ours = self.resource_of(pid);
                         for rm in &mut req.resource_metrics {
                             sdk::enrich(&mut rm.resource, &ours);
                         }
@@ -164,7 +172,7 @@ impl CaptureLoop {
                 }
                 SdkRequest::Logs(peer, mut req) => {
                     if let Some(pid) = self.sender_pid(peer) {
-                        let ours = self.tracer.resource_of(pid);
+                        let ours = self.resource_of(pid);
                         for rl in &mut req.resource_logs {
                             sdk::enrich(&mut rl.resource, &ours);
                         }
@@ -176,9 +184,6 @@ impl CaptureLoop {
             if self.exporter.send_reserved(request, reservation).is_err() && traces {
                 self.spans_rejected += 1;
             }
-        }
-        if self.merger.sdk_pid_count() != before {
-            self.tracer.set_sdk_pids(self.merger.sdk_pids());
         }
         handled
     }
@@ -246,7 +251,7 @@ impl CaptureLoop {
             if last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
                 self.tracer.set_clock(Clock::sample());
                 self.tracer.tick(clock::monotonic_now_ns());
-                self.tracer.set_sdk_pids(self.merger.sdk_pids());
+                self.k8s.prune();
                 if records_since_housekeeping < IDLE_RECORDS {
                     trim_heap();
                 }
@@ -449,7 +454,7 @@ fn with_descendants(pids: &[u32]) -> Vec<u32> {
 
 fn adopt_preexisting(tracer: &mut Tracer<ProcHost>, pids: &[u32]) -> usize {
     let only = if pids.is_empty() { None } else { Some(pids) };
-    let found = preexisting::scan_established(std::process::id(), only);
+    let found = sockets::scan_established(std::process::id(), only);
     let n = found.len();
     for s in found {
         let role = if s.accepted {
@@ -486,6 +491,9 @@ async fn shutdown_signal() -> &'static str {
 }
 
 pub async fn run(config: Config) -> Result<()> {
+    if config.k8s.events {
+        return run_k8s_events(config).await;
+    }
     let settings = ProbeSettings {
         self_pid: std::process::id(),
         filter_pids: !config.pids.is_empty(),
@@ -524,19 +532,28 @@ pub async fn run(config: Config) -> Result<()> {
         (config.memory_budget_bytes / 8).max(1 << 20),
     );
     let receiver = start_receiver(&config, Arc::new(sink)).await.map(Arc::new);
-    // Only ports actually bound (receiver) or configured (metrics): connections to them are
-    // SDK exports and scrapes of this daemon, never traced.
-    let own_ports = receiver
+    // Only ports actually bound: connections to them are SDK exports to this daemon.
+    let receiver_ports: std::collections::HashSet<u16> = receiver
         .iter()
         .flat_map(|r| [r.grpc_local_addr(), r.http_local_addr()])
         .flatten()
         .map(|a| a.port())
+        .collect();
+    // Without a receiver no process can export to sonde: nothing waits to be classified.
+    let hold_new_processes = !receiver_ports.is_empty();
+    // Scrapes of the metrics endpoint are never traced either.
+    let own_ports = receiver_ports
+        .into_iter()
         .chain(config.metrics_addr.map(|a| a.port()).filter(|p| *p != 0))
         .collect();
     let tracer_config = TracerConfig {
         selection: config.selection.clone(),
         routes: config.routes.clone(),
-        postgres_capture_bytes: config.postgres_capture_bytes,
+        // Per-protocol flags reach the parsers through the registry.
+        protocols: ProtocolSettings::default()
+            .with_capture_bytes(Postgres::NAME, config.postgres_capture_bytes),
+        // No TLS plaintext source yet: encrypted connections are untracked.
+        tls_plaintext: false,
         sampler: config.sampler,
         own_ports,
     };
@@ -549,6 +566,7 @@ pub async fn run(config: Config) -> Result<()> {
         max_held_spans: (config.memory_budget_bytes / 8 / 1024).max(1024),
         // About 200 bytes a remembered SDK span: a sixteenth of the budget.
         max_sdk_spans: (config.memory_budget_bytes / 16 / 200).max(1024),
+        hold_new_processes,
         ..MergeConfig::default()
     });
 
@@ -564,6 +582,7 @@ pub async fn run(config: Config) -> Result<()> {
         stop: stop.clone(),
         spans_rejected: 0,
         snapshot: Arc::new(Mutex::new(CaptureSnapshot::default())),
+        k8s: sonde_k8s::start_enricher(&config.k8s).await,
     };
     capture.apply_commands();
     let blocked = stash_blocked_syscalls(&mut capture.probes, &pids, config.capture_bytes);
@@ -624,6 +643,7 @@ pub async fn run(config: Config) -> Result<()> {
         },
         None => None,
     };
+    let ready = Arc::new(AtomicBool::new(false));
     let metrics_task = match metrics_listener {
         Some((addr, listener)) => {
             eprintln!(
@@ -642,12 +662,14 @@ pub async fn run(config: Config) -> Result<()> {
                     },
                 ),
                 memory_budget_bytes: config.memory_budget_bytes,
+                ready: ready.clone(),
             };
             Some(tokio::spawn(metrics::serve(listener, sources)))
         }
         None => None,
     };
     eprintln!("sonde: ready");
+    ready.store(true, Ordering::Relaxed);
 
     let handle = std::thread::Builder::new()
         .name("sonde-capture".into())
@@ -697,5 +719,46 @@ pub async fn run(config: Config) -> Result<()> {
             capture.spans_rejected
         );
     }
+    Ok(())
+}
+
+/// `sonde run --k8s-events`: the cluster's events as OTLP log records, no probes. The manifests
+/// run it in one one-replica Deployment so each event is exported once cluster-wide.
+async fn run_k8s_events(config: Config) -> Result<()> {
+    let client = sonde_k8s::client(&config.k8s).await.context(
+        "--k8s-events needs the Kubernetes API (in-cluster service account or KUBECONFIG)",
+    )?;
+    let exporter = Exporter::start(config.exporter.clone()).context("starting the exporter")?;
+    let ready = Arc::new(AtomicBool::new(true));
+    let metrics_task = match config.metrics_addr {
+        Some(addr) => {
+            let listener = metrics::bind(addr).await?;
+            let sources = metrics::Sources {
+                capture: Arc::new(Mutex::new(CaptureSnapshot::default())),
+                exporter: exporter.clone(),
+                receiver: None,
+                memory_budget_bytes: config.memory_budget_bytes,
+                ready,
+            };
+            Some(tokio::spawn(metrics::serve(listener, sources)))
+        }
+        None => None,
+    };
+    let sender = exporter.clone();
+    let watch = tokio::spawn(sonde_k8s::events::watch(client, move |logs| {
+        let _ = sender.send_logs(vec![logs]);
+    }));
+    eprintln!("sonde: exporting Kubernetes events");
+    eprintln!("sonde: ready");
+    let signal = shutdown_signal().await;
+    eprintln!(
+        "sonde: {signal}, flushing (up to {:?})",
+        config.shutdown_timeout
+    );
+    watch.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
+    exporter.shutdown(config.shutdown_timeout).await;
     Ok(())
 }

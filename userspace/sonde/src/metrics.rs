@@ -38,6 +38,8 @@ pub struct Sources {
     pub exporter: Exporter,
     pub receiver: Option<Arc<dyn Fn() -> ReceiverStats + Send + Sync>>,
     pub memory_budget_bytes: usize,
+    /// Set once the probes are attached: `/readyz` answers 503 before.
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Classic Prometheus text exposition, one family at a time.
@@ -135,6 +137,12 @@ pub fn render(sources: &Sources) -> String {
         "sonde_tracer_connections_ignored_total",
         "Connections not traced (filtered, not HTTP or PostgreSQL, encrypted).",
         t.connections_ignored,
+    );
+    e.counter(
+        "sonde_tracer_spans_parent_ambiguous_total",
+        "Client spans emitted without a parent: several requests of their event-loop process \
+         were in flight and which one they belong to cannot be known.",
+        t.spans_parent_ambiguous,
     );
     let m = &capture.merge;
     e.counter(
@@ -286,7 +294,17 @@ pub fn render(sources: &Sources) -> String {
     e.out
 }
 
-/// Serves `/metrics` on `addr` until the task is aborted.
+/// Liveness (`/healthz`: the process answers) and readiness (`/readyz`: probes attached).
+fn health(path: &str, ready: bool) -> Option<(u16, &'static str)> {
+    match (path, ready) {
+        ("/healthz", _) => Some((200, "ok\n")),
+        ("/readyz", true) => Some((200, "ready\n")),
+        ("/readyz", false) => Some((503, "probes not attached yet\n")),
+        _ => None,
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the task is aborted.
 pub async fn serve(listener: tokio::net::TcpListener, sources: Sources) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -297,7 +315,12 @@ pub async fn serve(listener: tokio::net::TcpListener, sources: Sources) {
             let service = service_fn(move |req: Request<Incoming>| {
                 let sources = sources.clone();
                 async move {
-                    let response = if req.uri().path() == "/metrics" {
+                    let ready = sources.ready.load(std::sync::atomic::Ordering::Relaxed);
+                    let response = if let Some((status, body)) = health(req.uri().path(), ready) {
+                        Response::builder()
+                            .status(status)
+                            .body(Full::new(Bytes::from(body)))
+                    } else if req.uri().path() == "/metrics" {
                         Response::builder()
                             .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
                             .body(Full::new(Bytes::from(render(&sources))))
@@ -328,6 +351,14 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_endpoints() {
+        assert_eq!(health("/healthz", false).map(|h| h.0), Some(200));
+        assert_eq!(health("/readyz", false).map(|h| h.0), Some(503));
+        assert_eq!(health("/readyz", true).map(|h| h.0), Some(200));
+        assert_eq!(health("/metrics", true), None);
+    }
 
     #[test]
     fn exposition_escapes_and_shapes_families() {

@@ -13,4 +13,6 @@ urlpatterns = [
     path("call-downstream", views.call_downstream),
     path("sleep", views.sleep),
     path("sql-sleep", views.sql_sleep),
+    path("rid/<int:rid>/sync", views.rid_sync),
+    path("rid/<int:rid>/async", views.rid_async),
 ]

@@ -1,14 +1,14 @@
-"""WSGI entry point; sets up the OpenTelemetry SDK only when SONDE_TEST_OTEL asks for it."""
+"""WSGI entry point; sets up the OpenTelemetry SDK only when the environment asks for it
+(SONDE_TEST_OTEL, or SONDE_TEST_SDK_IN_CODE: see djangoapp/otel.py)."""
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "djangoapp.settings")
 
 OTEL_PROVIDER = None
-_protocol = os.environ.get("SONDE_TEST_OTEL", "")
-if _protocol:
+if os.environ.get("SONDE_TEST_OTEL") or os.environ.get("SONDE_TEST_SDK_IN_CODE"):
     from djangoapp import otel
 
-    OTEL_PROVIDER = otel.setup(_protocol)
+    OTEL_PROVIDER = otel.from_environment()
 
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 

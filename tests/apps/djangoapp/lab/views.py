@@ -138,3 +138,57 @@ def sql_sleep(request):
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_sleep(%s)", [ms / 1000.0])
     return JsonResponse({"slept_ms": ms})
+
+
+# Request-id views: every statement carries the request id as a column alias (`AS rid_<N>`),
+# which sonde's SQL sanitizer keeps (it drops comments and literals), so a test can match each
+# database span to the request that sent it and check its parent.
+_RID_QUERIES = (
+    'SELECT COUNT(*) AS rid_{rid} FROM "lab_sample"',
+    'SELECT "key" AS rid_{rid} FROM "lab_variant" ORDER BY "id" LIMIT 3',
+)
+
+
+def rid_sync(request, rid):
+    """Two statements tagged `rid_<rid>`; `?sleep_ms=N` sleeps N ms between them (a long
+    request whose first query ends long before its response)."""
+    ms = max(0, min(int(request.GET.get("sleep_ms", "0") or 0), 120_000))
+    rows = 0
+    with connection.cursor() as cursor:
+        cursor.execute(_RID_QUERIES[0].format(rid=rid))
+        rows += len(cursor.fetchall())
+        if ms:
+            time.sleep(ms / 1000.0)
+        cursor.execute(_RID_QUERIES[1].format(rid=rid))
+        rows += len(cursor.fetchall())
+    return JsonResponse({"rid": rid, "rows": rows})
+
+
+def _conninfo():
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    return (
+        f"host={db['HOST']} port={db['PORT']} dbname={db['NAME']} user={db['USER']} "
+        f"password={db['PASSWORD']} sslmode={db['OPTIONS'].get('sslmode', 'disable')}"
+    )
+
+
+async def rid_async(request, rid):
+    """The same two statements from an async view with psycopg 3's AsyncConnection (on the
+    event loop thread), with `?pause_ms=N` (default 20) awaited between them so concurrent
+    requests interleave on the loop."""
+    import asyncio
+
+    import psycopg
+
+    ms = max(0, min(int(request.GET.get("pause_ms", "20") or 0), 60_000))
+    rows = 0
+    async with await psycopg.AsyncConnection.connect(_conninfo()) as aconn:
+        async with aconn.cursor() as cur:
+            await cur.execute(_RID_QUERIES[0].format(rid=rid))
+            rows += len(await cur.fetchall())
+            await asyncio.sleep(ms / 1000.0)
+            await cur.execute(_RID_QUERIES[1].format(rid=rid))
+            rows += len(await cur.fetchall())
+    return JsonResponse({"rid": rid, "rows": rows})

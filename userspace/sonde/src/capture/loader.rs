@@ -70,10 +70,11 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
-        "sonde needs root, or the capabilities CAP_BPF and CAP_PERFMON (plus CAP_SYS_ADMIN to mount tracefs), \
-         to load eBPF programs; run it with sudo or grant them"
+        "sonde needs root or CAP_BPF and CAP_PERFMON to load eBPF programs and lacks {0}; \
+         run it as root (privileged) or grant the missing capabilities (plus CAP_SYS_ADMIN to \
+         mount tracefs)"
     )]
-    NotPrivileged,
+    NotPrivileged(String),
     #[error(
         "tracefs is not mounted at {TRACEFS} and mounting it failed ({0}); mount it with \
          `mount -t tracefs tracefs {TRACEFS}` (in Kubernetes: mount the host's /sys/kernel/tracing)"
@@ -182,25 +183,65 @@ fn check_kernel() -> Result<(), LoadError> {
     Ok(())
 }
 
-fn check_privileges() -> Result<(), LoadError> {
-    // SAFETY: no arguments.
-    if unsafe { libc::geteuid() } == 0 {
-        return Ok(());
+/// Capabilities by bit number (linux/capability.h).
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SYS_PTRACE: u32 = 19;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+const CAP_CHECKPOINT_RESTORE: u32 = 40;
+
+/// The capabilities missing from an effective set: those without which the probes cannot
+/// load (CAP_SYS_ADMIN stands in for both), and those without which some processes cannot be
+/// read (their executables, environment, TLS libraries).
+fn missing_capabilities(effective: u64) -> (Vec<&'static str>, Vec<&'static str>) {
+    let has = |bit: u32| effective & (1u64 << bit) != 0;
+    let mut fatal = Vec::new();
+    if !has(CAP_SYS_ADMIN) {
+        for (bit, name) in [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")] {
+            if !has(bit) {
+                fatal.push(name);
+            }
+        }
     }
-    // Not root: look for CAP_BPF (39) and CAP_PERFMON (38) in the effective set.
-    let caps = std::fs::read_to_string("/proc/self/status")
+    let degraded = [
+        (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
+        (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
+        (CAP_CHECKPOINT_RESTORE, "CAP_CHECKPOINT_RESTORE"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| !has(*bit))
+    .map(|(_, name)| name)
+    .collect();
+    (fatal, degraded)
+}
+
+/// Checks the effective capabilities (root in a container may lack some): names each missing
+/// one, fails without those the probes need.
+fn check_privileges() -> Result<(), LoadError> {
+    let Some(caps) = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
                 .find_map(|l| l.strip_prefix("CapEff:"))
                 .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         })
-        .unwrap_or(0);
-    if caps & (1 << 39) != 0 && caps & (1 << 38) != 0 {
-        Ok(())
-    } else {
-        Err(LoadError::NotPrivileged)
+    else {
+        // No /proc to tell: let the kernel decide when loading.
+        return Ok(());
+    };
+    let (fatal, degraded) = missing_capabilities(caps);
+    if !fatal.is_empty() {
+        return Err(LoadError::NotPrivileged(fatal.join(", ")));
     }
+    if !degraded.is_empty() {
+        eprintln!(
+            "sonde: warning: missing {}: processes of other users may lack their executable, \
+             environment (OTEL_SERVICE_NAME) or TLS libraries",
+            degraded.join(", ")
+        );
+    }
+    Ok(())
 }
 
 pub fn load(settings: &ProbeSettings) -> Result<Probes, LoadError> {
@@ -314,5 +355,25 @@ impl Probes {
             .get(&0, 0)
             .map(|v| v.iter().copied().collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_capabilities_are_named() {
+        let least = [2u32, 19, 38, 39, 40]
+            .iter()
+            .fold(0u64, |a, b| a | (1 << b));
+        assert_eq!(missing_capabilities(least), (vec![], vec![]));
+        assert_eq!(missing_capabilities(least & !(1 << 39)).0, vec!["CAP_BPF"]);
+        assert_eq!(
+            missing_capabilities(least & !(1 << 40)).1,
+            vec!["CAP_CHECKPOINT_RESTORE"]
+        );
+        assert_eq!(missing_capabilities(1 << 21).0, Vec::<&str>::new());
+        assert_eq!(missing_capabilities(0).0, vec!["CAP_BPF", "CAP_PERFMON"]);
     }
 }

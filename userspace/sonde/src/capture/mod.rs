@@ -1,7 +1,4 @@
-//! Kernel side of the daemon: loading and attaching the probes, reading their ring buffer,
-//! decoding records, and finding TCP connections that existed before sonde started.
-pub mod event;
-pub mod inflight;
+//! Kernel side of the daemon: loading and attaching the probes and reading their ring buffer.
+//! Decoding a record is pure and lives in `sonde_core::event` (re-exported here).
+pub use sonde_core::event;
 pub mod loader;
-pub mod preexisting;
-pub mod sockets;

@@ -4,8 +4,8 @@
 use std::net::{Ipv6Addr, SocketAddr};
 
 use sonde_common::{
-    ConnEvent, DATA_FLAG_LAST_CHUNK, DATA_HEADER_SIZE, DataEvent, EventHeader, direction, kind,
-    role,
+    ConnEvent, DATA_FLAG_LAST_CHUNK, DATA_FLAG_TLS, DATA_HEADER_SIZE, DataEvent, EventHeader,
+    direction, kind, role,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -30,6 +30,9 @@ pub enum Direction {
     Ingress,
     Egress,
 }
+
+/// Where a data event's bytes come from: the syscall, or the TLS uprobes (plaintext).
+pub use sonde_protocol::Source;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
@@ -62,6 +65,8 @@ pub enum KernelEvent<'a> {
         payload: &'a [u8],
         /// Last chunk of the syscall: bytes of `total_len` after it were not captured.
         last: bool,
+        /// Where the bytes come from: the syscall, or the OpenSSL uprobes (TLS plaintext).
+        source: Source,
     },
     Close(Header),
     ProcessExit(Header),
@@ -150,6 +155,11 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
                 offset,
                 payload,
                 last: flags & DATA_FLAG_LAST_CHUNK != 0,
+                source: if flags & DATA_FLAG_TLS != 0 {
+                    Source::TlsPlaintext
+                } else {
+                    Source::Syscall
+                },
             })
         }
         kind::CLOSE => Ok(KernelEvent::Close(hdr)),
@@ -213,6 +223,7 @@ mod tests {
             offset,
             last,
             enter_ts_ns,
+            source,
         } = decode(bytes).unwrap()
         else {
             panic!("not data")
@@ -228,6 +239,7 @@ mod tests {
         );
         assert_eq!(direction, Direction::Egress);
         assert_eq!(payload, b"hello");
+        assert_eq!(source, Source::Syscall);
         assert_eq!(
             (total_len, offset, last, enter_ts_ns),
             (10000, 4096, true, 90)

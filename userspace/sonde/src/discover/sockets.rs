@@ -10,12 +10,7 @@ use procfs::{
     process::{FDTarget, Process},
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TcpEndpoints {
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    pub established: bool,
-}
+pub use sonde_core::tracer::TcpEndpoints;
 
 /// inode -> endpoints for one network namespace, plus its listening ports.
 #[derive(Default)]

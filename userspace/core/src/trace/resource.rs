@@ -5,8 +5,6 @@
 //! Privacy: `process.command_line` / `process.command_args` are opt-in (as in the semantic
 //! conventions) and, when exported, have secret-looking arguments redacted; environment values
 //! are never exported (only OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES, which exist to be).
-use std::collections::HashMap;
-
 use opentelemetry_proto::tonic::{
     common::v1::{AnyValue, ArrayValue, KeyValue, any_value::Value},
     resource::v1::Resource,
@@ -96,31 +94,45 @@ pub fn container_id_from_cgroup(cgroup: &str) -> Option<String> {
     None
 }
 
-/// Reads what /proc says about `pid`. Missing pieces are left empty (the process may be gone).
-pub fn read_process(pid: u32) -> ProcessInfo {
+/// What /proc says about a process, raw: the reader lives in the daemon (`discover`).
+#[derive(Clone, Debug, Default)]
+pub struct ProcessFacts {
+    pub pid: u32,
+    /// File name of /proc/<pid>/exe, if readable.
+    pub exe: Option<String>,
+    /// /proc/<pid>/comm, if readable.
+    pub comm: Option<String>,
+    /// /proc/<pid>/cmdline (NUL-separated).
+    pub cmdline: Vec<u8>,
+    /// /proc/<pid>/environ (NUL-separated `KEY=value`).
+    pub environ: Vec<u8>,
+    /// /proc/<pid>/cgroup.
+    pub cgroup: Option<String>,
+}
+
+/// Builds a process's identity from what /proc says. Missing pieces are left empty (the
+/// process may be gone).
+pub fn process_info(facts: ProcessFacts) -> ProcessInfo {
+    let ProcessFacts {
+        pid,
+        exe,
+        comm,
+        cmdline,
+        environ,
+        cgroup,
+    } = facts;
     let mut info = ProcessInfo {
         pid,
         ..Default::default()
     };
-    let proc_dir = format!("/proc/{pid}");
-    info.executable = std::fs::read_link(format!("{proc_dir}/exe"))
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .or_else(|| {
-            std::fs::read_to_string(format!("{proc_dir}/comm"))
-                .ok()
-                .map(|s| s.trim().to_owned())
-        })
+    info.executable = exe
+        .or_else(|| comm.map(|s| s.trim().to_owned()))
         .unwrap_or_default();
-    info.command_args = std::fs::read(format!("{proc_dir}/cmdline"))
-        .map(|b| {
-            b.split(|&c| c == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    let environ = std::fs::read(format!("{proc_dir}/environ")).unwrap_or_default();
+    info.command_args = cmdline
+        .split(|&c| c == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect::<Vec<_>>();
     let mut env_service = None;
     let mut traces_exporter_otlp = false;
     let mut env_attrs = Vec::new();
@@ -154,87 +166,8 @@ pub fn read_process(pid: u32) -> ProcessInfo {
         .filter(|(k, _)| k != "service.name")
         .collect();
     info.otlp_default_endpoint = traces_exporter_otlp && info.otlp_endpoint_ports.is_empty();
-    info.container_id = std::fs::read_to_string(format!("{proc_dir}/cgroup"))
-        .ok()
-        .and_then(|c| container_id_from_cgroup(&c));
+    info.container_id = cgroup.and_then(|c| container_id_from_cgroup(&c));
     info
-}
-
-pub fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: buffer and its length.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return String::new();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
-/// Resources per pid, read once and kept until the process exits.
-#[derive(Default)]
-pub struct ResourceCache {
-    host: String,
-    by_pid: HashMap<u32, (ProcessInfo, Resource)>,
-    /// Opt-in: export the (redacted) command line and arguments.
-    export_command_line: bool,
-}
-
-impl ResourceCache {
-    pub fn new() -> Self {
-        Self {
-            host: host_name(),
-            by_pid: HashMap::new(),
-            export_command_line: false,
-        }
-    }
-
-    /// Opts in to `process.command_line` / `process.command_args`, secrets redacted.
-    pub fn with_command_line(mut self, export: bool) -> Self {
-        self.export_command_line = export;
-        self
-    }
-
-    pub fn info(&mut self, pid: u32) -> &ProcessInfo {
-        &self.entry(pid).0
-    }
-
-    /// Like [`Self::info`], but when /proc no longer has the process (it was short-lived),
-    /// names it by `comm`, the command name the kernel reported.
-    pub fn info_or_comm(&mut self, pid: u32, comm: &str) -> &ProcessInfo {
-        let host = &self.host;
-        let cmdline = self.export_command_line;
-        let entry = self.by_pid.entry(pid).or_insert_with(|| {
-            let mut info = read_process(pid);
-            if info.executable.is_empty() {
-                info.executable = comm.to_owned();
-            }
-            if info.service_name.is_empty() {
-                info.service_name = comm.to_owned();
-            }
-            let resource = to_resource(&info, host, cmdline);
-            (info, resource)
-        });
-        &entry.0
-    }
-
-    pub fn resource(&mut self, pid: u32) -> Resource {
-        self.entry(pid).1.clone()
-    }
-
-    fn entry(&mut self, pid: u32) -> &(ProcessInfo, Resource) {
-        let host = &self.host;
-        let cmdline = self.export_command_line;
-        self.by_pid.entry(pid).or_insert_with(|| {
-            let info = read_process(pid);
-            let resource = to_resource(&info, host, cmdline);
-            (info, resource)
-        })
-    }
-
-    pub fn forget(&mut self, pid: u32) {
-        self.by_pid.remove(&pid);
-    }
 }
 
 /// `command_line`: also export the command line and arguments (opt-in), secrets redacted.
@@ -348,9 +281,34 @@ mod tests {
     }
 
     #[test]
-    fn service_name_of_this_process_falls_back_to_executable() {
-        let info = read_process(std::process::id());
-        assert!(!info.executable.is_empty());
-        assert!(!info.service_name.is_empty());
+    fn service_name_order_env_then_attributes_then_executable() {
+        let facts = |environ: &[u8]| ProcessFacts {
+            pid: 7,
+            exe: Some("python3.11".into()),
+            comm: Some("gunicorn\n".into()),
+            cmdline: b"python3 app.py\0--port\08000\0".to_vec(),
+            environ: environ.to_vec(),
+            cgroup: None,
+        };
+        let info = process_info(facts(
+            b"A=1\0OTEL_RESOURCE_ATTRIBUTES=service.name=attr,x=y\0",
+        ));
+        assert_eq!(info.service_name, "attr");
+        assert_eq!(info.extra, vec![("x".to_owned(), "y".to_owned())]);
+        assert_eq!(info.command_args, ["python3 app.py", "--port", "8000"]);
+        let info = process_info(facts(
+            b"OTEL_RESOURCE_ATTRIBUTES=service.name=attr\0OTEL_SERVICE_NAME=env\0",
+        ));
+        assert_eq!(info.service_name, "env");
+        let info = process_info(facts(b"OTEL_TRACES_EXPORTER=otlp\0"));
+        assert_eq!(info.service_name, "python3.11");
+        assert!(info.otlp_default_endpoint);
+        let info = process_info(ProcessFacts {
+            exe: None,
+            ..facts(b"OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318\0")
+        });
+        assert_eq!(info.executable, "gunicorn");
+        assert_eq!(info.otlp_endpoint_ports, vec![4318]);
+        assert!(!info.otlp_default_endpoint);
     }
 }

@@ -17,7 +17,17 @@
 //!   re-parented. eBPF client spans with no SDK counterpart stay, now children of the SDK
 //!   server span;
 //! - a group is released as soon as every eBPF server span of an SDK process in it is matched,
-//!   or when it is `window` old (then unchanged: nothing is lost if the SDK never reports).
+//!   or when it is `window` old (then unchanged: nothing is lost if the SDK never reports);
+//! - **from the first request**: an SDK configured in code is known only at its first export
+//!   (after its batch delay, 5 s by default). Until a process has had a whole `window` since
+//!   its first span to export, it is *unclassified* and its spans are held like an SDK
+//!   process's (`hold_new_processes`); when its first export arrives, the held groups are
+//!   re-checked at the next `poll` and merge; otherwise they are released unchanged;
+//! - **long requests**: holding is keyed to the request's end. A group whose trace has a
+//!   server request still in flight (the caller says which in `poll`) is not released, and a
+//!   group's window restarts when an eBPF server span joins it (the request ended), so the
+//!   SDK's server span adopts the children however long the request took (bounded by
+//!   `max_request_ns`).
 //!
 //! Pure: no I/O, time comes in as arguments.
 use std::collections::{HashMap, HashSet};
@@ -38,6 +48,11 @@ pub struct MergeConfig {
     pub max_held_spans: usize,
     /// Bound on SDK spans remembered for matching; past it the oldest are forgotten.
     pub max_sdk_spans: usize,
+    /// Hold the spans of processes not yet classified (see the module docs); on when the
+    /// receiver runs (otherwise no process can have an SDK exporting to sonde).
+    pub hold_new_processes: bool,
+    /// How long a group with a server request in flight may be held past its window.
+    pub max_request_ns: u64,
 }
 
 impl Default for MergeConfig {
@@ -47,6 +62,8 @@ impl Default for MergeConfig {
             tolerance_ns: 20_000_000,
             max_held_spans: 100_000,
             max_sdk_spans: 100_000,
+            hold_new_processes: true,
+            max_request_ns: 300_000_000_000,
         }
     }
 }
@@ -84,8 +101,13 @@ struct SdkSpan {
 
 struct HeldGroup {
     first_seen_ns: u64,
+    /// When an eBPF server span last joined (its request ended): the window restarts there.
+    last_server_ns: u64,
     spans: Vec<(u32, Span)>,
 }
+
+/// Bound on processes remembered for classification (pid -> first span seen).
+const MAX_FIRST_SPANS: usize = 65_536;
 
 pub struct Merger {
     config: MergeConfig,
@@ -96,6 +118,8 @@ pub struct Merger {
     held: HashMap<Vec<u8>, HeldGroup>,
     held_count: usize,
     stats: MergeStats,
+    /// pid -> when its first span was seen (for `hold_new_processes`).
+    first_span: HashMap<u32, u64>,
 }
 
 fn attr<'a>(attrs: &'a [KeyValue], keys: &[&str]) -> Option<&'a str> {
@@ -147,6 +171,7 @@ impl Merger {
             held: HashMap::new(),
             held_count: 0,
             stats: MergeStats::default(),
+            first_span: HashMap::new(),
         }
     }
 
@@ -155,15 +180,6 @@ impl Merger {
             held_spans: self.held_count,
             ..self.stats.clone()
         }
-    }
-
-    pub fn sdk_pids(&self) -> HashSet<u32> {
-        self.sdk_pids.keys().copied().collect()
-    }
-
-    /// How many SDK processes are known (cheap; the capture loop checks it every poll).
-    pub fn sdk_pid_count(&self) -> usize {
-        self.sdk_pids.len()
     }
 
     pub fn is_sdk_pid(&self, pid: u32) -> bool {
@@ -224,9 +240,21 @@ impl Merger {
         }
     }
 
-    /// Whether an eBPF span must wait for possible SDK counterparts.
-    pub fn should_hold(&self, pid: u32, span: &Span, trace_marked: bool) -> bool {
-        trace_marked || self.is_sdk_pid(pid) || self.held.contains_key(&span.trace_id)
+    /// Whether an eBPF span must wait for possible SDK counterparts: its process is an SDK
+    /// process or not yet classified, or a span of its trace is already held.
+    pub fn should_hold(&mut self, pid: u32, span: &Span, now_ns: u64) -> bool {
+        self.is_sdk_pid(pid)
+            || self.held.contains_key(&span.trace_id)
+            || self.unclassified(pid, now_ns)
+    }
+
+    /// Whether `pid` has not yet had a whole window since its first span to show an SDK.
+    fn unclassified(&mut self, pid: u32, now_ns: u64) -> bool {
+        if !self.config.hold_new_processes {
+            return false;
+        }
+        let first = *self.first_span.entry(pid).or_insert(now_ns);
+        now_ns.saturating_sub(first) < self.config.window_ns
     }
 
     pub fn hold(&mut self, pid: u32, span: Span, now_ns: u64) {
@@ -235,8 +263,12 @@ impl Merger {
             .entry(span.trace_id.clone())
             .or_insert_with(|| HeldGroup {
                 first_seen_ns: now_ns,
+                last_server_ns: 0,
                 spans: Vec::new(),
             });
+        if span.kind == SpanKind::Server as i32 {
+            group.last_server_ns = now_ns;
+        }
         group.spans.push((pid, span));
         self.held_count += 1;
     }
@@ -307,6 +339,10 @@ impl Merger {
     /// Whether a held group can be decided now: every eBPF server span of an SDK process has
     /// its SDK twin, or (no server span) every SDK-process client span has one.
     fn ready(&self, group: &HeldGroup) -> bool {
+        // Most held groups (unclassified processes) have no SDK process at all.
+        if !group.spans.iter().any(|(pid, _)| self.is_sdk_pid(*pid)) {
+            return false;
+        }
         let servers: Vec<_> = group
             .spans
             .iter()
@@ -329,14 +365,18 @@ impl Merger {
     }
 
     /// Releases groups that are resolved or old; returns their spans (merged where matched).
-    pub fn poll(&mut self, now_ns: u64) -> Vec<(u32, Span)> {
+    /// `open(trace_id)`: a server request of that trace is still in flight (its group waits).
+    pub fn poll(&mut self, now_ns: u64, open: &dyn Fn(&[u8]) -> bool) -> Vec<(u32, Span)> {
         let mut out = Vec::new();
         let keys: Vec<Vec<u8>> = self.held.keys().cloned().collect();
         for key in keys {
             let Some(group) = self.held.get(&key) else {
                 continue;
             };
-            let expired = now_ns.saturating_sub(group.first_seen_ns) >= self.config.window_ns;
+            let age = now_ns.saturating_sub(group.first_seen_ns.max(group.last_server_ns));
+            let expired = age >= self.config.window_ns
+                && !(open(&key)
+                    && now_ns.saturating_sub(group.first_seen_ns) < self.config.max_request_ns);
             if !expired && !self.ready(group) {
                 continue;
             }
@@ -421,6 +461,12 @@ impl Merger {
         // A process stays an SDK process for a few windows after its last export.
         self.sdk_pids
             .retain(|_, last| now_ns.saturating_sub(*last) < window.saturating_mul(6));
+        // Bounded: classified processes are forgotten past the bound (one more window held if
+        // they show up again).
+        if self.first_span.len() > MAX_FIRST_SPANS {
+            self.first_span
+                .retain(|_, first| now_ns.saturating_sub(*first) < window);
+        }
     }
 
     /// Keeps held spans under the bound by releasing the oldest groups unmerged.
@@ -581,10 +627,10 @@ mod tests {
             0,
         );
         for (pid, s) in ebpf_request() {
-            assert!(m.should_hold(pid, &s, true));
+            assert!(m.should_hold(pid, &s, 0));
             m.hold(pid, s, 0);
         }
-        let out = m.poll(1);
+        let out = m.poll(1, &|_| false);
         assert_eq!(out.len(), 4, "the eBPF server span is dropped");
         assert!(
             out.iter().all(|(_, s)| s.trace_id == vec![5; 16]),
@@ -637,7 +683,7 @@ mod tests {
         for (pid, s) in ebpf_request() {
             m.hold(pid, s, 0);
         }
-        let out = m.poll(1);
+        let out = m.poll(1, &|_| false);
         let ids: Vec<u8> = out.iter().map(|(_, s)| s.span_id[0]).collect();
         assert!(
             !ids.contains(&10) && !ids.contains(&11),
@@ -665,7 +711,7 @@ mod tests {
             m.hold(pid, s, 0);
         }
         assert!(
-            m.poll(500 * MS).is_empty(),
+            m.poll(500 * MS, &|_| false).is_empty(),
             "still waiting inside the window"
         );
         // The SDK's spans arrive late but within the window: merged.
@@ -682,7 +728,7 @@ mod tests {
             )]),
             600 * MS,
         );
-        assert_eq!(m.poll(700 * MS).len(), 4);
+        assert_eq!(m.poll(700 * MS, &|_| false).len(), 4);
 
         let mut m = Merger::new(MergeConfig {
             window_ns: 1000 * MS,
@@ -692,7 +738,7 @@ mod tests {
         for (pid, s) in ebpf_request() {
             m.hold(pid, s, 0);
         }
-        let out = m.poll(1000 * MS);
+        let out = m.poll(1000 * MS, &|_| false);
         assert_eq!(out.len(), 5, "released whole after the window");
         assert!(out.iter().all(|(_, s)| s.trace_id == vec![1; 16]));
     }
@@ -740,18 +786,19 @@ mod tests {
             ),
             0,
         );
-        assert!(m.poll(1).is_empty());
-        assert_eq!(m.poll(20 * MS).len(), 1);
+        assert!(m.poll(1, &|_| false).is_empty());
+        assert_eq!(m.poll(20 * MS, &|_| false).len(), 1);
     }
 
     #[test]
     fn processes_without_an_sdk_are_not_held_and_the_hold_is_bounded() {
         let mut m = Merger::new(MergeConfig {
             max_held_spans: 3,
+            hold_new_processes: false,
             ..Default::default()
         });
         let s = span(1, 10, 0, SpanKind::Server, 0, 1, vec![]);
-        assert!(!m.should_hold(42, &s, false));
+        assert!(!m.should_hold(42, &s, 0));
         m.observe_sdk(7, &sdk_request(vec![]), 0);
         for i in 0..5u8 {
             m.hold(
@@ -760,7 +807,7 @@ mod tests {
                 u64::from(i),
             );
         }
-        let out = m.poll(5);
+        let out = m.poll(5, &|_| false);
         assert_eq!(
             out.len(),
             2,
@@ -768,5 +815,115 @@ mod tests {
         );
         assert_eq!(m.stats().held_spans, 3);
         assert_eq!(m.drain().len(), 3);
+    }
+
+    #[test]
+    fn a_new_process_is_held_until_classified_and_merges_at_its_first_export() {
+        let mut m = Merger::new(MergeConfig {
+            window_ns: 1000 * MS,
+            ..Default::default()
+        });
+        // Its first request, before the SDK's first export (5 s batch delay in practice).
+        for (pid, s) in ebpf_request() {
+            assert!(m.should_hold(pid, &s, 0), "unclassified: held");
+            m.hold(pid, s, 0);
+        }
+        assert!(m.poll(300 * MS, &|_| false).is_empty());
+        // The first export arrives inside the window: the held group merges.
+        m.observe_sdk(
+            7,
+            &sdk_request(vec![span(
+                5,
+                50,
+                0,
+                SpanKind::Server,
+                101 * MS,
+                199 * MS,
+                http("GET", "/users/7"),
+            )]),
+            600 * MS,
+        );
+        let out = m.poll(650 * MS, &|_| false);
+        assert_eq!(out.len(), 4, "the eBPF server span is dropped");
+        assert!(out.iter().all(|(_, s)| s.trace_id == vec![5; 16]));
+        // A process that never exports is classified after one window since its first span:
+        // from then on its spans go out at once, and what was held is released unchanged.
+        let s = span(2, 20, 0, SpanKind::Server, 0, 1, vec![]);
+        assert!(m.should_hold(42, &s, 700 * MS));
+        m.hold(42, s.clone(), 700 * MS);
+        let next = span(3, 30, 0, SpanKind::Server, 0, 1, vec![]);
+        assert!(m.should_hold(42, &next, 1699 * MS));
+        assert!(!m.should_hold(42, &next, 1700 * MS));
+        assert_eq!(m.poll(1700 * MS, &|_| false).len(), 1);
+        assert!(
+            !Merger::new(MergeConfig {
+                hold_new_processes: false,
+                ..Default::default()
+            })
+            .should_hold(42, &s, 0),
+            "without a receiver nothing is held for classification"
+        );
+    }
+
+    #[test]
+    fn a_request_longer_than_the_window_keeps_its_children() {
+        let window = 1000 * MS;
+        let mut m = Merger::new(MergeConfig {
+            window_ns: window,
+            ..Default::default()
+        });
+        m.observe_sdk(7, &sdk_request(vec![]), 0);
+        // A 20 s request: its first query ends at 0.1 s, the request at 20 s.
+        let query = span(1, 11, 10, SpanKind::Client, 100 * MS, 120 * MS, db());
+        m.hold(7, query, 120 * MS);
+        let open_trace = vec![1u8; 16];
+        let open = |t: &[u8]| t == open_trace.as_slice();
+        for now in [1200, 5000, 19_000] {
+            assert!(
+                m.poll(now * MS, &open).is_empty(),
+                "held while the request is in flight ({now} ms)"
+            );
+        }
+        // The request ends: its eBPF server span joins and restarts the window.
+        let server = span(
+            1,
+            10,
+            0,
+            SpanKind::Server,
+            0,
+            20_000 * MS,
+            http("GET", "/slow"),
+        );
+        m.observe_sdk(7, &sdk_request(vec![]), 20_000 * MS);
+        m.hold(7, server, 20_000 * MS);
+        assert!(m.poll(20_900 * MS, &|_| false).is_empty());
+        // The SDK's span comes after its batch delay, inside the restarted window.
+        m.observe_sdk(
+            7,
+            &sdk_request(vec![span(
+                5,
+                50,
+                0,
+                SpanKind::Server,
+                1,
+                20_000 * MS - 1,
+                http("GET", "/slow"),
+            )]),
+            20_950 * MS,
+        );
+        let out = m.poll(20_960 * MS, &|_| false);
+        assert_eq!(out.len(), 1, "the eBPF server span is dropped");
+        assert_eq!(out[0].1.parent_span_id, vec![50; 8]);
+        assert_eq!(out[0].1.trace_id, vec![5; 16]);
+        // Bounded: a request that never ends is released after max_request_ns.
+        let mut m = Merger::new(MergeConfig {
+            window_ns: window,
+            max_request_ns: 3000 * MS,
+            ..Default::default()
+        });
+        m.observe_sdk(7, &sdk_request(vec![]), 0);
+        m.hold(7, span(1, 11, 10, SpanKind::Client, 0, 1, db()), 0);
+        assert!(m.poll(2999 * MS, &|_| true).is_empty());
+        assert_eq!(m.poll(3000 * MS, &|_| true).len(), 1);
     }
 }

@@ -110,6 +110,25 @@ fn outcome(ex: &Exchange, error_from: u16, missing: &str, attrs: &mut Vec<KeyVal
     outcome
 }
 
+/// HTTP/1.x's span mapping for the registry: a CLIENT span where sonde traced the client's
+/// socket, a SERVER span (with route templates) where it traced the server's.
+impl crate::protocols::SpanMapping for sonde_http1::Http1 {
+    fn span_parts(
+        ex: &Exchange,
+        ctx: SpanContext,
+        at: &crate::protocols::MapContext<'_>,
+    ) -> SpanParts {
+        match at.side {
+            sonde_protocol::Side::Client => {
+                client_span(ex, at.endpoints, at.routes, ctx, at.clock, at.now_ns)
+            }
+            sonde_protocol::Side::Server => {
+                server_span(ex, at.endpoints, at.routes, ctx, at.clock, at.now_ns)
+            }
+        }
+    }
+}
+
 pub fn server_span(
     ex: &Exchange,
     conn: Endpoints,

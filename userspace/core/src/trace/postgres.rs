@@ -9,6 +9,25 @@ use super::{
 };
 use crate::clock::Clock;
 
+/// PostgreSQL's span mapping for the registry: every query is a CLIENT span (the server's
+/// side is never detected).
+impl crate::protocols::SpanMapping for sonde_postgres::Postgres {
+    fn span_parts(
+        q: &sonde_postgres::Query,
+        ctx: SpanContext,
+        at: &crate::protocols::MapContext<'_>,
+    ) -> SpanParts {
+        client_span(
+            &q.operation,
+            q.database.as_deref(),
+            at.endpoints,
+            ctx,
+            at.clock,
+            at.now_ns,
+        )
+    }
+}
+
 pub fn client_span(
     op: &Operation,
     database: Option<&str>,

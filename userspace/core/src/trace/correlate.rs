@@ -1,0 +1,334 @@
+//! Who is whose parent, decided from what the probes see, without touching bytes on the wire:
+//!
+//! - **In-process nesting**: while a thread is serving an HTTP request (from the request head
+//!   until the response is complete), client calls it starts (database queries, outgoing
+//!   HTTP) are children of that request's server span. This holds for thread-per-request
+//!   servers (gunicorn sync and gthread workers, Django's runserver).
+//! - **Event loops and helper threads** (uvicorn, Django under ASGI): a thread that reads a
+//!   request while still serving another is an event loop, and a thread that never served a
+//!   request is a helper (asgiref's executor running sync views). A client call on either is a
+//!   child of the process's server request when exactly one is in flight; with several in
+//!   flight it cannot be known, so the call gets no parent ([`Parent::Ambiguous`], counted)
+//!   rather than a possibly wrong one.
+//! - **Across processes on one node**: a client request written on a connection whose other
+//!   end is a traced server on this machine is queued under the connection's 4-tuple; the
+//!   server side takes it when it reads the request, and its span becomes the client span's
+//!   child.
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+};
+
+use super::context::{SpanContext, SpanId, TraceId};
+
+#[derive(Clone, Copy, Debug)]
+struct Serving {
+    pid: u32,
+    tid: u32,
+    trace_id: TraceId,
+    span_id: SpanId,
+    sampled: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Outgoing {
+    trace_id: TraceId,
+    span_id: SpanId,
+    sampled: bool,
+    at_ns: u64,
+}
+
+/// The parent of a client call, as far as it can be known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parent {
+    /// The server request it belongs to: (trace, span, sampled).
+    Request(TraceId, SpanId, bool),
+    /// No request of its process is in flight (or its thread serves none): a root.
+    None,
+    /// Several requests of its event-loop process are in flight: no parent rather than a guess.
+    Ambiguous,
+}
+
+#[derive(Default)]
+pub struct Correlator {
+    /// tid -> the newest request that thread read and has not answered.
+    serving: HashMap<u32, Serving>,
+    /// pid -> every server request of the process in flight (several on an event loop).
+    in_flight: HashMap<u32, Vec<Serving>>,
+    /// Threads that have read a request (tid -> pid): thread-per-request workers or loops.
+    server_threads: HashMap<u32, u32>,
+    /// Threads that read a request while serving another (tid -> pid): event loops.
+    multiplexing: HashMap<u32, u32>,
+    /// (client local, client remote) -> client spans written, oldest first.
+    outgoing: HashMap<(SocketAddr, SocketAddr), VecDeque<Outgoing>>,
+}
+
+/// Bound on remembered outgoing requests per connection (pipelining depth we keep).
+const MAX_QUEUED_PER_CONN: usize = 64;
+/// Bound on server requests in flight remembered per process.
+const MAX_IN_FLIGHT_PER_PROCESS: usize = 4096;
+/// Bound on threads remembered as servers (runserver starts a thread per request); past it
+/// only the threads serving now are kept, the others are learnt again at their next request.
+const MAX_SERVER_THREADS: usize = 65_536;
+
+impl Correlator {
+    pub fn begin_serving(&mut self, tid: u32, pid: u32, ctx: &SpanContext) {
+        let serving = Serving {
+            pid,
+            tid,
+            trace_id: ctx.trace_id,
+            span_id: ctx.span_id,
+            sampled: ctx.sampled,
+        };
+        let list = self.in_flight.entry(pid).or_default();
+        if list.iter().any(|s| s.tid == tid) {
+            self.multiplexing.insert(tid, pid);
+        }
+        // Bounded: requests whose end was never seen must not pile up.
+        if list.len() >= MAX_IN_FLIGHT_PER_PROCESS {
+            list.remove(0);
+        }
+        list.push(serving);
+        if self.server_threads.len() >= MAX_SERVER_THREADS {
+            let serving_now = &self.serving;
+            self.server_threads
+                .retain(|t, _| serving_now.contains_key(t));
+        }
+        self.server_threads.insert(tid, pid);
+        self.serving.insert(tid, serving);
+    }
+
+    /// Ends `span_id`'s claim on `tid` (a newer request on the thread keeps its own claim).
+    pub fn end_serving(&mut self, tid: u32, span_id: SpanId) {
+        let pid = match self.serving.get(&tid) {
+            Some(s) if s.span_id == span_id => Some(s.pid),
+            _ => self.server_threads.get(&tid).copied(),
+        };
+        if let Some(pid) = pid {
+            self.end_request(pid, span_id);
+        }
+    }
+
+    /// Ends request `span_id` of `pid` in flight (answered, or its connection closed).
+    pub fn end_request(&mut self, pid: u32, span_id: SpanId) {
+        let Some(list) = self.in_flight.get_mut(&pid) else {
+            return;
+        };
+        let Some(i) = list.iter().position(|s| s.span_id == span_id) else {
+            return;
+        };
+        let tid = list.remove(i).tid;
+        if list.is_empty() {
+            self.in_flight.remove(&pid);
+        }
+        if self.serving.get(&tid).is_some_and(|s| s.span_id == span_id) {
+            self.serving.remove(&tid);
+        }
+    }
+
+    /// The parent of a client call `tid` of `pid` starts now (see the module docs).
+    pub fn parent(&self, pid: u32, tid: u32) -> Parent {
+        let claim = self.serving.get(&tid).filter(|s| s.pid == pid);
+        let event_loop = self.multiplexing.get(&tid) == Some(&pid);
+        match claim {
+            Some(s) if !event_loop => return Parent::Request(s.trace_id, s.span_id, s.sampled),
+            // A thread-per-request worker between requests: its own work (e.g. after the
+            // response), not another thread's request.
+            None if !event_loop && self.server_threads.get(&tid) == Some(&pid) => {
+                return Parent::None;
+            }
+            _ => {}
+        }
+        match self.in_flight.get(&pid).map(|l| l.as_slice()) {
+            Some([only]) => Parent::Request(only.trace_id, only.span_id, only.sampled),
+            Some([_, _, ..]) => Parent::Ambiguous,
+            _ => Parent::None,
+        }
+    }
+
+    /// The server span `tid` of `pid` is serving right now, if any: (trace, span, sampled).
+    pub fn serving(&self, pid: u32, tid: u32) -> Option<(TraceId, SpanId, bool)> {
+        self.serving
+            .get(&tid)
+            .filter(|s| s.pid == pid)
+            .map(|s| (s.trace_id, s.span_id, s.sampled))
+    }
+
+    pub fn forget_thread_of(&mut self, pid: u32) {
+        self.serving.retain(|_, s| s.pid != pid);
+        self.in_flight.remove(&pid);
+        self.server_threads.retain(|_, p| *p != pid);
+        self.multiplexing.retain(|_, p| *p != pid);
+    }
+
+    pub fn register_outgoing(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        ctx: &SpanContext,
+        at_ns: u64,
+    ) {
+        let q = self.outgoing.entry((local, remote)).or_default();
+        if q.len() >= MAX_QUEUED_PER_CONN {
+            q.pop_front();
+        }
+        q.push_back(Outgoing {
+            trace_id: ctx.trace_id,
+            span_id: ctx.span_id,
+            sampled: ctx.sampled,
+            at_ns,
+        });
+    }
+
+    /// For a server that read a request on (local, remote): the client span on this machine
+    /// that wrote it, if the client side is traced.
+    pub fn take_incoming(
+        &mut self,
+        server_local: SocketAddr,
+        server_remote: SocketAddr,
+    ) -> Option<(TraceId, SpanId, bool)> {
+        let key = (server_remote, server_local);
+        let q = self.outgoing.get_mut(&key)?;
+        let hit = q.pop_front().map(|o| (o.trace_id, o.span_id, o.sampled));
+        if q.is_empty() {
+            self.outgoing.remove(&key);
+        }
+        hit
+    }
+
+    /// Drops what a client connection registered (it closed).
+    pub fn forget_connection(&mut self, local: SocketAddr, remote: SocketAddr) {
+        self.outgoing.remove(&(local, remote));
+    }
+
+    /// Drops outgoing entries nobody claimed within `max_age_ns` (the server is not traced).
+    pub fn expire(&mut self, now_ns: u64, max_age_ns: u64) {
+        self.outgoing.retain(|_, q| {
+            q.retain(|o| now_ns.saturating_sub(o.at_ns) < max_age_ns);
+            !q.is_empty()
+        });
+    }
+
+    pub fn len(&self) -> (usize, usize) {
+        (self.serving.len(), self.outgoing.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serving_claims_are_per_thread_and_per_process() {
+        let mut c = Correlator::default();
+        let (t, s1, s2) = (TraceId([1; 16]), SpanId([1; 8]), SpanId([2; 8]));
+        let ctx = |s| SpanContext {
+            trace_id: t,
+            span_id: s,
+            parent: None,
+            remote_parent: false,
+            sampled: true,
+        };
+        c.begin_serving(10, 100, &ctx(s1));
+        assert_eq!(c.serving(100, 10), Some((t, s1, true)));
+        assert_eq!(c.serving(101, 10), None);
+        c.begin_serving(10, 100, &ctx(s2));
+        c.end_serving(10, s1); // stale end does not remove the newer claim
+        assert_eq!(c.serving(100, 10), Some((t, s2, true)));
+        c.end_serving(10, s2);
+        assert_eq!(c.serving(100, 10), None);
+    }
+
+    fn ctx(n: u8) -> SpanContext {
+        SpanContext {
+            trace_id: TraceId([n; 16]),
+            span_id: SpanId([n; 8]),
+            parent: None,
+            remote_parent: false,
+            sampled: true,
+        }
+    }
+
+    fn request(n: u8) -> Parent {
+        Parent::Request(TraceId([n; 16]), SpanId([n; 8]), true)
+    }
+
+    #[test]
+    fn thread_per_request_servers_stay_exact_per_thread() {
+        let mut c = Correlator::default();
+        // gthread: two pool threads of pid 100 serve a request each.
+        c.begin_serving(10, 100, &ctx(1));
+        c.begin_serving(11, 100, &ctx(2));
+        assert_eq!(c.parent(100, 10), request(1));
+        assert_eq!(c.parent(100, 11), request(2));
+        c.end_serving(10, SpanId([1; 8]));
+        // Thread 10 after its response (Django's post-response `SELECT 1`): no parent, even
+        // though request 2 is the only one in flight.
+        assert_eq!(c.parent(100, 10), Parent::None);
+        assert_eq!(c.parent(100, 11), request(2));
+        c.end_serving(11, SpanId([2; 8]));
+        assert_eq!(c.parent(100, 11), Parent::None);
+        assert_eq!(c.in_flight.len(), 0);
+    }
+
+    #[test]
+    fn a_helper_thread_joins_the_only_request_in_flight() {
+        let mut c = Correlator::default();
+        // uvicorn: loop thread 20 reads the request; asgiref's thread 21 runs the sync view.
+        c.begin_serving(20, 200, &ctx(1));
+        assert_eq!(c.parent(200, 21), request(1));
+        assert_eq!(c.parent(200, 20), request(1), "an async view on the loop");
+        assert_eq!(c.parent(201, 21), Parent::None, "another process");
+        c.end_serving(20, SpanId([1; 8]));
+        assert_eq!(c.parent(200, 21), Parent::None);
+    }
+
+    #[test]
+    fn several_requests_on_one_loop_give_no_parent_rather_than_a_wrong_one() {
+        let mut c = Correlator::default();
+        c.begin_serving(20, 200, &ctx(1));
+        c.begin_serving(20, 200, &ctx(2));
+        // The loop thread's newest claim is request 2, but the call may belong to either.
+        assert_eq!(c.parent(200, 20), Parent::Ambiguous);
+        assert_eq!(c.parent(200, 21), Parent::Ambiguous);
+        // Request 2 ends first; 1 is then the only one: the loop thread's calls are its.
+        c.end_serving(20, SpanId([2; 8]));
+        assert_eq!(c.parent(200, 20), request(1));
+        assert_eq!(c.parent(200, 21), request(1));
+        c.end_serving(20, SpanId([1; 8]));
+        assert_eq!(c.parent(200, 20), Parent::None);
+        // A closed connection ends its request too.
+        c.begin_serving(20, 200, &ctx(3));
+        c.begin_serving(20, 200, &ctx(4));
+        c.end_request(200, SpanId([3; 8]));
+        assert_eq!(c.parent(200, 21), request(4));
+        c.forget_thread_of(200);
+        assert_eq!(c.parent(200, 20), Parent::None);
+        assert!(c.multiplexing.is_empty() && c.server_threads.is_empty());
+    }
+
+    #[test]
+    fn outgoing_matches_the_mirrored_tuple_in_order() {
+        let mut c = Correlator::default();
+        let cl: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let sv: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+        let ctx = |n: u8| SpanContext {
+            trace_id: TraceId([n; 16]),
+            span_id: SpanId([n; 8]),
+            parent: None,
+            remote_parent: false,
+            sampled: n != 2,
+        };
+        c.register_outgoing(cl, sv, &ctx(1), 0);
+        c.register_outgoing(cl, sv, &ctx(2), 0);
+        assert_eq!(c.take_incoming(sv, cl).map(|x| x.1), Some(SpanId([1; 8])));
+        assert_eq!(
+            c.take_incoming(sv, cl),
+            Some((TraceId([2; 16]), SpanId([2; 8]), false))
+        );
+        assert_eq!(c.take_incoming(sv, cl), None);
+        c.register_outgoing(cl, sv, &ctx(3), 0);
+        c.expire(10, 5);
+        assert_eq!(c.take_incoming(sv, cl), None);
+    }
+}
