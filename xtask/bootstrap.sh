@@ -33,8 +33,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The kernel programs need a nightly whose LLVM matches bpf-linker's (22). Pinned by date so a
-# newer nightly (LLVM 23) can never break the build; keep in sync with xtask's EBPF_TOOLCHAIN.
-EBPF_TOOLCHAIN=nightly-2026-05-01
+# newer nightly (LLVM 23) can never break the build, in one place: ebpf/probes/rust-toolchain.toml.
+EBPF_TOOLCHAIN=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' "$(dirname "$0")/../ebpf/probes/rust-toolchain.toml")
+if [ -z "$EBPF_TOOLCHAIN" ]; then
+  log "no channel in ebpf/probes/rust-toolchain.toml"
+  exit 1
+fi
 if ! rustup component list --toolchain "$EBPF_TOOLCHAIN" --installed 2>/dev/null | grep -q '^rust-src'; then
   log "rustup: $EBPF_TOOLCHAIN with rust-src"
   rustup toolchain install "$EBPF_TOOLCHAIN" --profile minimal --component rust-src
@@ -43,6 +47,12 @@ fi
 if ! command -v bpf-linker >/dev/null 2>&1; then
   log "cargo: building bpf-linker against LLVM 22 (about 4 minutes)"
   PATH=/usr/lib/llvm-22/bin:$PATH cargo install --locked bpf-linker --no-default-features --features llvm-22
+fi
+
+# `cargo xtask fuzz` (and the short fuzz runs of `cargo xtask test`) drive libFuzzer through it.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  log "cargo: installing cargo-fuzz"
+  cargo install --locked cargo-fuzz
 fi
 
 PY_PACKAGES=(django gunicorn psycopg2-binary "psycopg[binary]" opentelemetry-sdk

@@ -2,8 +2,19 @@
 //! the object in OUT_DIR for `include_bytes_aligned!`. Same command as `cargo xtask build-ebpf`.
 use std::{env, path::PathBuf, process::Command};
 
-/// Nightly whose LLVM (22) matches bpf-linker's; keep in sync with xtask and bootstrap.sh.
-const EBPF_TOOLCHAIN: &str = "nightly-2026-05-01";
+/// The pinned eBPF toolchain: `channel` in ebpf/probes/rust-toolchain.toml (the one place it
+/// is written; xtask and bootstrap.sh read it too).
+fn ebpf_toolchain(probes: &std::path::Path) -> String {
+    let file = probes.join("rust-toolchain.toml");
+    let text =
+        std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+    text.lines()
+        .find_map(|l| {
+            let v = l.trim().strip_prefix("channel")?.trim().strip_prefix('=')?;
+            Some(v.trim().trim_matches('"').to_owned())
+        })
+        .unwrap_or_else(|| panic!("no `channel` in {}", file.display()))
+}
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
@@ -11,9 +22,11 @@ fn main() {
     let probes = root.join("ebpf/probes");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets it"));
     let target_dir = root.join("target/ebpf");
+    let ebpf_toolchain = ebpf_toolchain(&probes);
     for dir in [
         "ebpf/probes/src",
         "ebpf/probes/Cargo.toml",
+        "ebpf/probes/rust-toolchain.toml",
         "ebpf/common/src",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
@@ -26,7 +39,7 @@ fn main() {
     } else {
         let mut cmd = Command::new("cargo");
         cmd.current_dir(&probes)
-            .arg(format!("+{EBPF_TOOLCHAIN}"))
+            .arg(format!("+{ebpf_toolchain}"))
             .args([
                 "build",
                 "-Z",
@@ -55,7 +68,7 @@ fn main() {
         });
         if !status.success() {
             panic!(
-                "building ebpf/probes failed; run `cargo xtask bootstrap` (installs {EBPF_TOOLCHAIN} with rust-src and bpf-linker), then retry"
+                "building ebpf/probes failed; run `cargo xtask bootstrap` (installs {ebpf_toolchain} with rust-src and bpf-linker), then retry"
             );
         }
         target_dir.join("bpfel-unknown-none/release/sonde-probes")

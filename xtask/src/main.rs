@@ -1,4 +1,4 @@
-//! `cargo xtask`: the developer entry points (bootstrap, build-ebpf, run, test, bench).
+//! `cargo xtask`: the developer entry points (bootstrap, build-ebpf, run, test, bench, fuzz).
 //!
 //! Every command that needs tools first runs the idempotent bootstrap, so a fresh machine goes
 //! from nothing to running with `cargo xtask run` and `cargo xtask test`.
@@ -11,9 +11,30 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod fuzz;
 
-/// Nightly whose LLVM (22) matches bpf-linker's; keep in sync with build.rs and bootstrap.sh.
-const EBPF_TOOLCHAIN: &str = "nightly-2026-05-01";
+/// The pinned eBPF toolchain: `channel` in ebpf/probes/rust-toolchain.toml, the one place it
+/// is written (build.rs and bootstrap.sh read it too).
+fn ebpf_toolchain() -> Result<String> {
+    let file = root().join("ebpf/probes/rust-toolchain.toml");
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
+    text.lines()
+        .find_map(|l| {
+            let v = l.trim().strip_prefix("channel")?.trim().strip_prefix('=')?;
+            Some(v.trim().trim_matches('"').to_owned())
+        })
+        .with_context(|| format!("no `channel` in {}", file.display()))
+}
+
+/// [`ebpf_toolchain`] where a command is being built: an unreadable pin is reported and
+/// leaves a name no rustup knows, so the command fails visibly.
+fn ebpf_toolchain_name() -> String {
+    ebpf_toolchain().unwrap_or_else(|e| {
+        eprintln!("xtask: {e:#}");
+        "unpinned-see-ebpf-probes-rust-toolchain-toml".to_owned()
+    })
+}
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "sonde developer tasks")]
@@ -34,7 +55,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The whole suite: formatting, clippy, unit, property and end-to-end tests.
+    /// The whole suite: formatting, clippy, unit, property and end-to-end tests, then every
+    /// fuzz target for $SONDE_FUZZ_SECONDS (default 20) seconds.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -44,7 +66,13 @@ enum Cmd {
     Lint,
     /// Benchmarks: HTTP, PostgreSQL and OTLP-forwarding overhead against the issue budgets.
     Bench(bench::Args),
+    /// Runs every cargo-fuzz target (userspace/*/fuzz) for a time budget on its seed corpus.
+    Fuzz(fuzz::Args),
 }
+
+/// Seconds per fuzz target in `cargo xtask test` (override with this environment variable).
+const TEST_FUZZ_SECONDS_ENV: &str = "SONDE_FUZZ_SECONDS";
+const TEST_FUZZ_SECONDS: u64 = 20;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -67,7 +95,7 @@ fn build_ebpf() -> Result<()> {
     run(Command::new("cargo")
         .current_dir(root().join("ebpf/probes"))
         .env_remove("RUSTUP_TOOLCHAIN")
-        .arg(format!("+{EBPF_TOOLCHAIN}"))
+        .arg(format!("+{}", ebpf_toolchain()?))
         .args([
             "build",
             "-Z",
@@ -95,7 +123,9 @@ fn lint() -> Result<()> {
         "--",
         "-D",
         "warnings",
-    ]))
+    ]))?;
+    // The fuzz crates are outside the workspace: lint them too so they cannot rot.
+    fuzz::lint(&root())
 }
 
 fn main() -> ExitCode {
@@ -148,7 +178,28 @@ fn real_main() -> Result<()> {
             run(Command::new("cargo")
                 .current_dir(root())
                 .args(["test", "--workspace", "--no-fail-fast"])
-                .args(args))
+                .args(args))?;
+            let seconds = match std::env::var(TEST_FUZZ_SECONDS_ENV) {
+                Ok(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .with_context(|| format!("{TEST_FUZZ_SECONDS_ENV}={v:?}: want seconds > 0"))?,
+                Err(_) => TEST_FUZZ_SECONDS,
+            };
+            fuzz::run(
+                &fuzz::Args {
+                    seconds,
+                    targets: Vec::new(),
+                    sanitizer: "none".to_owned(),
+                },
+                &root(),
+            )
+        }
+        Cmd::Fuzz(args) => {
+            bootstrap()?;
+            fuzz::run(&args, &root())
         }
         Cmd::Bench(args) => {
             if !args.no_build {

@@ -212,3 +212,19 @@ mod pod {
     unsafe impl aya::Pod for super::DataArgs {}
     unsafe impl aya::Pod for super::AcceptArgs {}
 }
+
+/// Names of the maps and the global the daemon opens by name. aya's `#[map]` takes no
+/// constant, so the probes' `static`s are spelled the same by hand; a test of the daemon's
+/// loader checks every name here (and every program it attaches) against the built object.
+pub mod names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const LOST: &str = "LOST";
+    pub const SOCKETS: &str = "SOCKETS";
+    pub const TRACED_PIDS: &str = "TRACED_PIDS";
+    pub const DATA_ARGS: &str = "DATA_ARGS";
+    pub const ACCEPT_ARGS: &str = "ACCEPT_ARGS";
+    /// The `ProbeConfig` global the loader overrides.
+    pub const SONDE_CONFIG: &str = "SONDE_CONFIG";
+    /// Every map the loader takes.
+    pub const MAPS: &[&str] = &[EVENTS, LOST, SOCKETS, TRACED_PIDS, DATA_ARGS, ACCEPT_ARGS];
+}

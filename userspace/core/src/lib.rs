@@ -6,6 +6,8 @@
 //! No I/O: what the tracer needs from the host (/proc) comes through [`tracer::HostView`],
 //! which the daemon implements; changes to the kernel's socket table leave as
 //! [`tracer::KernelCommand`]s. So everything here is tested with recorded events alone.
+// Unit-test builds also see dev-dependencies; the lint is for what the crate ships.
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
 pub mod clock;
 pub mod event;
 pub mod merge;

@@ -42,6 +42,8 @@
 //! captures are specific to tracing, so they are written here (about a thousand lines with tests).
 //!
 //! Fuzzing (from this crate's folder): `cargo +nightly fuzz run parse -- -max_total_time=60`
+// Unit-test builds also see dev-dependencies; the lint is for what the crate ships.
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 mod chunked;
 mod connection;

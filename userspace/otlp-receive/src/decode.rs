@@ -218,6 +218,36 @@ pub fn decode_http(
     decode_payload(signal, format, &payload)
 }
 
+/// gRPC length-prefixed message header: compressed flag + big-endian u32 length.
+pub const GRPC_FRAME_HEADER: usize = 5;
+
+/// Splits a unary gRPC request body into (compressed flag, message). Exactly one message is
+/// allowed: the declared length must cover the rest of the body. The message is always
+/// `body[GRPC_FRAME_HEADER..]`.
+pub fn split_grpc_frame(signal: Signal, body: &[u8]) -> Result<(bool, &[u8]), DecodeError> {
+    let (Some(&flag), Some(len), Some(message)) = (
+        body.first(),
+        body.get(1..GRPC_FRAME_HEADER),
+        body.get(GRPC_FRAME_HEADER..),
+    ) else {
+        return Err(invalid(signal, "truncated gRPC message header".to_owned()));
+    };
+    let len = <[u8; 4]>::try_from(len)
+        .map(u32::from_be_bytes)
+        .map_err(|_| invalid(signal, "truncated gRPC message header".to_owned()))?;
+    if usize::try_from(len).ok() != Some(message.len()) {
+        return Err(invalid(
+            signal,
+            "gRPC message length does not match the body (one message per unary call)".to_owned(),
+        ));
+    }
+    match flag {
+        0 => Ok((false, message)),
+        1 => Ok((true, message)),
+        _ => Err(invalid(signal, "invalid gRPC compressed flag".to_owned())),
+    }
+}
+
 /// Undoes `encoding`, refusing output above `max_bytes` as soon as it is produced.
 pub fn decompress(
     signal: Signal,

@@ -32,15 +32,16 @@ use prost::Message;
 
 use crate::Peer;
 use crate::core::{Core, Delivered, Refused};
-use crate::decode::{DecodeError, Encoding, Format, Signal, SignalRequest, validate};
+use crate::decode::{
+    DecodeError, Encoding, Format, GRPC_FRAME_HEADER as FRAME_HEADER, Signal, SignalRequest,
+    split_grpc_frame, validate,
+};
 use crate::stats::Refusal;
 use crate::status::{self, Code};
 
 const GRPC_ENCODING: &str = "grpc-encoding";
 const GRPC_ACCEPT_ENCODING: &str = "grpc-accept-encoding";
 const ACCEPTED_ENCODINGS: &str = "gzip,identity";
-/// gRPC length-prefixed message header: compressed flag + u32 length.
-const FRAME_HEADER: usize = 5;
 
 /// Response body of a unary gRPC call: one message frame, then trailers.
 #[derive(Debug, Default)]
@@ -313,33 +314,14 @@ fn with_ext<T>(message: T, pre: Prevalidated) -> tonic::Request<T> {
     request
 }
 
-/// Splits a unary request body into (compressed flag, message). Exactly one message is allowed.
+/// Splits a unary request body into (compressed flag, message); see [`split_grpc_frame`].
 fn split_frame(signal: Signal, body: &Bytes) -> Result<(bool, Bytes), Refused> {
-    let invalid = |reason: &str| {
-        Refused::from(DecodeError::Invalid {
-            signal: signal.name(),
-            reason: reason.to_owned(),
-        })
-    };
-    let (Some(&flag), Some(len)) = (body.first(), body.get(1..FRAME_HEADER)) else {
-        return Err(invalid("truncated gRPC message header"));
-    };
-    let len = <[u8; 4]>::try_from(len)
-        .map(u32::from_be_bytes)
-        .map_err(|_| invalid("truncated gRPC message header"))?;
-    let len = usize::try_from(len).map_err(|_| invalid("gRPC message length out of range"))?;
-    let rest = body.len().saturating_sub(FRAME_HEADER);
-    if len != rest {
-        return Err(invalid(
-            "gRPC message length does not match the body (one message per unary call)",
-        ));
-    }
-    let compressed = match flag {
-        0 => false,
-        1 => true,
-        _ => return Err(invalid("invalid gRPC compressed flag")),
-    };
-    Ok((compressed, body.slice(FRAME_HEADER..)))
+    let (compressed, message) = split_grpc_frame(signal, body)?;
+    // `message` is the tail of `body`: share the buffer instead of copying.
+    Ok((
+        compressed,
+        body.slice(body.len().saturating_sub(message.len())..),
+    ))
 }
 
 fn ok_response(message: &[u8]) -> Response<GrpcBody> {

@@ -33,8 +33,8 @@
 //! core, 512-span batches with 10 attributes each): about 500-750k spans/s protobuf, 490-670k
 //! protobuf+gzip, 175k OTLP/JSON.
 //!
-//! Fuzzing the decode path (nightly, from `userspace/otlp-receive/fuzz`):
-//! `cargo +nightly fuzz run decode_http -- -max_total_time=60 -rss_limit_mb=2048`
+//! Fuzzing: `cargo xtask fuzz --target decode_http` (or `decode_grpc`, the gRPC framing
+//! `split_grpc_frame` plus the protobuf decode path).
 
 pub mod budget;
 mod core;
@@ -50,7 +50,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use decode::{DecodeError, Decoded, Encoding, Format, Signal, SignalRequest, decode_http};
+pub use decode::{
+    DecodeError, Decoded, Encoding, Format, Signal, SignalRequest, decode_http, split_grpc_frame,
+};
 pub use grpc::GrpcHandler;
 pub use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 pub use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;

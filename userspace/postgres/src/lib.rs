@@ -50,6 +50,8 @@
 //!
 //! Fuzzing (nightly): `cd userspace/postgres/fuzz && cargo +nightly fuzz run parse -- -max_total_time=60`
 //! (and `cargo +nightly fuzz run sanitize -- -max_total_time=60`).
+// Unit-test builds also see dev-dependencies; the lint is for what the crate ships.
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 mod conn;
 pub mod framer;

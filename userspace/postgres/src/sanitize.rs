@@ -72,25 +72,37 @@ pub fn analyze(sql: &[u8], max: usize) -> (String, Summary, bool) {
         } else {
             san.push(sql, tok);
         }
+        // Replacing invalid UTF-8 never makes the text shorter, so once the raw bytes pass
+        // `max` the final text will too: stop sanitizing (the summary still sees every token).
         if san.out.len() > max {
-            cut_at_char(&mut san.out, max);
             cut = true;
         }
     }
-    let text = match String::from_utf8(san.out) {
+    let (text, cut_here) = bounded_text(san.out, max);
+    (text, sum.finish(), cut || cut_here)
+}
+
+/// Turns the sanitizer's raw bytes into text of at most `max` bytes. The bound applies to the
+/// text after invalid UTF-8 became U+FFFD (3 bytes for as little as 1 input byte), and the cut
+/// lands on a character boundary. Returns the text and whether it was cut.
+fn bounded_text(mut raw: Vec<u8>, max: usize) -> (String, bool) {
+    // Raw byte i ends up at text offset >= i, so bytes past max + 3 cannot reach the first
+    // `max` bytes of text; the 3 spare bytes keep a sequence split by this cut from turning
+    // into a replacement character that the full text would not have.
+    raw.truncate(max.saturating_add(4));
+    let mut text = match String::from_utf8(raw) {
         Ok(s) => s,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     };
-    (text, sum.finish(), cut)
-}
-
-fn cut_at_char(out: &mut Vec<u8>, max: usize) {
-    let mut n = max.min(out.len());
-    // Step back to a UTF-8 boundary.
-    while n > 0 && out.get(n).is_some_and(|b| (b & 0xC0) == 0x80) {
+    if text.len() <= max {
+        return (text, false);
+    }
+    let mut n = max;
+    while !text.is_char_boundary(n) {
         n -= 1;
     }
-    out.truncate(n);
+    text.truncate(n);
+    (text, true)
 }
 
 fn is_kw(word: &[u8], kw: &str) -> bool {

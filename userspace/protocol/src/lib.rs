@@ -9,6 +9,8 @@
 //! in flight), an exchange [`Output::Done`], or [`Output::GiveUp`] (the bytes are not this
 //! protocol, or they are encrypted). What an exchange means as a span is the tracer's side of
 //! the seam (`sonde_core::protocols`).
+// Unit-test builds also see dev-dependencies; the lint is for what the crate ships.
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 /// Which way bytes moved on a connection, whichever end sonde traces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -37,7 +37,13 @@ fuzz_target!(|input: &[u8]| {
         rest = next;
     }
     if mode & 2 == 0 {
-        conn.close(Seen { ts_ns: ts + 1, tid: 1 }, &mut out);
+        conn.close(
+            Seen {
+                ts_ns: ts + 1,
+                tid: 1,
+            },
+            &mut out,
+        );
     }
     let mut announced = std::collections::HashSet::new();
     let mut not_http = 0;

@@ -179,6 +179,38 @@ fn output_is_bounded_and_valid_utf8() {
     assert_eq!((s.as_str(), cut), ("SELECT ?", false));
 }
 
+/// Found by the `sanitize` fuzz target after ~1.4M executions: invalid UTF-8 around `? FROM`
+/// grew past the bound once each bad byte became a 3-byte U+FFFD.
+#[test]
+fn fuzz_regression_bound_counts_replacement_chars() {
+    let input = include_bytes!("../../fuzz/regressions/sanitize/bound-invalid-utf8.bin");
+    for max in [0, 1, 2, 3, 7, 100, 1000, 4096, MAX_SANITIZED_LEN] {
+        let (text, _, cut) = analyze(input, max);
+        assert!(text.len() <= max, "max {max}: {} bytes", text.len());
+        if !cut {
+            assert_eq!(text, analyze(input, usize::MAX).0);
+        }
+    }
+    // The cut text is as long as the bound allows (less at most one 3-byte character).
+    let (text, _, cut) = analyze(input, 4096);
+    assert!(cut);
+    assert!(text.len() + 3 > 4096, "{} bytes", text.len());
+}
+
+#[test]
+fn cut_never_splits_a_replacement_char() {
+    // "SELECT " then U+FFFD (3 bytes) per invalid byte: a bound inside a U+FFFD steps back.
+    let (text, _, cut) = analyze(b"SELECT \xff\xff\xff", 8);
+    assert!(cut);
+    assert_eq!(text, "SELECT ");
+    let (text, _, cut) = analyze(b"SELECT \xff\xff\xff", 10);
+    assert!(cut);
+    assert_eq!(text, "SELECT \u{fffd}");
+    let (text, _, cut) = analyze(b"SELECT \xff\xff\xff", 16);
+    assert!(!cut);
+    assert_eq!(text, "SELECT \u{fffd}\u{fffd}\u{fffd}");
+}
+
 #[test]
 fn invalid_utf8_is_replaced_not_rejected() {
     let (s, sum, _) = analyze(b"SELECT \xff\xfe FROM t WHERE a = 'x\xff'", 1000);
@@ -377,7 +409,40 @@ fn summary_never_contains_literals() {
     );
 }
 
+/// Bytes that stress the bound: SQL tokens, quotes and bytes that are not valid UTF-8.
+fn sqlish_bytes() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    let piece = prop_oneof![
+        any::<u8>().prop_map(|b| vec![b]),
+        Just(b"\xff".to_vec()),
+        Just(b"\xe2\x82".to_vec()),
+        Just("é".as_bytes().to_vec()),
+        Just(b" ? FROM ".to_vec()),
+        Just(b"SELECT ".to_vec()),
+        Just(b"'x'".to_vec()),
+        Just(b"IN (1, 2, 3)".to_vec()),
+        Just(b"VALUES (1), (2)".to_vec()),
+        Just(b";".to_vec()),
+    ];
+    proptest::collection::vec(piece, 0..300).prop_map(|v| v.concat())
+}
+
 proptest::proptest! {
+    #[test]
+    fn bound_holds_for_any_bytes_and_limit(
+        bytes in proptest::prop_oneof![
+            proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000),
+            sqlish_bytes(),
+        ],
+        max in 0usize..700,
+    ) {
+        let (text, _, cut) = analyze(&bytes, max);
+        proptest::prop_assert!(text.len() <= max, "{} > {}", text.len(), max);
+        if !cut {
+            proptest::prop_assert_eq!(text, analyze(&bytes, usize::MAX).0);
+        }
+    }
+
     #[test]
     fn sanitize_never_panics_and_is_bounded(s in ".{0,400}") {
         let (out, _) = sanitize_bounded(&s, 200);

@@ -10,7 +10,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use sonde_common::{AcceptArgs, DataArgs, ProbeConfig, SocketState};
+use sonde_common::{AcceptArgs, DataArgs, ProbeConfig, SocketState, names};
 
 static PROBES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sonde-probes"));
@@ -273,7 +273,7 @@ pub fn load(settings: &ProbeSettings) -> Result<Probes, LoadError> {
             .min(sonde_common::MAX_CAPTURE_BYTES),
     };
     let mut ebpf = EbpfLoader::new()
-        .override_global("SONDE_CONFIG", &config, true)
+        .override_global(names::SONDE_CONFIG, &config, true)
         .map_max_entries(
             "EVENTS",
             settings.ring_buffer_bytes.next_power_of_two().max(4096),
@@ -324,18 +324,18 @@ pub fn load(settings: &ProbeSettings) -> Result<Probes, LoadError> {
         ebpf.take_map(name)
             .ok_or(LoadError::Map(name, "missing from the object".into()))
     };
-    let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)
-        .map_err(|e| LoadError::Map("EVENTS", e.to_string()))?;
-    let sockets = BpfHashMap::try_from(take(&mut ebpf, "SOCKETS")?)
-        .map_err(|e| LoadError::Map("SOCKETS", e.to_string()))?;
-    let traced_pids = BpfHashMap::try_from(take(&mut ebpf, "TRACED_PIDS")?)
-        .map_err(|e| LoadError::Map("TRACED_PIDS", e.to_string()))?;
-    let lost = PerCpuArray::try_from(take(&mut ebpf, "LOST")?)
-        .map_err(|e| LoadError::Map("LOST", e.to_string()))?;
-    let data_args = BpfHashMap::try_from(take(&mut ebpf, "DATA_ARGS")?)
-        .map_err(|e| LoadError::Map("DATA_ARGS", e.to_string()))?;
-    let accept_args = BpfHashMap::try_from(take(&mut ebpf, "ACCEPT_ARGS")?)
-        .map_err(|e| LoadError::Map("ACCEPT_ARGS", e.to_string()))?;
+    let events = RingBuf::try_from(take(&mut ebpf, names::EVENTS)?)
+        .map_err(|e| LoadError::Map(names::EVENTS, e.to_string()))?;
+    let sockets = BpfHashMap::try_from(take(&mut ebpf, names::SOCKETS)?)
+        .map_err(|e| LoadError::Map(names::SOCKETS, e.to_string()))?;
+    let traced_pids = BpfHashMap::try_from(take(&mut ebpf, names::TRACED_PIDS)?)
+        .map_err(|e| LoadError::Map(names::TRACED_PIDS, e.to_string()))?;
+    let lost = PerCpuArray::try_from(take(&mut ebpf, names::LOST)?)
+        .map_err(|e| LoadError::Map(names::LOST, e.to_string()))?;
+    let data_args = BpfHashMap::try_from(take(&mut ebpf, names::DATA_ARGS)?)
+        .map_err(|e| LoadError::Map(names::DATA_ARGS, e.to_string()))?;
+    let accept_args = BpfHashMap::try_from(take(&mut ebpf, names::ACCEPT_ARGS)?)
+        .map_err(|e| LoadError::Map(names::ACCEPT_ARGS, e.to_string()))?;
     Ok(Probes {
         _ebpf: ebpf,
         events,
@@ -375,5 +375,23 @@ mod tests {
         );
         assert_eq!(missing_capabilities(1 << 21).0, Vec::<&str>::new());
         assert_eq!(missing_capabilities(0).0, vec!["CAP_BPF", "CAP_PERFMON"]);
+    }
+
+    /// The names the loader opens and attaches exist in the object the build embedded.
+    #[test]
+    fn every_map_global_and_program_is_in_the_built_object() {
+        use object::{Object, ObjectSymbol};
+        let file = object::File::parse(PROBES_OBJECT).expect("the embedded object is ELF");
+        let symbols: std::collections::HashSet<&str> =
+            file.symbols().filter_map(|s| s.name().ok()).collect();
+        let mut missing: Vec<&str> = names::MAPS
+            .iter()
+            .chain([&names::SONDE_CONFIG])
+            .copied()
+            .chain(ATTACHMENTS.iter().map(|(program, _, _)| *program))
+            .filter(|n| !symbols.contains(n))
+            .collect();
+        missing.dedup();
+        assert!(missing.is_empty(), "not in the probes object: {missing:?}");
     }
 }
