@@ -98,8 +98,9 @@ pub struct TracerConfig {
     pub tls_plaintext: bool,
     /// Head sampling (OTEL_TRACES_SAMPLER).
     pub sampler: Sampler,
-    /// Ports of sonde's own OTLP receiver: a process whose environment exports OTLP to one
-    /// of them is an SDK process before its first export.
+    /// Ports of sonde's own OTLP receiver (and metrics endpoint): connections to them on this
+    /// host are never traced, and a process whose environment exports OTLP to one of them is
+    /// an SDK process before its first export.
     pub own_ports: HashSet<u16>,
 }
 
@@ -390,6 +391,15 @@ impl<H: HostView> Tracer<H> {
     }
 
     fn selected(&mut self, pid: u32, endpoints: Endpoints) -> bool {
+        // Clients of sonde's own receiver and metrics endpoint on this host are never traced.
+        if let Some(remote) = endpoints.remote
+            && self.config.own_ports.contains(&remote.port())
+            && (remote.ip().is_loopback()
+                || remote.ip().is_unspecified()
+                || endpoints.local.is_some_and(|l| l.ip() == remote.ip()))
+        {
+            return false;
+        }
         let sel = &self.config.selection;
         if !sel.ports.is_empty() {
             let ports = [

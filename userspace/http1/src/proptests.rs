@@ -564,3 +564,146 @@ proptest! {
         }
     }
 }
+
+/// Pipelined `GET /<i>` requests answered with the distinct status `210 + i` (no 204/205: those have no body) and a body of
+/// `bodies[i]` bytes; noise bytes optionally follow request `noise_after`.
+fn pipelined_streams(
+    bodies: &[usize],
+    noise_after: Option<usize>,
+) -> (Vec<u8>, Vec<usize>, Vec<u8>) {
+    let mut req = Vec::new();
+    let mut req_ends = Vec::new();
+    let mut resp = Vec::new();
+    for (i, len) in bodies.iter().enumerate() {
+        req.extend_from_slice(format!("GET /{i} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes());
+        if noise_after == Some(i) {
+            req.extend_from_slice(b"\x16\x03\x01 not http\r\n\r\n");
+        }
+        req_ends.push(req.len());
+        resp.extend_from_slice(
+            format!("HTTP/1.1 {} X\r\nContent-Length: {len}\r\n\r\n", 210 + i).as_bytes(),
+        );
+        resp.extend(std::iter::repeat_n(b'x', *len));
+    }
+    (req, req_ends, resp)
+}
+
+/// Feeds both streams cut at `cuts`, interleaved by `choices` (a response byte is only fed
+/// once every request up to its exchange was: servers answer what they have read), each chunk
+/// truncated to a prefix when `truncate` says so (the rest reported lost, as a capture limit
+/// does). Returns (target, status) of every exchange.
+fn feed_pipelined(
+    bodies: &[usize],
+    noise_after: Option<usize>,
+    cuts: &[usize],
+    choices: &[bool],
+    truncate: &[Option<usize>],
+) -> Vec<(String, Option<u16>)> {
+    let (req, req_ends, resp) = pipelined_streams(bodies, noise_after);
+    let chunks = |len: usize, salt: usize| -> Vec<(usize, usize)> {
+        let mut points: Vec<usize> = cuts.iter().map(|c| (c ^ salt) % (len + 1)).collect();
+        points.extend([0, len]);
+        points.sort_unstable();
+        points.dedup();
+        points.windows(2).map(|w| (w[0], w[1])).collect()
+    };
+    let (rq, rs) = (chunks(req.len(), 0), chunks(resp.len(), 0x5a5a));
+    // The exchange a response offset belongs to, by the response layout.
+    let mut resp_owner_end = Vec::new();
+    let mut at = 0;
+    for (i, len) in bodies.iter().enumerate() {
+        at += format!("HTTP/1.1 {} X\r\nContent-Length: {len}\r\n\r\n", 210 + i).len() + len;
+        resp_owner_end.push(at);
+    }
+    let owner = |offset: usize| resp_owner_end.iter().position(|e| offset < *e).unwrap_or(0);
+    let mut conn = Connection::new();
+    let mut out = Vec::new();
+    let (mut qi, mut si, mut step) = (0, 0, 0usize);
+    while qi < rq.len() || si < rs.len() {
+        let want_resp = choices
+            .get(step % choices.len().max(1))
+            .copied()
+            .unwrap_or(false);
+        let resp_ok = si < rs.len() && {
+            let (_, b) = rs[si];
+            let need = req_ends[owner(b.saturating_sub(1))];
+            qi >= rq.len() || rq[qi].0 >= need
+        };
+        let (dir, (a, b)) = if (want_resp && resp_ok) || (qi >= rq.len() && si < rs.len()) {
+            si += 1;
+            (Direction::Response, rs[si - 1])
+        } else {
+            qi += 1;
+            (Direction::Request, rq[qi - 1])
+        };
+        let data = if dir == Direction::Request {
+            &req
+        } else {
+            &resp
+        };
+        let keep = match truncate
+            .get(step % truncate.len().max(1))
+            .copied()
+            .flatten()
+        {
+            Some(k) if b > a => a + k % (b - a),
+            _ => b,
+        };
+        let seen = Seen {
+            ts_ns: step as u64 + 1,
+            tid: 1,
+        };
+        conn.feed(dir, &data[a..keep], (b - keep) as u64, seen, &mut out);
+        step += 1;
+    }
+    conn.close(
+        Seen {
+            ts_ns: 1_000_000,
+            tid: 1,
+        },
+        &mut out,
+    );
+    out.iter()
+        .filter_map(|e| match e {
+            Event::Exchange(x) => Some((
+                x.request.target.clone(),
+                x.response.as_ref().map(|r| r.status),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 600, .. ProptestConfig::default() })]
+
+    /// Never wrong: whatever the cuts, interleaving, truncation and noise, a status on an
+    /// exchange is the one sent for that very request, and exchanges come in request order.
+    #[test]
+    fn pipelined_statuses_are_never_wrong(
+        bodies in prop::collection::vec(0usize..300, 1..12),
+        noise_after in prop::option::of(0usize..12),
+        cuts in prop::collection::vec(any::<usize>(), 0..30),
+        choices in prop::collection::vec(any::<bool>(), 1..30),
+        truncate in prop::collection::vec(prop::option::weighted(0.2, any::<usize>()), 1..10),
+    ) {
+        let got = feed_pipelined(&bodies, noise_after, &cuts, &choices, &truncate);
+        let mut last = None;
+        for (target, status) in &got {
+            let Some(i) = target.strip_prefix('/').and_then(|t| t.parse::<usize>().ok()) else {
+                prop_assert!(false, "unexpected target {target}: {got:?}");
+                continue;
+            };
+            prop_assert!(last.is_none_or(|l| l < i), "out of order: {got:?}");
+            last = Some(i);
+            if let Some(s) = status {
+                prop_assert_eq!(usize::from(*s), 210 + i, "{:?}", got);
+            }
+        }
+        // Without truncation or noise every request has its status.
+        if truncate.iter().all(Option::is_none) && noise_after.is_none() {
+            prop_assert_eq!(got.len(), bodies.len());
+            prop_assert!(got.iter().all(|(_, s)| s.is_some()), "{:?}", got);
+        }
+    }
+}

@@ -17,6 +17,9 @@
 //! - Outputs are independent: a dead destination fills only its own queue. `send_*` returns
 //!   `Err(Rejected)` only when no output took the data (with one output: when it was full).
 //! - A signal whose URL an OTLP output lacks is not sent there and not counted.
+//! - A [`Reservation`] (taken by the receiver before it answers OK) holds queue room until the
+//!   data is sent with it, so what a receiver accepted is never refused for a full queue later;
+//!   an unused reservation gives its room back when dropped.
 //!
 //! Why not crate `opentelemetry-otlp`: it exports the SDK's `SpanData` and builds its own
 //! requests; sonde forwards protos it already has (from eBPF and from its receiver) and needs a
@@ -74,6 +77,41 @@ pub struct Rejected {
     pub items: u64,
     /// Their encoded size.
     pub bytes: usize,
+}
+
+/// Queue room held for data a receiver has accepted; see [`Exporter::reserve`]. Dropping it
+/// unused gives the room back.
+pub struct Reservation {
+    inner: Arc<Inner>,
+    signal: Signal,
+    /// (output index, bytes held there).
+    held: Vec<(usize, usize)>,
+}
+
+impl Reservation {
+    /// The signal the room was reserved for.
+    pub fn signal(&self) -> Signal {
+        self.signal
+    }
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("signal", &self.signal)
+            .field("held", &self.held)
+            .finish()
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        for (i, b) in self.held.drain(..) {
+            if let Some(o) = self.inner.outputs.get(i) {
+                o.budget.release(b);
+            }
+        }
+    }
 }
 
 /// Cheap-to-clone handle on the running exporter.
@@ -175,6 +213,110 @@ impl Exporter {
         self.inner.outputs.is_empty() || self.inner.outputs.iter().any(|o| o.budget.has_room(bytes))
     }
 
+    /// Reserves room for `bytes` (prost `encoded_len`) of `signal` in every output that has
+    /// it, so that data sent later with [`Exporter::send_reserved`] is never refused for a full
+    /// queue. `None` (answer 503 / UNAVAILABLE) when no output has room or the exporter is
+    /// shutting down.
+    pub fn reserve(&self, signal: Signal, bytes: usize) -> Option<Reservation> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut held = Vec::with_capacity(self.inner.outputs.len());
+        let mut offered = false;
+        for (i, o) in self.inner.outputs.iter().enumerate() {
+            if !o.accepts(signal) {
+                continue;
+            }
+            offered = true;
+            let alone = bytes > o.budget.max() && o.budget.try_reserve_alone(bytes);
+            if alone || o.budget.try_reserve(bytes) {
+                held.push((i, bytes));
+            }
+        }
+        if offered && held.is_empty() {
+            return None;
+        }
+        Some(Reservation {
+            inner: Arc::clone(&self.inner),
+            signal,
+            held,
+        })
+    }
+
+    /// Queues data admitted by `reservation` (taken for the same signal). Outputs it holds room
+    /// in always take the data, even if the exporter has started shutting down since (it is
+    /// flushed within the deadline); outputs it holds none in take it if they have room now.
+    pub fn send_reserved(
+        &self,
+        payload: Request,
+        mut reservation: Reservation,
+    ) -> Result<(), Rejected> {
+        let payload = Payload::from(payload);
+        let held = std::mem::take(&mut reservation.held);
+        if payload.is_empty() {
+            for (i, b) in held {
+                if let Some(o) = self.inner.outputs.get(i) {
+                    o.budget.release(b);
+                }
+            }
+            return Ok(());
+        }
+        let signal = payload.signal();
+        let items = payload.items();
+        let bytes = payload.encoded_len();
+        let mut takers: Vec<&Arc<OutputShared>> = Vec::with_capacity(self.inner.outputs.len());
+        for (i, o) in self.inner.outputs.iter().enumerate() {
+            if !o.accepts(signal) {
+                continue;
+            }
+            match held.iter().find(|(h, _)| *h == i) {
+                Some(&(_, reserved)) => {
+                    if bytes <= reserved {
+                        o.budget.release(reserved - bytes);
+                    } else {
+                        o.budget.force_reserve(bytes - reserved);
+                    }
+                    takers.push(o);
+                }
+                None if !self.inner.closed.load(Ordering::Relaxed)
+                    && o.budget.try_reserve(bytes) =>
+                {
+                    takers.push(o);
+                }
+                None => {
+                    stats::bump(&o.counters(signal).dropped_queue_full_items, items);
+                    o.note_queue_full(signal, items);
+                }
+            }
+        }
+        let Some((last, others)) = takers.split_last() else {
+            if held.is_empty() && !self.inner.outputs.iter().any(|o| o.accepts(signal)) {
+                return Ok(());
+            }
+            self.inner.rejected_sends.fetch_add(1, Ordering::Relaxed);
+            return Err(Rejected { items, bytes });
+        };
+        for o in others {
+            o.push(
+                signal,
+                Entry {
+                    payload: payload.clone(),
+                    items,
+                    bytes,
+                },
+            );
+        }
+        last.push(
+            signal,
+            Entry {
+                payload,
+                items,
+                bytes,
+            },
+        );
+        Ok(())
+    }
+
     /// Counters per output and summed.
     pub fn stats(&self) -> ExporterStats {
         let mut s = ExporterStats {
@@ -245,6 +387,7 @@ impl Exporter {
                 takers.push(o);
             } else {
                 stats::bump(&o.counters(signal).dropped_queue_full_items, items);
+                o.note_queue_full(signal, items);
             }
         }
         if !offered {

@@ -255,6 +255,16 @@ impl From<Payload> for Request {
     }
 }
 
+impl From<Request> for Payload {
+    fn from(r: Request) -> Self {
+        match r {
+            Request::Traces(r) => Payload::Traces(r.resource_spans),
+            Request::Metrics(r) => Payload::Metrics(r.resource_metrics),
+            Request::Logs(r) => Payload::Logs(r.resource_logs),
+        }
+    }
+}
+
 impl Request {
     /// Protobuf encoding.
     pub fn encode_protobuf(&self) -> Vec<u8> {

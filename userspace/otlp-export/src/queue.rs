@@ -45,6 +45,20 @@ impl Budget {
         }
     }
 
+    /// Reserves `bytes` larger than the whole bound when nothing else is queued (one oversized
+    /// request at a time, rather than refusing it forever).
+    pub(crate) fn try_reserve_alone(&self, bytes: usize) -> bool {
+        self.used
+            .compare_exchange(0, bytes, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Takes `bytes` even past the bound: only for data a reservation already admitted (its
+    /// measured size grew by the resource attributes added after admission).
+    pub(crate) fn force_reserve(&self, bytes: usize) {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+    }
+
     pub(crate) fn has_room(&self, bytes: usize) -> bool {
         self.used
             .load(Ordering::Relaxed)

@@ -150,9 +150,115 @@ pub(crate) struct OutputShared {
     pub in_flight: [InFlight; 3],
     attempt_timeout: Duration,
     transport: Transport,
+    health: std::sync::Mutex<Health>,
+}
+
+/// How often a failing output (or a full queue) is reported while it lasts.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Whether an output is failing, for the operator's log: a warning when it starts failing,
+/// one every [`WARN_EVERY`] while it keeps failing (with counts), a line when it recovers.
+#[derive(Debug, Default)]
+struct Health {
+    failing_since: Option<Instant>,
+    failed_attempts: u64,
+    last_warn: Option<Instant>,
+    dropped_at_start: u64,
+    last_queue_full_warn: Option<Instant>,
 }
 
 impl OutputShared {
+    /// Items dropped or refused on this output so far, every signal and reason.
+    fn lost_items(&self) -> u64 {
+        Signal::ALL
+            .iter()
+            .map(|s| {
+                let st = self.counters(*s).snapshot();
+                st.dropped_items_total()
+                    .saturating_add(st.failed_items_total)
+            })
+            .sum()
+    }
+
+    /// An attempt failed (it may be retried).
+    fn note_failure(&self, error: &AttemptError) {
+        let lost = self.lost_items();
+        let Ok(mut h) = self.health.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        h.failed_attempts = h.failed_attempts.saturating_add(1);
+        match h.failing_since {
+            None => {
+                h.failing_since = Some(now);
+                h.last_warn = Some(now);
+                h.dropped_at_start = lost;
+                tracing::warn!(
+                    "output {} ({}) is failing: {error}; telemetry stays queued and is retried",
+                    self.kind,
+                    self.target
+                );
+            }
+            Some(since)
+                if h.last_warn
+                    .is_none_or(|w| now.duration_since(w) >= WARN_EVERY) =>
+            {
+                h.last_warn = Some(now);
+                tracing::warn!(
+                    "output {} ({}) still failing after {} s: {} failed attempts, {} items dropped, {} bytes queued; last error: {error}",
+                    self.kind,
+                    self.target,
+                    now.duration_since(since).as_secs(),
+                    h.failed_attempts,
+                    lost.saturating_sub(h.dropped_at_start),
+                    self.budget.used()
+                );
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// An attempt succeeded: if the output was failing, say it recovered.
+    fn note_success(&self) {
+        let lost = self.lost_items();
+        let Ok(mut h) = self.health.lock() else {
+            return;
+        };
+        if let Some(since) = h.failing_since.take() {
+            tracing::info!(
+                "output {} ({}) recovered after {} s ({} failed attempts, {} items dropped meanwhile)",
+                self.kind,
+                self.target,
+                since.elapsed().as_secs(),
+                h.failed_attempts,
+                lost.saturating_sub(h.dropped_at_start)
+            );
+            h.failed_attempts = 0;
+        }
+    }
+
+    /// Items were refused because this output's queue is full (rate-limited warning).
+    pub(crate) fn note_queue_full(&self, signal: Signal, items: u64) {
+        let Ok(mut h) = self.health.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if h.last_queue_full_warn
+            .is_none_or(|w| now.duration_since(w) >= WARN_EVERY)
+        {
+            h.last_queue_full_warn = Some(now);
+            drop(h);
+            tracing::warn!(
+                "output {} ({}) queue full ({} bytes): {items} {} items dropped now, {} dropped on this output so far",
+                self.kind,
+                self.target,
+                self.budget.max(),
+                signal.as_str(),
+                self.lost_items()
+            );
+        }
+    }
+
     pub(crate) fn new(
         index: usize,
         output: &Output,
@@ -187,6 +293,7 @@ impl OutputShared {
                 Output::Text | Output::Json => STDOUT_TIMEOUT,
             },
             transport: Transport::new(output)?,
+            health: std::sync::Mutex::new(Health::default()),
         })
     }
 
@@ -459,6 +566,7 @@ async fn attempt_all(
             tokio::time::timeout(attempt_timeout, out.transport.send(signal, &prepared)).await;
         let err = match sent {
             Ok(Ok(rejected)) => {
+                out.note_success();
                 let rejected = rejected.min(items);
                 bump(&c.exported_items, items.saturating_sub(rejected));
                 bump(&c.rejected_items, rejected);
@@ -480,6 +588,7 @@ async fn attempt_all(
                 None,
             ),
         };
+        out.note_failure(&err);
         if !err.retryable {
             bump(&c.failed_items, items);
             tracing::warn!(output = out.kind, target = %out.target, signal = what, items, error = %err, "export refused permanently; batch dropped");

@@ -400,7 +400,9 @@ async fn outputs_are_independent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_retry_after_as_http_date() {
-    let at = std::time::SystemTime::now() + Duration::from_secs(4);
+    // Five seconds out: the date has one-second resolution and the sink takes up to ~1.5 s to
+    // start after it is computed; the wait must still be above the 1.9 s the check expects.
+    let at = std::time::SystemTime::now() + Duration::from_secs(5);
     let date = httpdate::fmt_http_date(at);
     retry_after_is_honoured(
         Protocol::HttpJson,

@@ -159,7 +159,7 @@ impl Core {
                 }
                 Ok(Err(_)) | Err(_) => {
                     return Err(Refused::new(
-                        Refusal::Internal,
+                        Refusal::Timeout,
                         Code::DeadlineExceeded,
                         "timed out reading the body",
                     ));

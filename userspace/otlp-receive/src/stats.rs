@@ -19,8 +19,10 @@ pub struct SignalStats {
     pub refused_overloaded: u64,
     /// Requests refused for method, media type or encoding (405, 415 / UNIMPLEMENTED).
     pub refused_unsupported: u64,
-    /// Requests that failed inside the receiver (500 / INTERNAL), e.g. a body read timeout.
+    /// Requests that failed inside the receiver (500 / INTERNAL).
     pub refused_internal: u64,
+    /// Requests whose body did not arrive in time (408 / DEADLINE_EXCEEDED).
+    pub refused_timeout: u64,
     /// Items the sink rejected in partial successes.
     pub partial_rejected: u64,
 }
@@ -64,6 +66,8 @@ pub enum Refusal {
     Unsupported,
     /// 500 / INTERNAL.
     Internal,
+    /// The body did not arrive in time (DEADLINE_EXCEEDED).
+    Timeout,
 }
 
 #[derive(Debug, Default)]
@@ -75,6 +79,7 @@ struct Counters {
     overloaded: AtomicU64,
     unsupported: AtomicU64,
     internal: AtomicU64,
+    timeout: AtomicU64,
     partial_rejected: AtomicU64,
 }
 
@@ -89,6 +94,7 @@ impl Counters {
             refused_overloaded: get(&self.overloaded),
             refused_unsupported: get(&self.unsupported),
             refused_internal: get(&self.internal),
+            refused_timeout: get(&self.timeout),
             partial_rejected: get(&self.partial_rejected),
         }
     }
@@ -132,6 +138,7 @@ impl Stats {
             Refusal::Overloaded => &c.overloaded,
             Refusal::Unsupported => &c.unsupported,
             Refusal::Internal => &c.internal,
+            Refusal::Timeout => &c.timeout,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -249,6 +249,7 @@ pub fn render(sources: &Sources, format: Format) -> String {
                 ("overloaded", s.refused_overloaded),
                 ("unsupported", s.refused_unsupported),
                 ("internal", s.refused_internal),
+                ("timeout", s.refused_timeout),
             ] {
                 refused.push((
                     vec![("signal", sig.to_owned()), ("reason", reason.to_owned())],

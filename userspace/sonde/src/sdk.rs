@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::{
     common::v1::any_value::Value,
     resource::v1::Resource,
 };
-use sonde_otlp_export::Exporter;
+use sonde_otlp_export::{Exporter, Reservation, Signal};
 use sonde_otlp_receive::{Admit, Peer, Sink};
 
 /// A request from an SDK, on its way to the capture thread (which knows the processes).
@@ -29,10 +29,12 @@ pub enum SdkRequest {
     Logs(SocketAddr, ExportLogsServiceRequest),
 }
 
-/// A request and the bytes it counts against the hand-off queue's bound.
+/// A request, the bytes it counts against the hand-off queue's bound, and the exporter room
+/// reserved for it before the receiver answered OK (send it with `send_reserved`).
 pub struct Queued {
     pub request: SdkRequest,
     pub bytes: usize,
+    pub reservation: Reservation,
 }
 
 /// Bytes of SDK requests between the receiver and the capture thread. The capture thread
@@ -81,12 +83,16 @@ impl ReceiverSink {
         let overloaded = Admit::Overloaded {
             retry_after: RETRY_AFTER,
         };
-        // Refuse with a retryable answer while the exporter could not take this request and
-        // what is already waiting: accepting it would mean dropping it later.
-        let waiting = self.queued.0.load(Ordering::Acquire) / DECODED_MEMORY_FACTOR;
-        if !self.exporter.has_room(encoded_len.saturating_add(waiting)) {
+        // Reserve the exporter's room before answering OK: accepting what the queue could not
+        // take would mean dropping it later. Without room: a retryable refusal.
+        let signal = match &request {
+            SdkRequest::Traces(..) => Signal::Traces,
+            SdkRequest::Metrics(..) => Signal::Metrics,
+            SdkRequest::Logs(..) => Signal::Logs,
+        };
+        let Some(reservation) = self.exporter.reserve(signal, encoded_len) else {
             return overloaded;
-        }
+        };
         let bytes = encoded_len.saturating_mul(DECODED_MEMORY_FACTOR);
         let before = self.queued.0.fetch_add(bytes, Ordering::AcqRel);
         // One request is always let through when nothing waits, however large.
@@ -94,7 +100,11 @@ impl ReceiverSink {
             self.queued.release(bytes);
             return overloaded;
         }
-        match self.queue.try_send(Queued { request, bytes }) {
+        match self.queue.try_send(Queued {
+            request,
+            bytes,
+            reservation,
+        }) {
             Ok(()) => Admit::Accepted,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.queued.release(bytes);

@@ -271,6 +271,11 @@ fn keyword_at(lower: &str, i: usize) -> Option<(usize, bool)> {
     None
 }
 
+/// A URL for a log line: credentials and sensitive query values redacted.
+pub fn url(s: &str) -> String {
+    userinfo(s)
+}
+
 /// `scheme://user:pass@host` -> `scheme://REDACTED:REDACTED@host`, and sensitive query values.
 fn userinfo(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

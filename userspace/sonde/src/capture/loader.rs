@@ -94,6 +94,11 @@ pub enum LoadError {
          `mount -t tracefs tracefs {TRACEFS}` (in Kubernetes: mount the host's /sys/kernel/tracing)"
     )]
     NoTracefs(std::io::Error),
+    #[error(
+        "tracefs is mounted at {TRACEFS} but sonde may not read it ({0}); its directory is \
+         usually mode 0700: grant CAP_DAC_READ_SEARCH (besides CAP_BPF and CAP_PERFMON) or run as root"
+    )]
+    TracefsUnreadable(std::io::Error),
     #[error("this kernel ({0}) is too old: sonde needs Linux 5.8 or newer (BPF ring buffer)")]
     KernelTooOld(String),
     #[error("loading the eBPF programs failed: {0}")]
@@ -146,8 +151,14 @@ pub struct Probes {
 
 /// Mounts tracefs if it is missing (needs CAP_SYS_ADMIN); aya attaches tracepoints through it.
 pub fn ensure_tracefs() -> Result<(), LoadError> {
-    if Path::new(TRACEFS).join("events").is_dir() {
-        return Ok(());
+    match std::fs::metadata(Path::new(TRACEFS).join("events")) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        // Mounted but mode 0700 and this process lacks CAP_DAC_READ_SEARCH: mounting again
+        // would fail with a misleading "not mounted".
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied || tracefs_mounted() => {
+            return Err(LoadError::TracefsUnreadable(e));
+        }
+        _ => {}
     }
     let src = c"tracefs";
     let target = c"/sys/kernel/tracing";
@@ -166,6 +177,14 @@ pub fn ensure_tracefs() -> Result<(), LoadError> {
     }
     tracing::info!("mounted tracefs at {TRACEFS}");
     Ok(())
+}
+
+/// Whether /proc/self/mountinfo lists a tracefs at [`TRACEFS`].
+fn tracefs_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split_whitespace().nth(4) == Some(TRACEFS) && l.contains(" - tracefs "))
+    })
 }
 
 fn check_kernel() -> Result<(), LoadError> {
