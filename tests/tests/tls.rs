@@ -4,6 +4,8 @@
 //! are the plaintext ones (https scheme), that the ciphertext gives no garbage or duplicate
 //! spans, that a connection opened before sonde started is traced from its next request, and
 //! that a seccomp-filtered process that forbids the uretprobe syscall survives the probes.
+//! A Django app under gunicorn with libpq's default sslmode gives the plaintext Django span
+//! trees, on a pooled connection opened before sonde and on one opened after.
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 mod common;
@@ -16,7 +18,10 @@ use std::{
 };
 
 use common::*;
-use sonde_e2e::{Nginx, NginxOpts, Postgres, Sonde, Span, TestDir, curl, dump_spans, python};
+use sonde_e2e::{
+    Django, DjangoOpts, Nginx, NginxOpts, Postgres, Sonde, Span, SpanTree, TestDir, curl,
+    dump_spans, http_get, python,
+};
 
 /// A self-signed certificate and key for `localhost` / 127.0.0.1.
 fn self_signed(dir: &TestDir) -> (PathBuf, PathBuf) {
@@ -545,5 +550,226 @@ fn python_http_server_wrapped_in_ssl_and_requests_client() {
         );
         assert_eq!(s.trace_id, c.trace_id, "{}", dump_spans(&spans));
         assert_eq!(s.parent_span_id, c.span_id);
+    }
+}
+
+/// The server span of the request to `path` on `port`, and its children in start order.
+fn request_tree<'a>(spans: &'a [Span], port: u16, path: &str) -> (&'a Span, Vec<&'a Span>) {
+    let server = servers(spans, port)
+        .into_iter()
+        .find(|s| s.attr_str("url.path") == Some(path))
+        .unwrap_or_else(|| panic!("no server span for {path}\n{}", dump_spans(spans)));
+    let mut children = SpanTree::new(spans).children_of(server);
+    children.sort_by_key(|s| s.start_ns);
+    (server, children)
+}
+
+/// Waits for the request to `path` with at least `children` children, then a little longer.
+fn wait_for_tree(sonde: &Sonde, port: u16, path: &str, children: usize) -> Vec<Span> {
+    sonde.wait_for_spans(
+        |spans| {
+            servers(spans, port)
+                .into_iter()
+                .find(|s| s.attr_str("url.path") == Some(path))
+                .is_some_and(|s| SpanTree::new(spans).children_of(s).len() >= children)
+        },
+        WAIT,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    sonde.spans()
+}
+
+/// The request's tree is the plaintext Django tests' one: the server span, then exactly the
+/// database children named `names`, nested in time, sanitized, on `pg_port`, with
+/// `db.namespace` = `namespace` (None: not asserted, see the caller), and no duplicate.
+fn assert_django_tree(
+    spans: &[Span],
+    django_port: u16,
+    pg_port: u16,
+    path: &str,
+    names: &[&str],
+    namespace: Option<&str>,
+) {
+    let (server, children) = request_tree(spans, django_port, path);
+    assert_eq!(server.attr_str("url.scheme"), Some("http"));
+    assert_eq!(server.attr_i64("http.response.status_code"), Some(200));
+    assert_eq!(
+        children.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        names,
+        "{}",
+        dump_spans(spans)
+    );
+    for c in &children {
+        assert_well_formed(c);
+        assert_eq!(c.kind, "CLIENT");
+        assert_eq!(c.trace_id, server.trace_id);
+        assert_eq!(c.parent_span_id, server.span_id);
+        assert!(
+            c.start_ns >= server.start_ns && c.end_ns <= server.end_ns,
+            "{c:?}"
+        );
+        assert_eq!(c.attr_str("db.system.name"), Some("postgresql"));
+        assert_eq!(c.attr_i64("server.port"), Some(i64::from(pg_port)));
+        assert_eq!(c.status_code, "UNSET");
+        let text = c.attr_str("db.query.text").unwrap();
+        assert!(
+            !text.contains(" 2") && !text.contains('\''),
+            "literal in {text}"
+        );
+        if let Some(ns) = namespace {
+            assert_eq!(c.attr_str("db.namespace"), Some(ns), "{c:?}");
+        }
+    }
+    let all_db = spans
+        .iter()
+        .filter(|s| s.attr_str("db.system.name").is_some() && s.trace_id == server.trace_id)
+        .count();
+    assert_eq!(all_db, names.len(), "duplicates\n{}", dump_spans(spans));
+    // The test's own client span is the server span's parent.
+    assert!(
+        clients(spans, django_port)
+            .iter()
+            .any(|c| c.span_id == server.parent_span_id),
+        "{}",
+        dump_spans(spans)
+    );
+}
+
+/// Whether each client backend connected to `db` uses TLS (pg_stat_ssl), in pid order.
+fn backends_ssl(pg: &Postgres, db: &str) -> String {
+    pg.psql(
+        "postgres",
+        &format!(
+            "SELECT coalesce(string_agg(s.ssl::text, ',' ORDER BY a.pid), '') FROM pg_stat_ssl s \
+             JOIN pg_stat_activity a USING (pid) WHERE a.datname = '{db}' \
+             AND a.backend_type = 'client backend'"
+        ),
+    )
+}
+
+/// Issue 8: a Debian-style cluster (`ssl=on`, self-signed certificate) and a Django app under
+/// gunicorn with psycopg2's binary wheel (its vendored libssl) and libpq's default sslmode
+/// (prefer, so every query is encrypted) gives the plaintext Django tests' span trees: on a
+/// pooled connection (CONN_MAX_AGE) opened before sonde started, and on the connection a
+/// worker started after sonde opens (whose startup message gives `db.namespace`).
+#[test]
+fn django_gunicorn_over_tls_default_sslmode_pooled_connection_from_before_sonde() {
+    let dir = TestDir::new("tls-django").unwrap();
+    let pg = Postgres::start();
+    enable_ssl(&pg, &dir);
+    // One sync worker, so the connection opened before sonde is the one the requests use.
+    let django = Django::start(
+        &pg,
+        DjangoOpts::default()
+            .workers(1)
+            .sync()
+            .conn_max_age(600)
+            .env("DB_SSLMODE", ""),
+    );
+    assert_eq!(http_get(&django.url("/samples/")).0, 200);
+    assert_eq!(
+        backends_ssl(&pg, "djangoapp"),
+        "true",
+        "not pooled or not TLS"
+    );
+    let old_worker = django.worker_pids();
+    assert_eq!(old_worker.len(), 1);
+    let sonde = Sonde::start(&[
+        "--port",
+        &django.port().to_string(),
+        "--port",
+        &pg.port().to_string(),
+    ]);
+
+    // The pooled TLS connection from before sonde: read from its next query on. Its startup
+    // message was never seen, so db.namespace is not asserted here.
+    assert_eq!(http_get(&django.url("/samples/")).0, 200);
+    let spans = wait_for_tree(&sonde, django.port(), "/samples/", 2);
+    assert_django_tree(
+        &spans,
+        django.port(),
+        pg.port(),
+        "/samples/",
+        &["SELECT lab_sample", "SELECT lab_variant"],
+        None,
+    );
+    let (_, children) = request_tree(&spans, django.port(), "/samples/");
+    assert_eq!(
+        children[0].attr_str("db.query.text"),
+        Some(r#"SELECT COUNT(*) AS "__count" FROM "lab_sample""#)
+    );
+    assert!(
+        children[1]
+            .attr_str("db.query.text")
+            .unwrap()
+            .contains("LIMIT ?")
+    );
+    assert_eq!(children[0].attr_i64("db.response.returned_rows"), Some(1));
+    assert_eq!(children[1].attr_i64("db.response.returned_rows"), Some(6));
+    for c in &children {
+        assert!(
+            c.attr_str("db.namespace").is_none_or(|n| n == "djangoapp"),
+            "{c:?}"
+        );
+    }
+
+    // gunicorn replaces a worker that exits: the new one opens its connection after sonde
+    // started (SSLRequest and 'S' in clear, the startup message through the uprobes).
+    // SAFETY: kill(2) on a child of the gunicorn master this test started.
+    assert_eq!(
+        unsafe { libc::kill(old_worker[0] as i32, libc::SIGTERM) },
+        0
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let now = django.worker_pids();
+        if now.len() == 1 && now != old_worker {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no new worker");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(http_get(&django.url("/analysis/2")).0, 200);
+    let spans = wait_for_tree(&sonde, django.port(), "/analysis/2", 3);
+    assert_django_tree(
+        &spans,
+        django.port(),
+        pg.port(),
+        "/analysis/2",
+        &[
+            "SELECT lab_analysis",
+            "SELECT lab_sample",
+            "SELECT lab_variant",
+        ],
+        Some("djangoapp"),
+    );
+    let (server, _) = request_tree(&spans, django.port(), "/analysis/2");
+    assert_eq!(server.name, "GET /analysis/{id}");
+    assert_eq!(
+        backends_ssl(&pg, "djangoapp"),
+        "true",
+        "not pooled or not TLS"
+    );
+    // The new pooled connection keeps serving: a later request on it, same tree.
+    assert_eq!(http_get(&django.url("/samples/")).0, 200);
+    let spans = sonde.wait_for_spans(
+        |spans| {
+            servers(spans, django.port())
+                .iter()
+                .filter(|s| s.attr_str("url.path") == Some("/samples/"))
+                .nth(1)
+                .is_some_and(|s| SpanTree::new(spans).children_of(s).len() >= 2)
+        },
+        WAIT,
+    );
+    let mut samples: Vec<&Span> = servers(&spans, django.port())
+        .into_iter()
+        .filter(|s| s.attr_str("url.path") == Some("/samples/"))
+        .collect();
+    samples.sort_by_key(|s| s.start_ns);
+    let children = SpanTree::new(&spans).children_of(samples[1]);
+    assert_eq!(children.len(), 2, "{}", dump_spans(&spans));
+    for c in &children {
+        assert_eq!(c.attr_str("db.namespace"), Some("djangoapp"), "{c:?}");
     }
 }

@@ -36,7 +36,12 @@ DATABASES = {
         "USER": os.environ.get("DB_USER", "postgres"),
         "PASSWORD": os.environ.get("DB_PASSWORD", ""),
         "CONN_MAX_AGE": int(os.environ.get("DB_CONN_MAX_AGE", "0")),
-        "OPTIONS": {"sslmode": os.environ.get("DB_SSLMODE", "disable")},
+        # DB_SSLMODE="" leaves sslmode to libpq's default (prefer), as a user's settings do.
+        "OPTIONS": (
+            {"sslmode": os.environ.get("DB_SSLMODE", "disable")}
+            if os.environ.get("DB_SSLMODE", "disable")
+            else {}
+        ),
     }
 }
 

@@ -170,7 +170,7 @@ def _conninfo():
     db = settings.DATABASES["default"]
     return (
         f"host={db['HOST']} port={db['PORT']} dbname={db['NAME']} user={db['USER']} "
-        f"password={db['PASSWORD']} sslmode={db['OPTIONS'].get('sslmode', 'disable')}"
+        f"password={db['PASSWORD']} sslmode={db['OPTIONS'].get('sslmode', 'prefer')}"
     )
 
 
