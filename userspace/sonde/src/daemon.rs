@@ -231,12 +231,19 @@ impl CaptureLoop {
         n
     }
 
-    /// Lifecycle and TCP health records, for the metrics only.
+    /// Lifecycle and TCP health records, for the metrics; execs also go to the TLS attacher
+    /// (a new program may load a libssl sonde has not hooked yet).
     fn drain_health(&mut self) {
         let mut records = Vec::new();
+        let now = Instant::now();
         while let Some(item) = self.probes.health.next() {
             match crate::health::decode(&item) {
-                Ok(h) => records.push(h),
+                Ok(h) => {
+                    if let crate::health::Health::Exec { pid } = h {
+                        self.tls.on_exec(pid, now);
+                    }
+                    records.push(h)
+                }
                 Err(e) => tracing::debug!("health record: {e}"),
             }
         }
@@ -248,7 +255,8 @@ impl CaptureLoop {
     }
 
     /// TLS connections the tracer saw start: hook their process's OpenSSL if it was not yet,
-    /// or count them as untraceable. Then the periodic rescan for late-loaded libssl.
+    /// or count them as untraceable. Then the maps of processes that exec'd recently, and the
+    /// periodic rescan for late-loaded libssl.
     fn tls_step(&mut self) {
         let started = self.tracer.take_tls_started();
         for start in started {
@@ -256,6 +264,7 @@ impl CaptureLoop {
                 self.tracer.set_tls_untraceable(start.pid);
             }
         }
+        self.tls.exec_scans(&mut self.probes.ebpf, Instant::now());
         if self.tls.rescan_due() {
             let pids: Option<Vec<u32>> = self.filter_pids.then(|| {
                 self.probes

@@ -3,8 +3,11 @@
 //! inode), and accounts for the TLS connections sonde cannot read.
 //!
 //! Discovery runs at startup (well-known system paths plus every process's maps), every
-//! [`RESCAN_INTERVAL`] (Python and libpq load libssl late), and at once for a process whose
-//! TLS handshake the tracer just saw without knowing its library. Files inside containers
+//! [`RESCAN_INTERVAL`] (Python and libpq load libssl late), for a process that just exec'd
+//! (the lifecycle probe's `sched_process_exec` record: its maps are read at once and again
+//! on the [`EXEC_SCAN_SCHEDULE`], since the dynamic loader and `import ssl` map libssl after
+//! the exec), and at once for a process whose TLS handshake the tracer just saw without
+//! knowing its library. Files inside containers
 //! are reached through `/proc/<pid>/root`. A uprobe on a file fires in every process that
 //! maps it, so a process started later with an already-attached library needs nothing.
 //!
@@ -42,6 +45,27 @@ pub const EXECUTABLES_PER_RESCAN: usize = 2;
 /// Executables larger than this are not read during rescans (only when one of their TLS
 /// connections has to be classified).
 const MAX_RESCAN_EXECUTABLE_BYTES: u64 = 32 << 20;
+
+/// When a process's maps are read after its exec, counted from when the daemon saw the exec:
+/// densely at first (the dynamic loader maps `DT_NEEDED` libraries within milliseconds,
+/// `import ssl` within tens to hundreds), then sparser; the periodic rescan takes over after.
+pub const EXEC_SCAN_SCHEDULE: [Duration; 10] = [
+    Duration::from_millis(0),
+    Duration::from_millis(25),
+    Duration::from_millis(50),
+    Duration::from_millis(75),
+    Duration::from_millis(100),
+    Duration::from_millis(150),
+    Duration::from_millis(200),
+    Duration::from_millis(300),
+    Duration::from_millis(500),
+    Duration::from_millis(800),
+];
+/// Exec-triggered map reads per tick at most (the others wait for the next tick), so an exec
+/// storm costs bounded time per tick.
+pub const EXEC_SCANS_PER_TICK: usize = 16;
+/// Processes followed after their exec at most; execs beyond are left to the rescan.
+const MAX_EXEC_WATCHED: usize = 2048;
 
 /// Entry program per hooked symbol (same order as [`SSL_SYMBOLS`]).
 const ENTRY_PROGRAMS: [(&str, &str); 5] = [
@@ -135,6 +159,9 @@ pub struct TlsAttacher {
     logged: HashSet<(String, &'static str)>,
     stats: TlsStats,
     last_scan: Option<Instant>,
+    /// Processes that exec'd recently: when the daemon saw the exec, and how many of the
+    /// [`EXEC_SCAN_SCHEDULE`] reads are done.
+    exec_watch: HashMap<u32, (Instant, usize)>,
 }
 
 impl TlsAttacher {
@@ -150,6 +177,7 @@ impl TlsAttacher {
             logged: HashSet::new(),
             stats: TlsStats::default(),
             last_scan: None,
+            exec_watch: HashMap::new(),
         }
     }
 
@@ -204,6 +232,58 @@ impl TlsAttacher {
         self.processes.retain(|pid, _| alive.contains(pid));
     }
 
+    /// `pid` just exec'd: its maps are read on the [`EXEC_SCAN_SCHEDULE`] (see
+    /// [`TlsAttacher::exec_scans`]) until a libssl in them is hooked.
+    pub fn on_exec(&mut self, pid: u32, now: Instant) {
+        if !self.enabled || pid == self.self_pid {
+            return;
+        }
+        // A new program: what the old one used says nothing.
+        self.processes.remove(&pid);
+        if self.exec_watch.len() >= MAX_EXEC_WATCHED && !self.exec_watch.contains_key(&pid) {
+            tracing::debug!(pid, "too many recent execs followed; left to the rescan");
+            return;
+        }
+        self.exec_watch.insert(pid, (now, 0));
+    }
+
+    #[cfg(test)]
+    fn exec_watched(&self) -> usize {
+        self.exec_watch.len()
+    }
+
+    /// The exec-triggered reads that are due at `now`, at most [`EXEC_SCANS_PER_TICK`], most
+    /// overdue first; returns how many were done. Executables are not read here (the rescan
+    /// does, within its budget): only mapped libraries are hooked.
+    pub fn exec_scans(&mut self, ebpf: &mut Ebpf, now: Instant) -> usize {
+        let mut due: Vec<(Instant, u32)> = self
+            .exec_watch
+            .iter()
+            .filter_map(|(&pid, &(seen, done))| {
+                let at = seen + *EXEC_SCAN_SCHEDULE.get(done)?;
+                (at <= now).then_some((at, pid))
+            })
+            .collect();
+        due.sort_unstable();
+        due.truncate(EXEC_SCANS_PER_TICK);
+        for &(_, pid) in &due {
+            let mut no_executables = 0;
+            let state = self.scan_pid(ebpf, pid, Some(&mut no_executables));
+            let gone = state.is_none() && !Path::new(&format!("/proc/{pid}")).exists();
+            let finished = match self.exec_watch.get_mut(&pid) {
+                Some((_, done)) => {
+                    *done += 1;
+                    *done >= EXEC_SCAN_SCHEDULE.len()
+                }
+                None => true,
+            };
+            if finished || gone || state == Some(ProcessTls::OpenSsl) {
+                self.exec_watch.remove(&pid);
+            }
+        }
+        due.len()
+    }
+
     /// Finds and hooks the OpenSSL of one process; returns what it uses.
     /// `exe_budget`: how many unknown executables may still be read (None: no limit).
     fn scan_pid(
@@ -218,8 +298,11 @@ impl TlsAttacher {
         let root = PathBuf::from(format!("/proc/{pid}/root"));
         let mut hooked = false;
         for lib in &mapped.libssl {
-            // Inside the process's mount namespace (containers): its root.
-            let path = root.join(lib.trim_start_matches('/'));
+            // Inside the process's mount namespace (containers): its root. The host's path
+            // when it is the same file: it outlives the process (a short-lived client may
+            // exit while its library is being read and attached).
+            let in_root = root.join(lib.trim_start_matches('/'));
+            let path = same_file(Path::new(lib), &in_root).unwrap_or(in_root);
             hooked |= self.attach_file(ebpf, &path, Some(pid));
         }
         let state = if hooked {
@@ -391,6 +474,13 @@ fn attach_symbols(
     Ok(())
 }
 
+/// `host` if it is the same file (device and inode) as `in_root`.
+fn same_file(host: &Path, in_root: &Path) -> Option<PathBuf> {
+    let a = std::fs::metadata(host).ok()?;
+    let b = std::fs::metadata(in_root).ok()?;
+    (a.dev() == b.dev() && a.ino() == b.ino()).then(|| host.to_path_buf())
+}
+
 fn all_pids() -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -414,6 +504,26 @@ fn executable_name(pid: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn execs_are_followed_within_bounds() {
+        let now = Instant::now();
+        let mut off = TlsAttacher::new(1, false, &[]);
+        off.on_exec(5, now);
+        assert_eq!(off.exec_watched(), 0, "--no-tls follows nothing");
+        let mut t = TlsAttacher::new(1, true, &[]);
+        t.on_exec(1, now);
+        assert_eq!(t.exec_watched(), 0, "sonde itself is never scanned");
+        for pid in 2..(MAX_EXEC_WATCHED as u32 + 100) {
+            t.on_exec(pid, now);
+        }
+        assert_eq!(t.exec_watched(), MAX_EXEC_WATCHED);
+        // A process exec'ing again restarts its schedule, within the bound.
+        t.on_exec(2, now);
+        assert_eq!(t.exec_watched(), MAX_EXEC_WATCHED);
+        assert!(EXEC_SCAN_SCHEDULE.windows(2).all(|w| w[0] < w[1]));
+        assert!(EXEC_SCAN_SCHEDULE[EXEC_SCAN_SCHEDULE.len() - 1] < RESCAN_INTERVAL);
+    }
 
     #[test]
     fn tls_records_are_recognised_and_plaintext_is_not() {
