@@ -1,5 +1,6 @@
 //! Decodes the `HEALTH` ring buffer (process lifecycle and TCP health records from
-//! ebpf/probes lifecycle.rs and tcp_health.rs) into metrics-registry updates.
+//! ebpf/probes lifecycle.rs and tcp_health.rs) into metrics-registry updates; the daemon also
+//! hands execs to the TLS attacher (a new program may map a libssl not hooked yet).
 use std::net::{IpAddr, Ipv6Addr};
 
 use sonde_common::{HealthEvent, health_flags, health_kind};
