@@ -298,7 +298,7 @@ if driver == "psycopg2":
 else:
     import psycopg as pg
 # Like an application that imports its driver at start and queries later: the vendored
-# libssl the import just loaded is found by sonde's rescan (every second) before the query.
+# libssl the import just loaded is found by sonde (its exec scans, else the 1 s rescan) first.
 time.sleep(1.5)
 conn = pg.connect(dsn)
 cur = conn.cursor()
