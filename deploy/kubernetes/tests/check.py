@@ -7,7 +7,9 @@
   check.py security   the security invariants of each variant
   check.py rules      `promtool check rules` and `promtool test rules` on the PrometheusRule
   check.py metrics    every rule and dashboard query names only metrics and labels in
-                      metric-names.txt (or, with --live URL, in a live /metrics scrape)
+                      metric-names.txt; with --live URL, only metrics in a live /metrics
+                      scrape and labels on those metrics in it (Prometheus' instance/job
+                      and each --cluster-only-label NAME excepted)
 """
 import json
 import re
@@ -234,18 +236,26 @@ def queries():
     return out
 
 
-def known_names(live):
-    if live:
-        import urllib.request
-        text = urllib.request.urlopen(live, timeout=10).read().decode()
-        metrics, labels = set(), set()
-        for line in text.splitlines():
-            if line.startswith("#") or not line.strip():
-                continue
-            m = re.match(r"([a-zA-Z_:][\w:]*)(\{(.*)\})?", line)
-            metrics.add(m.group(1))
-            labels |= set(re.findall(r"(\w+)=\"", m.group(3) or ""))
-        return metrics | {"up"}, labels | {"instance", "job", "pod", "node"}
+# Labels Prometheus itself attaches to every scraped series (not in sonde's exposition).
+SCRAPE_LABELS = {"instance", "job"}
+
+
+def scrape(url):
+    """{metric name: set of label names} of one live /metrics scrape (classic text format)."""
+    import urllib.request
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        m = re.match(r"([a-zA-Z_:][\w:]*)(\{(.*)\})?", line)
+        if not m:
+            continue
+        out.setdefault(m.group(1), set()).update(re.findall(r'(\w+)="', m.group(3) or ""))
+    return out
+
+
+def static_names():
     metrics, labels = set(), set()
     for line in (ROOT / "metric-names.txt").read_text().splitlines():
         parts = line.split()
@@ -254,23 +264,37 @@ def known_names(live):
     return metrics, labels
 
 
-def cmd_metrics(live=None):
-    metrics, labels = known_names(live)
+def cmd_metrics(live=None, cluster_only=()):
+    """Static mode: names in metric-names.txt. Live mode: every metric a query names is in the
+    scrape, and every label it names is on one of that query's metrics in the scrape, except
+    the labels Prometheus adds (SCRAPE_LABELS) and `cluster_only`: labels that exist only for
+    processes in Kubernetes pods, which the caller lists explicitly."""
     recorded = {r["record"] for g in rule_groups() for r in g["rules"] if "record" in r}
     problems = []
     qs = queries()
+    if live:
+        series = scrape(live)
+        metrics = set(series)
+        allowed_absent = SCRAPE_LABELS | set(cluster_only)
+    else:
+        metrics, labels = static_names()
     for where, expr in qs:
         m, l = names_in(expr)
         for x in sorted(m - metrics):
             problems.append(f"{where}: metric {x} is not exported")
-        for x in sorted(l - labels):
-            problems.append(f"{where}: label {x} is not exported")
+        if live:
+            on = set().union(*(series.get(x, set()) for x in m)) if m else set()
+            missing = l - on - allowed_absent
+        else:
+            missing = l - labels
+        for x in sorted(missing):
+            problems.append(f"{where}: label {x} is not exported on {', '.join(sorted(m))}")
         for x in re.findall(r"\b[a-z_]+:[\w:]+", expr):
             if x not in recorded:
                 problems.append(f"{where}: recording rule {x} is not defined")
     if problems:
         fail("\n".join(problems))
-    print(f"{len(qs)} queries use only exported names")
+    print(f"{len(qs)} queries use only exported names" + (f" (live: {live})" if live else ""))
 
 
 def self_test():
@@ -293,6 +317,16 @@ if __name__ == "__main__":
     elif what == "rules":
         cmd_rules()
     elif what == "metrics":
-        cmd_metrics(sys.argv[3] if len(sys.argv) > 3 and sys.argv[2] == "--live" else None)
+        # metrics [--live URL [--cluster-only-label NAME]...]
+        args, live, cluster_only = sys.argv[2:], None, []
+        while args:
+            flag, value, args = args[0], args[1] if len(args) > 1 else fail(__doc__), args[2:]
+            if flag == "--live":
+                live = value
+            elif flag == "--cluster-only-label":
+                cluster_only.append(value)
+            else:
+                fail(__doc__)
+        cmd_metrics(live, cluster_only)
     else:
         fail(__doc__)
