@@ -13,39 +13,44 @@ use super::{
     procs::{Lines, Proc},
 };
 
-/// Counters from `sonde: stopped; N events, N spans, N ring buffer records lost, N span
-/// batches refused by a full queue`.
+/// Counters from the daemon's last line, `sonde: stopped; N events, N spans built, N spans
+/// exported, N spans dropped (queue full N, undelivered at retry limit or shutdown deadline N,
+/// refused by the backend N), N ring buffer records lost in the kernel`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StopLine {
     pub events: u64,
     pub spans: u64,
     pub lost: u64,
+    /// Spans refused by a full exporter queue.
     pub refused: u64,
+}
+
+/// The number written just before `label` in `text` (`"12 events"` -> 12 for `" events"`).
+fn number_before(text: &str, label: &str) -> Option<u64> {
+    let head = &text[..text.find(label)?];
+    let digits = head.rsplit(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse().ok()
+}
+
+/// The number written just after `label` in `text` (`"queue full 3"` -> 3).
+fn number_after(text: &str, label: &str) -> Option<u64> {
+    let tail = &text[text.find(label)? + label.len()..];
+    let digits: String = tail
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }
 
 pub fn parse_stop_line(line: &str) -> Option<StopLine> {
     let rest = line.trim().strip_prefix("sonde: stopped;")?;
-    let mut out = StopLine::default();
-    let mut seen = 0;
-    for part in rest.split(',') {
-        let part = part.trim();
-        let (n, what) = part.split_once(' ')?;
-        let n: u64 = n.parse().ok()?;
-        let slot = if what == "events" {
-            &mut out.events
-        } else if what == "spans" {
-            &mut out.spans
-        } else if what.starts_with("ring buffer records lost") {
-            &mut out.lost
-        } else if what.starts_with("span batches refused") {
-            &mut out.refused
-        } else {
-            continue;
-        };
-        *slot = n;
-        seen += 1;
-    }
-    (seen == 4).then_some(out)
+    Some(StopLine {
+        events: number_before(rest, " events")?,
+        spans: number_before(rest, " spans built")?,
+        lost: number_before(rest, " ring buffer records lost")?,
+        refused: number_after(rest, "queue full")?,
+    })
 }
 
 /// A running `sonde run ...`.
@@ -133,7 +138,9 @@ mod tests {
 
     #[test]
     fn stop_line_parses() {
-        let line = "sonde: stopped; 120034 events, 60010 spans, 7 ring buffer records lost, 2 span batches refused by a full queue";
+        let line = "sonde: stopped; 120034 events, 60010 spans built, 60000 spans exported, \
+                    10 spans dropped (queue full 2, undelivered at retry limit or shutdown \
+                    deadline 8, refused by the backend 0), 7 ring buffer records lost in the kernel";
         assert_eq!(
             parse_stop_line(line),
             Some(StopLine {
@@ -148,10 +155,14 @@ mod tests {
     #[test]
     fn stop_line_rejects_other_lines() {
         assert_eq!(parse_stop_line("sonde: ready"), None);
-        assert_eq!(parse_stop_line("sonde: stopped; 1 events, 2 spans"), None);
+        assert_eq!(
+            parse_stop_line("sonde: stopped; 1 events, 2 spans built"),
+            None
+        );
         assert_eq!(
             parse_stop_line(
-                "sonde: stopped; x events, 2 spans, 0 ring buffer records lost, 0 span batches refused by a full queue"
+                "sonde: stopped; x events, 2 spans built, 0 spans exported, 0 spans dropped \
+                 (queue full 0), 0 ring buffer records lost in the kernel"
             ),
             None
         );
