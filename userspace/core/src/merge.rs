@@ -317,7 +317,10 @@ impl Merger {
                 !u.matched && u.kind == SpanKind::Client as i32 && u.protocol == protocol
             })
             .filter(|(_, u)| self.inside(s, e, u.start, u.end))
-            .min_by_key(|(_, u)| u.end.saturating_sub(u.start).abs_diff(e.saturating_sub(s)))
+            // The twin is the SDK span whose edges are nearest: with the clock tolerance a
+            // neighbouring query of the same request also "lies around" this one, and under
+            // load durations alone picked the neighbour (then the real twin stayed unmatched).
+            .min_by_key(|(_, u)| u.start.abs_diff(s).saturating_add(u.end.abs_diff(e)))
             .map(|(i, _)| i)
     }
 
@@ -863,6 +866,32 @@ mod tests {
             .should_hold(42, &s, 0),
             "without a receiver nothing is held for classification"
         );
+    }
+
+    #[test]
+    fn queries_of_neighbouring_requests_each_find_their_own_twin() {
+        // Three requests 15 ms apart, one query each: within the 20 ms clock tolerance of each
+        // other. Under load the eBPF durations differ from the SDK's, and by duration alone
+        // each eBPF query picked the next request's SDK span, leaving the last one unmatched
+        // (a duplicate DB span in the trace). The nearest edges pick the right twin.
+        let us = 1_000;
+        let mut m = Merger::new(MergeConfig::default());
+        let sdk = vec![
+            span(5, 51, 50, SpanKind::Client, 1000 * us, 1400 * us, db()),
+            span(5, 52, 50, SpanKind::Client, 16_000 * us, 16_300 * us, db()),
+            span(5, 53, 50, SpanKind::Client, 31_000 * us, 31_200 * us, db()),
+        ];
+        m.observe_sdk(7, &sdk_request(sdk), 0);
+        let ebpf = [
+            span(1, 11, 0, SpanKind::Client, 1050 * us, 1350 * us, db()),
+            span(1, 12, 0, SpanKind::Client, 16_050 * us, 16_250 * us, db()),
+            span(1, 13, 0, SpanKind::Client, 31_000 * us, 31_200 * us, db()),
+        ];
+        for e in ebpf {
+            m.hold(7, e, 40 * MS);
+        }
+        let out = m.poll(41 * MS, &|_| false);
+        assert!(out.is_empty(), "every eBPF query is a duplicate: {out:?}");
     }
 
     #[test]
