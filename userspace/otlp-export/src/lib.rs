@@ -296,24 +296,7 @@ impl Exporter {
             self.inner.rejected_sends.fetch_add(1, Ordering::Relaxed);
             return Err(Rejected { items, bytes });
         };
-        for o in others {
-            o.push(
-                signal,
-                Entry {
-                    payload: payload.clone(),
-                    items,
-                    bytes,
-                },
-            );
-        }
-        last.push(
-            signal,
-            Entry {
-                payload,
-                items,
-                bytes,
-            },
-        );
+        fan_out(last, others, signal, payload, items, bytes);
         Ok(())
     }
 
@@ -397,24 +380,37 @@ impl Exporter {
             self.inner.rejected_sends.fetch_add(1, Ordering::Relaxed);
             return Err(Rejected { items, bytes });
         };
-        for o in others {
-            o.push(
-                signal,
-                Entry {
-                    payload: payload.clone(),
-                    items,
-                    bytes,
-                },
-            );
-        }
-        last.push(
+        fan_out(last, others, signal, payload, items, bytes);
+        Ok(())
+    }
+}
+
+/// Queues one payload on every output that takes it: a clone for each but the last, which
+/// gets the original.
+fn fan_out(
+    last: &OutputShared,
+    others: &[&Arc<OutputShared>],
+    signal: Signal,
+    payload: Payload,
+    items: u64,
+    bytes: usize,
+) {
+    for o in others {
+        o.push(
             signal,
             Entry {
-                payload,
+                payload: payload.clone(),
                 items,
                 bytes,
             },
         );
-        Ok(())
     }
+    last.push(
+        signal,
+        Entry {
+            payload,
+            items,
+            bytes,
+        },
+    );
 }
