@@ -391,14 +391,13 @@ fn describe_output(o: &Output) -> String {
 /// Below this many ring-buffer records per housekeeping interval the node counts as idle.
 const IDLE_RECORDS: usize = 1000;
 
-/// Gives freed heap back to the kernel. glibc keeps what a flood freed in its arenas (RSS
-/// stayed at 250-330 MiB against 41 MiB idle); trimming when idle brings RSS back near idle
-/// within one housekeeping interval, at the cost of a few milliseconds every five seconds.
+/// Gives freed heap back to the kernel when idle, so RSS comes back near idle within one
+/// housekeeping interval after a flood (mimalloc also purges on its own after a delay; this
+/// makes it prompt, at the cost of a few milliseconds every five seconds).
 fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim has no preconditions; it only releases free memory.
+    // SAFETY: mi_collect has no preconditions; it only frees and purges unused memory.
     unsafe {
-        libc::malloc_trim(0);
+        libmimalloc_sys::mi_collect(true);
     }
 }
 
