@@ -54,7 +54,7 @@ mod protocol;
 mod proptests;
 
 pub use connection::Connection;
-pub use head::{looks_like_request, looks_like_response};
+pub use head::{KEPT_HEADERS, is_kept_header, looks_like_request, looks_like_response};
 pub use protocol::Http1;
 
 /// Largest request or response head (start line plus headers) buffered; a longer head is
@@ -69,7 +69,8 @@ pub const MAX_INFORMATIONAL: usize = 16;
 /// Which way bytes moved, and when: the types shared by every protocol parser.
 pub use sonde_protocol::{Direction, Seen};
 
-/// One header line; the name as sent, the value as raw bytes.
+/// One header line; the name as sent, the value as raw bytes. Heads keep only the headers in
+/// [`KEPT_HEADERS`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
     pub name: String,
