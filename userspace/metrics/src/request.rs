@@ -4,6 +4,8 @@
 //!
 //! Only low-cardinality attributes are copied: never `url.path`, `client.address`,
 //! `db.query.text` or any peer port.
+use std::borrow::Cow;
+
 use opentelemetry_proto::tonic::{
     common::v1::{AnyValue, KeyValue, any_value::Value},
     resource::v1::Resource,
@@ -88,22 +90,29 @@ fn find<'a>(attrs: &'a [KeyValue], keys: &[&str]) -> Option<&'a AnyValue> {
         .and_then(|kv| kv.value.as_ref())
 }
 
-fn get(attrs: &[KeyValue], keys: &[&str]) -> Option<String> {
-    value_string(find(attrs, keys)).filter(|s| !s.is_empty())
+/// A scalar attribute as text, borrowed when it is a string (the common case: a span is
+/// measured on every request, and only the values that become labels need copying).
+fn get<'a>(attrs: &'a [KeyValue], keys: &[&str]) -> Option<Cow<'a, str>> {
+    let text = match find(attrs, keys)?.value.as_ref()? {
+        Value::StringValue(s) => Cow::Borrowed(s.as_str()),
+        Value::IntValue(i) => Cow::Owned(i.to_string()),
+        Value::BoolValue(b) => Cow::Owned(b.to_string()),
+        Value::DoubleValue(d) => Cow::Owned(d.to_string()),
+        _ => return None,
+    };
+    (!text.is_empty()).then_some(text)
 }
 
 /// Bounded length of any copied attribute value (a route template or an operation name).
 const MAX_VALUE_LEN: usize = 128;
 
-fn bounded(mut s: String) -> String {
-    if s.len() > MAX_VALUE_LEN {
-        let mut cut = MAX_VALUE_LEN;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
+fn bounded(s: impl AsRef<str>) -> String {
+    let s = s.as_ref();
+    let mut cut = s.len().min(MAX_VALUE_LEN);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
     }
-    s
+    s.get(..cut).unwrap_or_default().to_owned()
 }
 
 /// What a finished span counts as, if anything (internal spans and spans of other kinds or
@@ -131,8 +140,8 @@ pub fn measure(span: &Span) -> Option<Measurement> {
     match metric {
         RequestMetric::HttpServer | RequestMetric::HttpClient => {
             let method = method.unwrap_or_default();
-            let method = if KNOWN_METHODS.contains(&method.as_str()) {
-                method
+            let method = if KNOWN_METHODS.contains(&&*method) {
+                method.into_owned()
             } else {
                 "_OTHER".to_owned()
             };
@@ -145,12 +154,12 @@ pub fn measure(span: &Span) -> Option<Measurement> {
                 } else {
                     400
                 };
-                (code >= threshold).then(|| code.to_string())
+                (code >= threshold).then(|| Cow::Owned(code.to_string()))
             });
             if let Some(s) =
                 status.filter(|s| s.len() <= 3 && s.bytes().all(|b| b.is_ascii_digit()))
             {
-                out.push(("http.response.status_code".into(), s));
+                out.push(("http.response.status_code".into(), s.into_owned()));
             }
             if let Some(e) = error {
                 out.push(("error.type".into(), bounded(e)));
