@@ -287,7 +287,9 @@ impl<H: HostView> Tracer<H> {
 
     /// Spans finished since the last call, with the pid of their process.
     pub fn take_spans(&mut self) -> Vec<(u32, Span)> {
-        std::mem::take(&mut self.spans)
+        // The next batch starts at this one's size instead of growing (and copying) from empty.
+        let capacity = self.spans.len();
+        std::mem::replace(&mut self.spans, Vec::with_capacity(capacity))
     }
 
     /// Groups spans under their processes' resources, ready for export. Processes that exited

@@ -8,7 +8,7 @@ use super::{
     context::SpanContext,
     redact,
     route::RouteTemplates,
-    span::{Kind, Outcome, SpanParts, int_attr, str_attr},
+    span::{Kind, Outcome, SpanParts, int_attr, ip_text, str_attr},
 };
 use crate::clock::Clock;
 
@@ -162,7 +162,7 @@ pub fn server_span(
             attrs.push(int_attr("server.port", i64::from(p)));
         }
     } else if let Some(local) = conn.local {
-        attrs.push(str_attr("server.address", local.ip().to_string()));
+        attrs.push(str_attr("server.address", ip_text(local.ip())));
         attrs.push(int_attr("server.port", i64::from(local.port())));
     }
     let forwarded = header_str(req, "x-forwarded-for")
@@ -170,13 +170,12 @@ pub fn server_span(
         .map(str::trim)
         .filter(|v| !v.is_empty());
     if let Some(remote) = conn.remote {
+        let peer = ip_text(remote.ip());
         attrs.push(str_attr(
             "client.address",
-            forwarded
-                .map(str::to_owned)
-                .unwrap_or_else(|| remote.ip().to_string()),
+            forwarded.map_or_else(|| peer.clone(), str::to_owned),
         ));
-        attrs.push(str_attr("network.peer.address", remote.ip().to_string()));
+        attrs.push(str_attr("network.peer.address", peer));
         attrs.push(int_attr("network.peer.port", i64::from(remote.port())));
     } else if let Some(f) = forwarded {
         attrs.push(str_attr("client.address", f));
@@ -216,7 +215,7 @@ pub fn client_span(
     let server_host = host_header
         .as_ref()
         .map(|(h, _)| h.clone())
-        .or_else(|| conn.remote.map(|r| r.ip().to_string()))
+        .or_else(|| conn.remote.map(|r| ip_text(r.ip())))
         .unwrap_or_default();
     let server_port = host_header
         .as_ref()
@@ -246,7 +245,7 @@ pub fn client_span(
         version(req.minor_version),
     ));
     if let Some(remote) = conn.remote {
-        attrs.push(str_attr("network.peer.address", remote.ip().to_string()));
+        attrs.push(str_attr("network.peer.address", ip_text(remote.ip())));
         attrs.push(int_attr("network.peer.port", i64::from(remote.port())));
     }
     let outcome = outcome(

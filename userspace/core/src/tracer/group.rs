@@ -13,7 +13,15 @@ pub fn group(
     spans: Vec<(u32, Span)>,
     mut resource: impl FnMut(u32) -> Resource,
 ) -> Vec<ResourceSpans> {
-    let mut by_pid: HashMap<u32, Vec<Span>> = HashMap::default();
+    // Sized first, so no per-pid vector grows (and copies its spans) while filling.
+    let mut counts: HashMap<u32, usize> = HashMap::default();
+    for (pid, _) in &spans {
+        *counts.entry(*pid).or_default() += 1;
+    }
+    let mut by_pid: HashMap<u32, Vec<Span>> = counts
+        .into_iter()
+        .map(|(pid, n)| (pid, Vec::with_capacity(n)))
+        .collect();
     for (pid, span) in spans {
         by_pid.entry(pid).or_default().push(span);
     }
