@@ -43,7 +43,6 @@ use crate::{
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
 /// Spans are handed to the exporter at least this often.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
-const FLUSH_SPANS: usize = 1024;
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the capture thread publishes its counters for the metrics endpoint.
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
@@ -74,6 +73,9 @@ struct CaptureLoop {
     /// A pid filter is set: the kernel follows chosen pids (their processes get process
     /// metrics; TLS discovery looks at the traced pids only).
     filter_pids: bool,
+    /// Spans handed to the exporter at once: its batch size, so a flush is one export batch
+    /// (a larger hand-over was cut in two again by the exporter, measured twice and copied).
+    flush_spans: usize,
 }
 
 impl CaptureLoop {
@@ -96,17 +98,23 @@ impl CaptureLoop {
     /// Hands finished spans to the exporter, except those the merger holds for SDK spans.
     fn flush(&mut self) {
         let now = clock::monotonic_now_ns();
-        let mut ready = Vec::new();
-        for (pid, span) in self.tracer.take_spans() {
-            if !self.merger.is_sdk_pid(pid) && self.tracer.is_sdk_candidate(pid) {
-                self.merger.observe_candidate(pid, now);
-            }
-            if self.merger.should_hold(pid, &span, now) {
-                self.merger.hold(pid, span, now);
-            } else {
-                ready.push((pid, span));
-            }
-        }
+        // Collected in place (same element type): no second buffer, no copy of every span.
+        let mut ready: Vec<_> = self
+            .tracer
+            .take_spans()
+            .into_iter()
+            .filter_map(|(pid, span)| {
+                if !self.merger.is_sdk_pid(pid) && self.tracer.is_sdk_candidate(pid) {
+                    self.merger.observe_candidate(pid, now);
+                }
+                if self.merger.should_hold(pid, &span, now) {
+                    self.merger.hold(pid, span, now);
+                    None
+                } else {
+                    Some((pid, span))
+                }
+            })
+            .collect();
         // Groups of traces whose server request is still in flight wait for its end.
         let open = self.tracer.open_server_traces();
         ready.extend(self.merger.poll(now, &|trace| open.contains(trace)));
@@ -318,7 +326,8 @@ impl CaptureLoop {
                 }
                 return self;
             }
-            if self.tracer.pending_spans() >= FLUSH_SPANS || last_flush.elapsed() >= FLUSH_INTERVAL
+            if self.tracer.pending_spans() >= self.flush_spans
+                || last_flush.elapsed() >= FLUSH_INTERVAL
             {
                 self.flush();
                 last_flush = Instant::now();
@@ -707,6 +716,7 @@ pub async fn run(config: Config) -> Result<()> {
             )
         }),
         filter_pids: !config.pids.is_empty(),
+        flush_spans: config.exporter.batch_max_items.max(1),
     };
     let registry = capture.metrics.as_ref().map(|m| m.registry.clone());
     capture.apply_commands();
