@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use sonde_common::{SocketState, role, socket_key};
 use sonde_otlp_export::{Exporter, Output, Request};
 use sonde_otlp_receive::{Receiver, ReceiverConfig};
@@ -24,7 +25,7 @@ use crate::{
         tls::TlsAttacher,
     },
     clock::{self, Clock},
-    config::Config,
+    config::{Config, PipelineStop},
     discover::{
         ProcHost, inflight,
         process::ResourceCache,
@@ -74,6 +75,30 @@ struct CaptureLoop {
     /// A pid filter is set: the kernel follows chosen pids (their processes get process
     /// metrics; TLS discovery looks at the traced pids only).
     filter_pids: bool,
+    /// `--pipeline-stop` (benchmarks only): where the pipeline is cut, and what was dropped.
+    cut: PipelineCut,
+}
+
+/// Benchmarks: `--pipeline-stop` cuts the span pipeline after one stage, so the bench can
+/// tell what each stage costs. The checks sit at the stage boundaries: [`CaptureLoop::drain`]
+/// (drain), `Tracer::set_build_spans` (parse), [`CaptureLoop::flush`] (build) and
+/// [`CaptureLoop::export`] (encode). Without a stop none of them does anything.
+#[derive(Default)]
+struct PipelineCut {
+    stop: Option<PipelineStop>,
+    /// Ring-buffer records dropped undecoded (drain).
+    records: u64,
+    /// Spans dropped after building (build) or after encoding (encode).
+    spans: u64,
+    /// Encoded export requests and their protobuf bytes (encode).
+    requests: u64,
+    bytes: u64,
+}
+
+impl PipelineCut {
+    fn at(&self, stage: PipelineStop) -> bool {
+        self.stop == Some(stage)
+    }
 }
 
 impl CaptureLoop {
@@ -97,7 +122,21 @@ impl CaptureLoop {
     fn flush(&mut self) {
         let now = clock::monotonic_now_ns();
         let mut ready = Vec::new();
-        for (pid, span) in self.tracer.take_spans() {
+        let spans = self.tracer.take_spans();
+        if self.cut.at(PipelineStop::Build) {
+            // --pipeline-stop build: metrics (if on) see the spans, nothing merges or leaves.
+            self.cut.spans += spans.len() as u64;
+            let grouped = self.tracer.group(if self.metrics.is_some() {
+                spans
+            } else {
+                Vec::new() // still forgets processes that exited
+            });
+            if let Some(m) = &self.metrics {
+                m.observe(&grouped);
+            }
+            return;
+        }
+        for (pid, span) in spans {
             if !self.merger.is_sdk_pid(pid) && self.tracer.is_sdk_candidate(pid) {
                 self.merger.observe_candidate(pid, now);
             }
@@ -121,6 +160,16 @@ impl CaptureLoop {
         grouped.retain_mut(|rs| rs.resource.as_mut().is_none_or(|r| self.k8s.enrich(r)));
         if let Some(m) = &self.metrics {
             m.observe(&grouped);
+        }
+        if self.cut.at(PipelineStop::Encode) {
+            // --pipeline-stop encode: the protobuf bytes an OTLP exporter would send, dropped.
+            self.cut.spans += spans_in(&grouped);
+            let request = Request::Traces(ExportTraceServiceRequest {
+                resource_spans: grouped,
+            });
+            self.cut.bytes += request.encode_protobuf().len() as u64;
+            self.cut.requests += 1;
+            return;
         }
         if self.exporter.send_traces(grouped).is_err() {
             self.spans_rejected += 1;
@@ -207,7 +256,14 @@ impl CaptureLoop {
     /// Drains everything queued in the ring buffer; returns the number of records.
     fn drain(&mut self) -> usize {
         let mut n = 0;
+        let drain_only = self.cut.at(PipelineStop::Drain);
         while let Some(item) = self.probes.events.next() {
+            if drain_only {
+                // --pipeline-stop drain: read and dropped undecoded.
+                self.cut.records += 1;
+                n += 1;
+                continue;
+            }
             match decode(&item) {
                 Ok(event) => {
                     if let Some(m) = &mut self.metrics {
@@ -349,6 +405,15 @@ impl CaptureLoop {
             }
         }
     }
+}
+
+/// Spans in grouped resource spans.
+fn spans_in(grouped: &[opentelemetry_proto::tonic::trace::v1::ResourceSpans]) -> u64 {
+    grouped
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .map(|ss| ss.spans.len() as u64)
+        .sum()
 }
 
 /// Byte counts and exits for the metrics (first chunk of each data syscall counts it whole).
@@ -674,6 +739,8 @@ pub async fn run(config: Config) -> Result<()> {
         own_ports,
     };
     let mut tracer = Tracer::new(tracer_config, host, Clock::sample());
+    // --pipeline-stop parse: parsers run, exchanges are dropped before span building.
+    tracer.set_build_spans(config.pipeline_stop != Some(PipelineStop::Parse));
     let preexisting = adopt_preexisting(&mut tracer, &pids);
 
     let merger = Merger::new(MergeConfig {
@@ -707,6 +774,10 @@ pub async fn run(config: Config) -> Result<()> {
             )
         }),
         filter_pids: !config.pids.is_empty(),
+        cut: PipelineCut {
+            stop: config.pipeline_stop,
+            ..PipelineCut::default()
+        },
     };
     let registry = capture.metrics.as_ref().map(|m| m.registry.clone());
     capture.apply_commands();
@@ -746,6 +817,12 @@ pub async fn run(config: Config) -> Result<()> {
     );
     for o in &config.exporter.outputs {
         eprintln!("  output: {}", describe_output(o));
+    }
+    if let Some(stage) = config.pipeline_stop {
+        eprintln!(
+            "  pipeline: stopped after {} (benchmark knob): no spans are exported",
+            stage.name()
+        );
     }
     match &receiver {
         Some(r) => eprintln!(
@@ -840,6 +917,20 @@ pub async fn run(config: Config) -> Result<()> {
         t.failed_items_total,
         lost
     );
+    if let Some(stage) = capture.cut.stop {
+        let c = &capture.cut;
+        eprintln!(
+            "sonde: pipeline stopped after {}; {} records dropped undecoded, {} exchanges dropped \
+             unbuilt, {} spans dropped after {}, {} export requests encoded ({} bytes)",
+            stage.name(),
+            c.records,
+            capture.tracer.exchanges_unbuilt(),
+            c.spans,
+            stage.name(),
+            c.requests,
+            c.bytes
+        );
+    }
     if capture.spans_rejected > 0 {
         eprintln!(
             "sonde: {} span batches were refused by a full queue (counted above)",
