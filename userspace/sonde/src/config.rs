@@ -49,7 +49,8 @@ pub enum ProtocolArg {
 /// Where `--pipeline-stop` cuts the span pipeline (benchmarks: each stage adds one step).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum PipelineStop {
-    /// Read every ring-buffer record and drop it: no decoding, no tracer.
+    /// Read every ring-buffer record and drop the data ones: no parsing, no spans
+    /// (connection records still reach the tracer, which untracks unselected sockets).
     Drain,
     /// Decode records and run the tracer (connections, protocol parsers), build no spans.
     Parse,

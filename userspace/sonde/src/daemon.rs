@@ -20,7 +20,7 @@ use sonde_otlp_receive::{Receiver, ReceiverConfig};
 
 use crate::{
     capture::{
-        event::{Role, decode},
+        event::{KernelEvent, Role, decode},
         loader::{self, ProbeSettings, Probes},
         tls::TlsAttacher,
     },
@@ -86,7 +86,7 @@ struct CaptureLoop {
 #[derive(Default)]
 struct PipelineCut {
     stop: Option<PipelineStop>,
-    /// Ring-buffer records dropped undecoded (drain).
+    /// Ring-buffer data records dropped before the tracer (drain).
     records: u64,
     /// Spans dropped after building (build) or after encoding (encode).
     spans: u64,
@@ -258,13 +258,12 @@ impl CaptureLoop {
         let mut n = 0;
         let drain_only = self.cut.at(PipelineStop::Drain);
         while let Some(item) = self.probes.events.next() {
-            if drain_only {
-                // --pipeline-stop drain: read and dropped undecoded.
-                self.cut.records += 1;
-                n += 1;
-                continue;
-            }
             match decode(&item) {
+                // --pipeline-stop drain: data records are dropped here (decoding one is a
+                // header copy). The few connection records still reach the tracer, so its
+                // selection (--exe, --port) untracks unselected sockets in the kernel as the
+                // full pipeline does, and the probes capture the same traffic.
+                Ok(KernelEvent::Data { .. }) if drain_only => self.cut.records += 1,
                 Ok(event) => {
                     if let Some(m) = &mut self.metrics {
                         feed_metrics(m, &event);
@@ -417,8 +416,8 @@ fn spans_in(grouped: &[opentelemetry_proto::tonic::trace::v1::ResourceSpans]) ->
 }
 
 /// Byte counts and exits for the metrics (first chunk of each data syscall counts it whole).
-fn feed_metrics(m: &mut MetricsFeed, event: &crate::capture::event::KernelEvent<'_>) {
-    use crate::capture::event::{Direction, KernelEvent};
+fn feed_metrics(m: &mut MetricsFeed, event: &KernelEvent<'_>) {
+    use crate::capture::event::Direction;
     match event {
         KernelEvent::Data {
             hdr,
@@ -920,7 +919,7 @@ pub async fn run(config: Config) -> Result<()> {
     if let Some(stage) = capture.cut.stop {
         let c = &capture.cut;
         eprintln!(
-            "sonde: pipeline stopped after {}; {} records dropped undecoded, {} exchanges dropped \
+            "sonde: pipeline stopped after {}; {} data records dropped, {} exchanges dropped \
              unbuilt, {} spans dropped after {}, {} export requests encoded ({} bytes)",
             stage.name(),
             c.records,
