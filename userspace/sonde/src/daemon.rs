@@ -901,6 +901,21 @@ pub async fn run(config: Config) -> Result<()> {
     let lost: u64 = capture.probes.lost_per_cpu().iter().sum();
     let stats = capture.tracer.stats();
     exporter.shutdown(config.shutdown_timeout).await;
+    // Printed before the stop line, which a reader may take as the last one.
+    if let Some(stage) = capture.cut.stop {
+        let c = &capture.cut;
+        eprintln!(
+            "sonde: pipeline stopped after {}; {} data records dropped, {} exchanges dropped \
+             unbuilt, {} spans dropped after {}, {} export requests encoded ({} bytes)",
+            stage.name(),
+            c.records,
+            capture.tracer.exchanges_unbuilt(),
+            c.spans,
+            stage.name(),
+            c.requests,
+            c.bytes
+        );
+    }
     // The summary in spans: what left, what was dropped and why, what the kernel lost.
     let t = exporter.stats().traces;
     eprintln!(
@@ -916,20 +931,6 @@ pub async fn run(config: Config) -> Result<()> {
         t.failed_items_total,
         lost
     );
-    if let Some(stage) = capture.cut.stop {
-        let c = &capture.cut;
-        eprintln!(
-            "sonde: pipeline stopped after {}; {} data records dropped, {} exchanges dropped \
-             unbuilt, {} spans dropped after {}, {} export requests encoded ({} bytes)",
-            stage.name(),
-            c.records,
-            capture.tracer.exchanges_unbuilt(),
-            c.spans,
-            stage.name(),
-            c.requests,
-            c.bytes
-        );
-    }
     if capture.spans_rejected > 0 {
         eprintln!(
             "sonde: {} span batches were refused by a full queue (counted above)",
