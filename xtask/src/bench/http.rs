@@ -251,7 +251,9 @@ impl Variant {
         }
     }
 
-    fn sonde_args(self, sink: &DiscardSink) -> Option<Vec<String>> {
+    /// sonde's arguments; `ports` are the bench nginx's (other nginx processes on a shared
+    /// machine stay out of the figures; the selection is sonde's userspace one, as `--exe`).
+    fn sonde_args(self, sink: &DiscardSink, ports: &[u16]) -> Option<Vec<String>> {
         let mut args: Vec<String> = [
             "--exe",
             "nginx",
@@ -279,6 +281,9 @@ impl Variant {
                 .map(String::from),
             ),
         }
+        for p in ports {
+            args.extend(["--port".into(), p.to_string()]);
+        }
         if let Variant::StopAfter(stage) = self {
             args.extend(["--pipeline-stop".into(), stage.arg().into()]);
         }
@@ -305,9 +310,10 @@ fn with_sonde<T>(
     bin: &Path,
     variant: Variant,
     sink: &DiscardSink,
+    ports: &[u16],
     load: impl FnOnce() -> Result<T>,
 ) -> Result<(T, Option<SondeFigures>)> {
-    let Some(args) = variant.sonde_args(sink) else {
+    let Some(args) = variant.sonde_args(sink, ports) else {
         return Ok((load()?, None));
     };
     let sonde = Sonde::start(bin, &args, None)?;
@@ -469,6 +475,7 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
     let nginx = Nginx::start()?;
     let sink = DiscardSink::start(None)?;
     let url = nginx.url();
+    let ports = [nginx.port, nginx.tls_port, nginx.gateway_port];
     // Warm-up (page cache, nginx worker, CPU frequency) that no variant pays for.
     run_wrk(&url, 1)?;
 
@@ -517,7 +524,9 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
                     args.rounds,
                     v.name()
                 );
-                let (w, fig) = with_sonde(sonde_bin, *v, &sink, || run_wrk(target, args.duration))?;
+                let (w, fig) = with_sonde(sonde_bin, *v, &sink, &ports, || {
+                    run_wrk(target, args.duration)
+                })?;
                 let Some(row) = section.rows.get_mut(i) else {
                     continue;
                 };
@@ -554,6 +563,9 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
     );
     tls_max.notes.push(
         "budget: c >= 0.85 of a; each SSL_read/SSL_write adds a uprobe and a uretprobe".into(),
+    );
+    max.notes.push(
+        "sonde selects --exe nginx --port <this nginx's ports>: other nginx processes on a shared machine stay out".into(),
     );
     max.notes.push(
         "c1..c4: the full probes with --no-metrics and the pipeline cut after one stage (see the next table); dropped at cut = data records (c1), exchanges (c2), spans (c3, c4)".into(),
@@ -596,7 +608,7 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
                 v.name()
             );
             let load = || fixedrate::run(nginx.port, rate, 32, Duration::from_secs(args.duration));
-            let (r, fig) = with_sonde(sonde_bin, *v, &sink, load)?;
+            let (r, fig) = with_sonde(sonde_bin, *v, &sink, &ports, load)?;
             let Some(row) = fixed.rows.get_mut(i) else {
                 continue;
             };
@@ -650,7 +662,7 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
                     Duration::from_secs(args.duration),
                 )
             };
-            let (r, fig) = with_sonde(sonde_bin, *v, &sink, load)?;
+            let (r, fig) = with_sonde(sonde_bin, *v, &sink, &ports, load)?;
             let Some(row) = tls_fixed.rows.get_mut(i) else {
                 continue;
             };
@@ -791,14 +803,17 @@ Transfer/sec:     33.28MB
     #[test]
     fn stage_variants_cut_the_pipeline_without_metrics() {
         let sink = DiscardSink::start(None).unwrap();
-        let args = Variant::StopAfter(Stage::Build).sonde_args(&sink).unwrap();
+        let args = Variant::StopAfter(Stage::Build)
+            .sonde_args(&sink, &[8080, 8443])
+            .unwrap();
         let text = args.join(" ");
         assert!(text.contains("--pipeline-stop build"), "{text}");
         assert!(text.contains("--no-metrics"), "{text}");
         assert!(text.contains("--output otlp"), "{text}");
-        let full = Variant::Tracing.sonde_args(&sink).unwrap().join(" ");
+        assert!(text.contains("--port 8080 --port 8443"), "{text}");
+        let full = Variant::Tracing.sonde_args(&sink, &[]).unwrap().join(" ");
         assert!(!full.contains("--pipeline-stop") && !full.contains("--no-metrics"));
-        assert_eq!(Variant::NoTracer.sonde_args(&sink), None);
+        assert_eq!(Variant::NoTracer.sonde_args(&sink, &[]), None);
     }
 
     #[test]

@@ -228,6 +228,9 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
         "--metrics-addr",
         "127.0.0.1:0",
     ];
+    // Only this server's connections: other PostgreSQL clients on a shared machine stay out.
+    let port = pg.port.to_string();
+    let common: Vec<&str> = common.iter().copied().chain(["--port", &port]).collect();
     let endpoint = sink.endpoint();
     let tracing = [
         "--output",
