@@ -170,6 +170,11 @@ pub struct Tracer<H: HostView> {
     tls_started: Vec<TlsStart>,
     /// Processes whose TLS sonde cannot read: their TLS connections are untracked at once.
     tls_untraceable: HashSet<u32>,
+    /// Benchmark switch (`sonde run --pipeline-stop parse`): when false, finished exchanges
+    /// are dropped before span building (contexts and parenting still run).
+    build_spans: bool,
+    /// Exchanges dropped unbuilt because of `build_spans == false`.
+    exchanges_unbuilt: u64,
 }
 
 /// A connection turned out to be TLS (a handshake seen in clear, or PostgreSQL's answer to
@@ -223,7 +228,20 @@ impl<H: HostView> Tracer<H> {
             exited: Vec::new(),
             tls_started: Vec::new(),
             tls_untraceable: HashSet::new(),
+            build_spans: true,
+            exchanges_unbuilt: 0,
         }
+    }
+
+    /// Benchmarking only: `false` drops each finished exchange before its span is built, so
+    /// a run measures capture + parsing + connection tracking without span building.
+    pub fn set_build_spans(&mut self, build: bool) {
+        self.build_spans = build;
+    }
+
+    /// Finished exchanges dropped unbuilt (see [`Tracer::set_build_spans`]).
+    pub fn exchanges_unbuilt(&self) -> u64 {
+        self.exchanges_unbuilt
     }
 
     /// TLS connections seen starting since the last call.
@@ -745,6 +763,10 @@ impl<H: HostView> Tracer<H> {
                         .get_mut(id)
                         .and_then(|e| e.data.in_flight.remove(&seq));
                     let ctx = self.parenting.done(pid, side, first, started);
+                    if !self.build_spans {
+                        self.exchanges_unbuilt += 1;
+                        continue;
+                    }
                     let mut parts = exchange.span_parts(
                         ctx,
                         &MapContext {

@@ -46,6 +46,31 @@ pub enum ProtocolArg {
     HttpJson,
 }
 
+/// Where `--pipeline-stop` cuts the span pipeline (benchmarks: each stage adds one step).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum PipelineStop {
+    /// Read every ring-buffer record and drop the data ones: no parsing, no spans
+    /// (connection records still reach the tracer, which untracks unselected sockets).
+    Drain,
+    /// Decode records and run the tracer (connections, protocol parsers), build no spans.
+    Parse,
+    /// Build spans (and feed the request metrics if on), then drop them before the merge.
+    Build,
+    /// Merge, group and encode spans to OTLP protobuf as the exporter would, send nothing.
+    Encode,
+}
+
+impl PipelineStop {
+    pub fn name(self) -> &'static str {
+        match self {
+            PipelineStop::Drain => "drain",
+            PipelineStop::Parse => "parse",
+            PipelineStop::Build => "build",
+            PipelineStop::Encode => "encode",
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Trace only these process ids (repeatable). Filtered in the kernel.
@@ -152,6 +177,11 @@ pub struct RunArgs {
     /// Benchmark baseline: attach programs that do nothing (measures the cost of the hooks alone).
     #[arg(long, hide = true)]
     pub noop_probes: bool,
+    /// Benchmarking knob: stop the span pipeline after this stage and drop what it made, to
+    /// measure where the daemon's time goes (`cargo xtask bench --suite http`). Default: the
+    /// full pipeline. No spans leave the daemon with any stop.
+    #[arg(long, value_enum, value_name = "STAGE")]
+    pub pipeline_stop: Option<PipelineStop>,
     /// Do not attach the OpenSSL uprobes: TLS connections are untracked, and processes using
     /// OpenSSL pay no uprobe trap per SSL_read/SSL_write (see the HTTPS benchmark).
     #[arg(long)]
@@ -197,6 +227,8 @@ pub struct Config {
     pub receiver_http: Option<SocketAddr>,
     pub shutdown_timeout: Duration,
     pub noop_probes: bool,
+    /// Benchmarks: cut the pipeline after this stage (None: full pipeline).
+    pub pipeline_stop: Option<PipelineStop>,
     /// Attach the OpenSSL uprobes (TLS plaintext).
     pub tls: bool,
     pub nice: i32,
@@ -414,6 +446,7 @@ impl Config {
             receiver_http: parse_addr("otlp-http-addr", &args.otlp_http_addr)?,
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout_s),
             noop_probes: args.noop_probes,
+            pipeline_stop: args.pipeline_stop,
             tls: !args.no_tls,
             nice: args.nice,
             sampler,
@@ -591,5 +624,24 @@ mod tests {
             (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "not a url".into())
         });
         assert!(e.is_err());
+    }
+
+    #[test]
+    fn pipeline_stop_defaults_to_the_full_pipeline() {
+        assert_eq!(
+            Config::resolve(args(&[]), |_| None).unwrap().pipeline_stop,
+            None
+        );
+        for (arg, stop) in [
+            ("drain", PipelineStop::Drain),
+            ("parse", PipelineStop::Parse),
+            ("build", PipelineStop::Build),
+            ("encode", PipelineStop::Encode),
+        ] {
+            let c = Config::resolve(args(&["--pipeline-stop", arg]), |_| None).unwrap();
+            assert_eq!(c.pipeline_stop, Some(stop));
+            assert_eq!(stop.name(), arg);
+        }
+        assert!(Cli::try_parse_from(["sonde", "run", "--pipeline-stop", "export"]).is_err());
     }
 }

@@ -13,18 +13,19 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use sonde_common::{SocketState, role, socket_key};
 use sonde_otlp_export::{Exporter, Output, Request};
 use sonde_otlp_receive::{Receiver, ReceiverConfig};
 
 use crate::{
     capture::{
-        event::{Role, decode},
+        event::{KernelEvent, Role, decode},
         loader::{self, ProbeSettings, Probes},
         tls::TlsAttacher,
     },
     clock::{self, Clock},
-    config::Config,
+    config::{Config, PipelineStop},
     discover::{
         ProcHost, inflight,
         process::ResourceCache,
@@ -76,6 +77,30 @@ struct CaptureLoop {
     /// Spans handed to the exporter at once: its batch size, so a flush is one export batch
     /// (a larger hand-over was cut in two again by the exporter, measured twice and copied).
     flush_spans: usize,
+    /// `--pipeline-stop` (benchmarks only): where the pipeline is cut, and what was dropped.
+    cut: PipelineCut,
+}
+
+/// Benchmarks: `--pipeline-stop` cuts the span pipeline after one stage, so the bench can
+/// tell what each stage costs. The checks sit at the stage boundaries: [`CaptureLoop::drain`]
+/// (drain), `Tracer::set_build_spans` (parse), [`CaptureLoop::flush`] (build) and
+/// [`CaptureLoop::export`] (encode). Without a stop none of them does anything.
+#[derive(Default)]
+struct PipelineCut {
+    stop: Option<PipelineStop>,
+    /// Ring-buffer data records dropped before the tracer (drain).
+    records: u64,
+    /// Spans dropped after building (build) or after encoding (encode).
+    spans: u64,
+    /// Encoded export requests and their protobuf bytes (encode).
+    requests: u64,
+    bytes: u64,
+}
+
+impl PipelineCut {
+    fn at(&self, stage: PipelineStop) -> bool {
+        self.stop == Some(stage)
+    }
 }
 
 impl CaptureLoop {
@@ -98,10 +123,22 @@ impl CaptureLoop {
     /// Hands finished spans to the exporter, except those the merger holds for SDK spans.
     fn flush(&mut self) {
         let now = clock::monotonic_now_ns();
+        let spans = self.tracer.take_spans();
+        if self.cut.at(PipelineStop::Build) {
+            // --pipeline-stop build: metrics (if on) see the spans, nothing merges or leaves.
+            self.cut.spans += spans.len() as u64;
+            let grouped = self.tracer.group(if self.metrics.is_some() {
+                spans
+            } else {
+                Vec::new() // still forgets processes that exited
+            });
+            if let Some(m) = &self.metrics {
+                m.observe(&grouped);
+            }
+            return;
+        }
         // Collected in place (same element type): no second buffer, no copy of every span.
-        let mut ready: Vec<_> = self
-            .tracer
-            .take_spans()
+        let mut ready: Vec<_> = spans
             .into_iter()
             .filter_map(|(pid, span)| {
                 if !self.merger.is_sdk_pid(pid) && self.tracer.is_sdk_candidate(pid) {
@@ -129,6 +166,16 @@ impl CaptureLoop {
         grouped.retain_mut(|rs| rs.resource.as_mut().is_none_or(|r| self.k8s.enrich(r)));
         if let Some(m) = &self.metrics {
             m.observe(&grouped);
+        }
+        if self.cut.at(PipelineStop::Encode) {
+            // --pipeline-stop encode: the protobuf bytes an OTLP exporter would send, dropped.
+            self.cut.spans += spans_in(&grouped);
+            let request = Request::Traces(ExportTraceServiceRequest {
+                resource_spans: grouped,
+            });
+            self.cut.bytes += request.encode_protobuf().len() as u64;
+            self.cut.requests += 1;
+            return;
         }
         if self.exporter.send_traces(grouped).is_err() {
             self.spans_rejected += 1;
@@ -215,8 +262,14 @@ impl CaptureLoop {
     /// Drains everything queued in the ring buffer; returns the number of records.
     fn drain(&mut self) -> usize {
         let mut n = 0;
+        let drain_only = self.cut.at(PipelineStop::Drain);
         while let Some(item) = self.probes.events.next() {
             match decode(&item) {
+                // --pipeline-stop drain: data records are dropped here (decoding one is a
+                // header copy). The few connection records still reach the tracer, so its
+                // selection (--exe, --port) untracks unselected sockets in the kernel as the
+                // full pipeline does, and the probes capture the same traffic.
+                Ok(KernelEvent::Data { .. }) if drain_only => self.cut.records += 1,
                 Ok(event) => {
                     if let Some(m) = &mut self.metrics {
                         feed_metrics(m, &event);
@@ -360,9 +413,18 @@ impl CaptureLoop {
     }
 }
 
+/// Spans in grouped resource spans.
+fn spans_in(grouped: &[opentelemetry_proto::tonic::trace::v1::ResourceSpans]) -> u64 {
+    grouped
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .map(|ss| ss.spans.len() as u64)
+        .sum()
+}
+
 /// Byte counts and exits for the metrics (first chunk of each data syscall counts it whole).
-fn feed_metrics(m: &mut MetricsFeed, event: &crate::capture::event::KernelEvent<'_>) {
-    use crate::capture::event::{Direction, KernelEvent};
+fn feed_metrics(m: &mut MetricsFeed, event: &KernelEvent<'_>) {
+    use crate::capture::event::Direction;
     match event {
         KernelEvent::Data {
             hdr,
@@ -683,6 +745,8 @@ pub async fn run(config: Config) -> Result<()> {
         own_ports,
     };
     let mut tracer = Tracer::new(tracer_config, host, Clock::sample());
+    // --pipeline-stop parse: parsers run, exchanges are dropped before span building.
+    tracer.set_build_spans(config.pipeline_stop != Some(PipelineStop::Parse));
     let preexisting = adopt_preexisting(&mut tracer, &pids);
 
     let merger = Merger::new(MergeConfig {
@@ -717,6 +781,10 @@ pub async fn run(config: Config) -> Result<()> {
         }),
         filter_pids: !config.pids.is_empty(),
         flush_spans: config.exporter.batch_max_items.max(1),
+        cut: PipelineCut {
+            stop: config.pipeline_stop,
+            ..PipelineCut::default()
+        },
     };
     let registry = capture.metrics.as_ref().map(|m| m.registry.clone());
     capture.apply_commands();
@@ -756,6 +824,12 @@ pub async fn run(config: Config) -> Result<()> {
     );
     for o in &config.exporter.outputs {
         eprintln!("  output: {}", describe_output(o));
+    }
+    if let Some(stage) = config.pipeline_stop {
+        eprintln!(
+            "  pipeline: stopped after {} (benchmark knob): no spans are exported",
+            stage.name()
+        );
     }
     match &receiver {
         Some(r) => eprintln!(
@@ -835,6 +909,21 @@ pub async fn run(config: Config) -> Result<()> {
     let lost: u64 = capture.probes.lost_per_cpu().iter().sum();
     let stats = capture.tracer.stats();
     exporter.shutdown(config.shutdown_timeout).await;
+    // Printed before the stop line, which a reader may take as the last one.
+    if let Some(stage) = capture.cut.stop {
+        let c = &capture.cut;
+        eprintln!(
+            "sonde: pipeline stopped after {}; {} data records dropped, {} exchanges dropped \
+             unbuilt, {} spans dropped after {}, {} export requests encoded ({} bytes)",
+            stage.name(),
+            c.records,
+            capture.tracer.exchanges_unbuilt(),
+            c.spans,
+            stage.name(),
+            c.requests,
+            c.bytes
+        );
+    }
     // The summary in spans: what left, what was dropped and why, what the kernel lost.
     let t = exporter.stats().traces;
     eprintln!(

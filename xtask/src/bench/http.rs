@@ -1,6 +1,11 @@
 //! `--suite http`: nginx (one worker, `return 200`) under wrk, without a tracer, with sonde's
 //! empty programs, and with sonde tracing nginx and exporting over OTLP/gRPC; then a fixed-rate
 //! run (sonde's own open-loop client, since wrk cannot pace) to check for lost events.
+//!
+//! At max rate, sonde also runs cut after each stage of its pipeline (`--pipeline-stop`:
+//! capture + drain, parse, build spans, encode), each adding one step over the previous and
+//! ending at the full pipeline, so the report says where the daemon's time goes. The issue's
+//! budgets are judged on the same run in a last section.
 use std::{
     fs,
     path::Path,
@@ -13,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use super::{
     Args, fixedrate, measure,
     procs::{self, Proc, Scratch},
-    report::{Row, Section, col},
+    report::{Budget, Limit, Row, Section, col},
     sink::DiscardSink,
     sonde::Sonde,
 };
@@ -183,10 +188,36 @@ pub fn run_wrk(url: &str, duration: u64) -> Result<WrkResult> {
     Ok(r)
 }
 
-#[derive(Clone, Copy, PartialEq)]
+/// A stage of sonde's span pipeline, after which `--pipeline-stop` cuts it.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Stage {
+    /// Probes + ring-buffer draining; data records dropped before the tracer.
+    Drain,
+    /// + decoding and the tracer (connections, HTTP parser); no spans built.
+    Parse,
+    /// + span building; spans dropped before merge/encode/export.
+    Build,
+    /// + OTLP protobuf encoding; nothing sent.
+    Encode,
+}
+
+impl Stage {
+    fn arg(self) -> &'static str {
+        match self {
+            Stage::Drain => "drain",
+            Stage::Parse => "parse",
+            Stage::Build => "build",
+            Stage::Encode => "encode",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum Variant {
     NoTracer,
     Noop,
+    /// The full probes with `--no-metrics`, the pipeline cut after a stage.
+    StopAfter(Stage),
     Tracing,
     /// Tracing with request/process metrics off (`--no-metrics`): their cost is c minus d.
     TracingNoMetrics,
@@ -197,12 +228,32 @@ impl Variant {
         match self {
             Variant::NoTracer => "a: no tracer",
             Variant::Noop => "b: sonde empty programs",
+            Variant::StopAfter(Stage::Drain) => "c1: capture + drain only",
+            Variant::StopAfter(Stage::Parse) => "c2: + parse",
+            Variant::StopAfter(Stage::Build) => "c3: + build spans",
+            Variant::StopAfter(Stage::Encode) => "c4: + encode",
             Variant::Tracing => "c: sonde tracing + metrics, OTLP",
             Variant::TracingNoMetrics => "d: sonde tracing, no metrics",
         }
     }
 
-    fn sonde_args(self, sink: &DiscardSink) -> Option<Vec<String>> {
+    /// What this variant adds over the previous one in the breakdown.
+    fn step(self) -> &'static str {
+        match self {
+            Variant::NoTracer => "a: no tracer",
+            Variant::Noop => "b: empty programs (the floor)",
+            Variant::StopAfter(Stage::Drain) => "c1: + probes, ring-buffer drain",
+            Variant::StopAfter(Stage::Parse) => "c2: + decode, tracer, HTTP parser",
+            Variant::StopAfter(Stage::Build) => "c3: + span building",
+            Variant::StopAfter(Stage::Encode) => "c4: + merge, group, OTLP encoding",
+            Variant::TracingNoMetrics => "d: + export over gRPC",
+            Variant::Tracing => "c: + request metrics",
+        }
+    }
+
+    /// sonde's arguments; `ports` are the bench nginx's (other nginx processes on a shared
+    /// machine stay out of the figures; the selection is sonde's userspace one, as `--exe`).
+    fn sonde_args(self, sink: &DiscardSink, ports: &[u16]) -> Option<Vec<String>> {
         let mut args: Vec<String> = [
             "--exe",
             "nginx",
@@ -218,7 +269,7 @@ impl Variant {
         match self {
             Variant::NoTracer => return None,
             Variant::Noop => args.extend(["--noop-probes", "--output", "text"].map(String::from)),
-            Variant::Tracing | Variant::TracingNoMetrics => args.extend(
+            Variant::Tracing | Variant::TracingNoMetrics | Variant::StopAfter(_) => args.extend(
                 [
                     "--output",
                     "otlp",
@@ -230,7 +281,13 @@ impl Variant {
                 .map(String::from),
             ),
         }
-        if self == Variant::TracingNoMetrics {
+        for p in ports {
+            args.extend(["--port".into(), p.to_string()]);
+        }
+        if let Variant::StopAfter(stage) = self {
+            args.extend(["--pipeline-stop".into(), stage.arg().into()]);
+        }
+        if matches!(self, Variant::TracingNoMetrics | Variant::StopAfter(_)) {
             args.push("--no-metrics".into());
         }
         Some(args)
@@ -245,6 +302,7 @@ struct SondeFigures {
     spans_sink: u64,
     spans_made: u64,
     refused: u64,
+    dropped_at_cut: Option<u64>,
 }
 
 /// Starts sonde for `variant` (if any), runs `load`, stops sonde and collects its figures.
@@ -252,9 +310,10 @@ fn with_sonde<T>(
     bin: &Path,
     variant: Variant,
     sink: &DiscardSink,
+    ports: &[u16],
     load: impl FnOnce() -> Result<T>,
 ) -> Result<(T, Option<SondeFigures>)> {
-    let Some(args) = variant.sonde_args(sink) else {
+    let Some(args) = variant.sonde_args(sink, ports) else {
         return Ok((load()?, None));
     };
     let sonde = Sonde::start(bin, &args, None)?;
@@ -276,6 +335,7 @@ fn with_sonde<T>(
             spans_sink,
             spans_made: stop.spans,
             refused: stop.refused,
+            dropped_at_cut: stop.dropped_at_cut,
         }),
     ))
 }
@@ -288,16 +348,139 @@ fn push_sonde(row: &mut Row, f: &SondeFigures, requests: u64) {
     row.push("spans_made", f.spans_made as f64);
     row.push("spans_exported", f.spans_sink as f64);
     row.push("batches_refused", f.refused as f64);
+    if let Some(n) = f.dropped_at_cut {
+        row.push("dropped_at_cut", n as f64);
+    }
+}
+
+/// The max-rate variants: the two baselines, the pipeline cut after each stage, then the
+/// full pipeline without and with metrics (each row adds one step over the one above).
+const MAX_VARIANTS: [Variant; 8] = [
+    Variant::NoTracer,
+    Variant::Noop,
+    Variant::StopAfter(Stage::Drain),
+    Variant::StopAfter(Stage::Parse),
+    Variant::StopAfter(Stage::Build),
+    Variant::StopAfter(Stage::Encode),
+    Variant::TracingNoMetrics,
+    Variant::Tracing,
+];
+
+/// "Where the daemon's time goes": per stage of `MAX_VARIANTS` from the floor on, req/s
+/// against the untraced and the empty-programs runs, daemon CPU per 1k requests, and what
+/// each step adds over the previous one (paired per round, then medians).
+fn breakdown(max: &Section, variants: &[Variant]) -> Section {
+    let cols = [
+        col("rps_ratio", "req/s vs a", 3),
+        col("rps_floor_ratio", "vs b (floor)", 3),
+        col("floor_step", "step vs b", 3),
+        col("cpu_ms_per_1k", "CPU ms/1k req", 2),
+        col("cpu_step", "step CPU ms/1k", 2),
+    ];
+    let mut out = Section::new(
+        "http",
+        "where the daemon's time goes (max rate; each row adds one step to the row above)",
+        &cols,
+    );
+    let samples = |v: Variant, key: &str| -> Vec<f64> {
+        max.row(v.name())
+            .map(|r| r.samples(key).to_vec())
+            .unwrap_or_default()
+    };
+    let floor_ratio = |v: Variant| -> Vec<f64> {
+        if v == Variant::Noop {
+            // The floor against itself.
+            samples(v, "rps").iter().map(|_| 1.0).collect()
+        } else {
+            samples(v, "rps_floor_ratio")
+        }
+    };
+    let mut previous: Option<Variant> = None;
+    for v in variants.iter().copied().skip_while(|v| *v != Variant::Noop) {
+        let mut row = Row::new(v.step());
+        for x in samples(v, "rps_ratio") {
+            row.push("rps_ratio", x);
+        }
+        for x in floor_ratio(v) {
+            row.push("rps_floor_ratio", x);
+        }
+        for x in samples(v, "cpu_ms_per_1k") {
+            row.push("cpu_ms_per_1k", x);
+        }
+        if let Some(p) = previous {
+            for (x, y) in floor_ratio(v).iter().zip(floor_ratio(p)) {
+                row.push("floor_step", x - y);
+            }
+            for (x, y) in samples(v, "cpu_ms_per_1k")
+                .iter()
+                .zip(samples(p, "cpu_ms_per_1k"))
+            {
+                row.push("cpu_step", x - y);
+            }
+        }
+        out.rows.push(row);
+        previous = Some(v);
+    }
+    out.notes.push(
+        "c1..c4 and d run with --no-metrics; c1..c4 export nothing (`sonde run --pipeline-stop`)"
+            .into(),
+    );
+    out.notes.push(
+        "the probes' own time runs in nginx's and wrk's syscalls: it shows in req/s, not in sonde's CPU".into(),
+    );
+    out.finish();
+    out
+}
+
+/// The issue's budgets for HTTP, judged on this run (`c`, the default configuration).
+fn budgets(max: &Section, fixed: &Section, rate: u32) -> Section {
+    let c = Variant::Tracing.name();
+    let d = Variant::TracingNoMetrics.name();
+    let worst_lost = [c, d]
+        .iter()
+        .filter_map(|v| fixed.row(v))
+        .flat_map(|r| r.samples("lost").iter().copied())
+        .reduce(f64::max);
+    let mut out = Section::new("http", "budgets (issue 11), judged on this run", &[]);
+    out.budgets = vec![
+        Budget::new(
+            "req/s kept of the empty-programs floor at max rate (c / b)",
+            max.median(c, "rps_floor_ratio"),
+            Limit::AtLeast(0.80),
+            3,
+        ),
+        Budget::new(
+            "daemon CPU ms per 1k requests at max rate (c)",
+            max.median(c, "cpu_ms_per_1k"),
+            Limit::AtMost(2.5),
+            2,
+        ),
+        Budget::new(
+            &format!("p99 at a fixed {rate} req/s vs untraced (c / a)"),
+            fixed.median(c, "p99_ms_ratio"),
+            Limit::AtMost(2.0),
+            2,
+        ),
+        Budget::new(
+            &format!("ring-buffer records lost at a fixed {rate} req/s (c and d, worst round)"),
+            worst_lost,
+            Limit::AtMost(0.0),
+            0,
+        ),
+    ];
+    out
 }
 
 pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
     let nginx = Nginx::start()?;
     let sink = DiscardSink::start(None)?;
     let url = nginx.url();
+    let ports = [nginx.port, nginx.tls_port, nginx.gateway_port];
     // Warm-up (page cache, nginx worker, CPU frequency) that no variant pays for.
     run_wrk(&url, 1)?;
 
-    let variants = [
+    // TLS at max rate without the stage cuts (run time).
+    let tls_variants = [
         Variant::NoTracer,
         Variant::Noop,
         Variant::Tracing,
@@ -306,6 +489,7 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
     let cols = [
         col("rps", "req/s", 0),
         col("rps_ratio", "vs a", 3),
+        col("rps_floor_ratio", "vs b", 3),
         col("p50_ms", "p50 ms", 3),
         col("p99_ms", "p99 ms", 3),
         col("cpu_ms_per_1k", "sonde CPU ms/1k req", 2),
@@ -315,9 +499,10 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
         col("spans_made", "spans", 0),
         col("spans_exported", "spans at sink", 0),
         col("batches_refused", "refused", 0),
+        col("dropped_at_cut", "dropped at cut", 0),
     ];
     let mut max = Section::new("http", "nginx under wrk -t1 -c32 (max rate)", &cols);
-    max.rows = variants.iter().map(|v| Row::new(v.name())).collect();
+    max.rows = MAX_VARIANTS.iter().map(|v| Row::new(v.name())).collect();
     // HTTPS in the same run: wrk over TLS (OpenSSL) against nginx's TLS listener; sonde
     // reads both sides' plaintext through the OpenSSL uprobes.
     let tls_url = nginx.tls_url();
@@ -327,18 +512,21 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
         "nginx over TLS under wrk -t1 -c32 (max rate, keep-alive)",
         &cols,
     );
-    tls_max.rows = variants.iter().map(|v| Row::new(v.name())).collect();
+    tls_max.rows = tls_variants.iter().map(|v| Row::new(v.name())).collect();
     for round in 1..=args.rounds {
-        for (section, target, label) in
-            [(&mut max, &url, "http"), (&mut tls_max, &tls_url, "https")]
-        {
+        for (section, target, label, variants) in [
+            (&mut max, &url, "http", &MAX_VARIANTS[..]),
+            (&mut tls_max, &tls_url, "https", &tls_variants[..]),
+        ] {
             for (i, v) in variants.iter().enumerate() {
                 eprintln!(
                     "[bench] {label} round {round}/{}: {}",
                     args.rounds,
                     v.name()
                 );
-                let (w, fig) = with_sonde(sonde_bin, *v, &sink, || run_wrk(target, args.duration))?;
+                let (w, fig) = with_sonde(sonde_bin, *v, &sink, &ports, || {
+                    run_wrk(target, args.duration)
+                })?;
                 let Some(row) = section.rows.get_mut(i) else {
                     continue;
                 };
@@ -351,10 +539,19 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
             }
         }
     }
-    for section in [&mut max, &mut tls_max] {
+    for (section, variants) in [
+        (&mut max, &MAX_VARIANTS[..]),
+        (&mut tls_max, &tls_variants[..]),
+    ] {
         section.add_ratio(0, "rps");
+        section.add_ratio_as(1, "rps", "rps_floor_ratio");
         section.add_ratio(0, "p99_ms");
-        section.add_ratio(3, "cpu_ms_per_1k");
+        if let Some(d) = variants
+            .iter()
+            .position(|v| *v == Variant::TracingNoMetrics)
+        {
+            section.add_ratio(d, "cpu_ms_per_1k");
+        }
         section.notes.push(format!(
             "{} rounds of {} s, variants interleaved (plain and TLS in the same rounds); medians; ratios paired per round; spans go to an in-process discard OTLP/gRPC sink",
             args.rounds, args.duration
@@ -367,6 +564,13 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
     tls_max.notes.push(
         "budget: c >= 0.85 of a; each SSL_read/SSL_write adds a uprobe and a uretprobe".into(),
     );
+    max.notes.push(
+        "sonde selects --exe nginx --port <this nginx's ports>: other nginx processes on a shared machine stay out".into(),
+    );
+    max.notes.push(
+        "c1..c4: the full probes with --no-metrics and the pipeline cut after one stage (see the next table); dropped at cut = data records (c1), exchanges (c2), spans (c3, c4)".into(),
+    );
+    let breakdown = breakdown(&max, &MAX_VARIANTS);
     max.finish();
     tls_max.finish();
 
@@ -404,7 +608,7 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
                 v.name()
             );
             let load = || fixedrate::run(nginx.port, rate, 32, Duration::from_secs(args.duration));
-            let (r, fig) = with_sonde(sonde_bin, *v, &sink, load)?;
+            let (r, fig) = with_sonde(sonde_bin, *v, &sink, &ports, load)?;
             let Some(row) = fixed.rows.get_mut(i) else {
                 continue;
             };
@@ -458,7 +662,7 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
                     Duration::from_secs(args.duration),
                 )
             };
-            let (r, fig) = with_sonde(sonde_bin, *v, &sink, load)?;
+            let (r, fig) = with_sonde(sonde_bin, *v, &sink, &ports, load)?;
             let Some(row) = tls_fixed.rows.get_mut(i) else {
                 continue;
             };
@@ -479,7 +683,8 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
     if max.rows.iter().all(|r| r.samples("rps").is_empty()) {
         bail!("no http run completed");
     }
-    Ok(vec![max, tls_max, fixed, tls_fixed])
+    let budgets = budgets(&max, &fixed, rate);
+    Ok(vec![max, breakdown, tls_max, fixed, tls_fixed, budgets])
 }
 
 #[cfg(test)]
@@ -500,6 +705,116 @@ mod tests {
 Requests/sec: 228118.51
 Transfer/sec:     33.28MB
 ";
+
+    /// A max-rate section with two rounds: req/s and daemon CPU per variant.
+    fn max_section() -> Section {
+        let mut max = Section::new("http", "max", &[]);
+        let figures: [(f64, f64); 8] = [
+            (100.0, 0.0), // a
+            (90.0, 0.1),  // b
+            (81.0, 1.0),  // c1
+            (72.0, 2.0),  // c2
+            (63.0, 3.0),  // c3
+            (54.0, 3.5),  // c4
+            (45.0, 4.0),  // d
+            (36.0, 5.0),  // c
+        ];
+        for (v, (rps, cpu)) in MAX_VARIANTS.iter().zip(figures) {
+            let mut row = Row::new(v.name());
+            for round in [1.0, 2.0] {
+                row.push("rps", rps * round);
+                if *v != Variant::NoTracer {
+                    row.push("cpu_ms_per_1k", cpu);
+                }
+            }
+            max.rows.push(row);
+        }
+        max.add_ratio(0, "rps");
+        max.add_ratio_as(1, "rps", "rps_floor_ratio");
+        max
+    }
+
+    #[test]
+    fn the_breakdown_adds_one_step_per_row() {
+        let max = max_section();
+        let b = breakdown(&max, &MAX_VARIANTS);
+        let rows: Vec<&str> = b.rows.iter().map(|r| r.variant.as_str()).collect();
+        assert_eq!(rows.len(), 7, "{rows:?}");
+        assert!(
+            rows[0].starts_with("b:") && rows[6].starts_with("c:"),
+            "{rows:?}"
+        );
+        let m = |v: Variant, key: &str| b.median(v.step(), key);
+        assert_eq!(m(Variant::Noop, "rps_floor_ratio"), Some(1.0));
+        assert_eq!(m(Variant::Noop, "cpu_step"), None);
+        assert_eq!(m(Variant::StopAfter(Stage::Drain), "rps_ratio"), Some(0.81));
+        assert_eq!(
+            m(Variant::StopAfter(Stage::Drain), "rps_floor_ratio"),
+            Some(0.9)
+        );
+        assert_eq!(
+            m(Variant::StopAfter(Stage::Drain), "floor_step"),
+            Some(0.9 - 1.0)
+        );
+        assert_eq!(m(Variant::StopAfter(Stage::Parse), "cpu_step"), Some(1.0));
+        assert_eq!(m(Variant::TracingNoMetrics, "cpu_step"), Some(0.5));
+        // c (metrics) steps from d.
+        assert_eq!(m(Variant::Tracing, "cpu_step"), Some(1.0));
+        assert_eq!(m(Variant::Tracing, "rps_floor_ratio"), Some(0.4));
+        assert!(b.render().contains("step CPU ms/1k"));
+    }
+
+    #[test]
+    fn budgets_read_c_at_max_and_fixed_rate() {
+        let mut max = max_section();
+        max.finish();
+        let mut fixed = Section::new("http", "fixed", &[]);
+        for (v, p99, lost) in [
+            (Variant::NoTracer, 0.3, None),
+            (Variant::Tracing, 0.5, Some(0.0)),
+            (Variant::TracingNoMetrics, 0.4, Some(3.0)),
+        ] {
+            let mut row = Row::new(v.name());
+            row.push("p99_ms", p99);
+            if let Some(l) = lost {
+                row.push("lost", l);
+            }
+            fixed.rows.push(row);
+        }
+        fixed.add_ratio(0, "p99_ms");
+        fixed.finish();
+        let b = budgets(&max, &fixed, 10_000);
+        let verdicts: Vec<(Option<f64>, Option<bool>)> =
+            b.budgets.iter().map(|b| (b.measured, b.met)).collect();
+        assert_eq!(
+            verdicts,
+            [
+                (Some(0.4), Some(false)),
+                (Some(5.0), Some(false)),
+                (Some(0.5 / 0.3), Some(true)),
+                (Some(3.0), Some(false)),
+            ]
+        );
+        let text = b.render();
+        assert!(text.contains("at a fixed 10000 req/s"), "{text}");
+        assert_eq!(text.matches("NOT MET").count(), 3, "{text}");
+    }
+
+    #[test]
+    fn stage_variants_cut_the_pipeline_without_metrics() {
+        let sink = DiscardSink::start(None).unwrap();
+        let args = Variant::StopAfter(Stage::Build)
+            .sonde_args(&sink, &[8080, 8443])
+            .unwrap();
+        let text = args.join(" ");
+        assert!(text.contains("--pipeline-stop build"), "{text}");
+        assert!(text.contains("--no-metrics"), "{text}");
+        assert!(text.contains("--output otlp"), "{text}");
+        assert!(text.contains("--port 8080 --port 8443"), "{text}");
+        let full = Variant::Tracing.sonde_args(&sink, &[]).unwrap().join(" ");
+        assert!(!full.contains("--pipeline-stop") && !full.contains("--no-metrics"));
+        assert_eq!(Variant::NoTracer.sonde_args(&sink, &[]), None);
+    }
 
     #[test]
     fn wrk_output_parses() {

@@ -1,6 +1,7 @@
 //! `--suite postgres`: a throwaway PostgreSQL (temp dir, 127.0.0.1, fsync off) under
-//! `pgbench -S` in simple and prepared query modes, without a tracer and with sonde tracing
-//! pgbench and exporting over OTLP/gRPC.
+//! `pgbench -S` in simple and prepared query modes, without a tracer, with sonde's empty
+//! programs (the floor: the cost of the hooks alone) and with sonde tracing pgbench and
+//! exporting over OTLP/gRPC, interleaved in every round.
 use std::{
     fs,
     os::unix::{fs::chown, process::CommandExt},
@@ -14,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use super::{
     Args, measure,
     procs::{self, Proc, Scratch},
-    report::{Row, Section, col},
+    report::{Budget, Limit, Row, Section, col},
     sink::DiscardSink,
     sonde::Sonde,
 };
@@ -211,29 +212,48 @@ fn run_pgbench(pg: &Postgres, mode: &str, duration: u64) -> Result<PgbenchResult
     parse_pgbench(&out).with_context(|| format!("unparsable pgbench output:\n{out}"))
 }
 
+const TRACED: &str = "c: sonde tracing pgbench, OTLP";
+
 pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
     let pg = Postgres::start()?;
     procs::output(pg.pgbench().args(["-i", "-s", "1", "-q", "postgres"]))?;
     let sink = DiscardSink::start(None)?;
-    let sonde_args: Vec<String> = [
+    let common = [
         "--exe",
         "pgbench",
         "--otlp-grpc-addr",
         "off",
         "--otlp-http-addr",
         "off",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ];
+    // Only this server's connections: other PostgreSQL clients on a shared machine stay out.
+    let port = pg.port.to_string();
+    let common: Vec<&str> = common.iter().copied().chain(["--port", &port]).collect();
+    let endpoint = sink.endpoint();
+    let tracing = [
         "--output",
         "otlp",
         "--otlp-protocol",
         "grpc",
         "--otlp-endpoint",
-        &sink.endpoint(),
-    ]
-    .map(String::from)
-    .to_vec();
+        &endpoint,
+    ];
+    let noop = ["--noop-probes", "--output", "text"];
+    let with = |extra: &[&str]| -> Vec<String> {
+        common.iter().chain(extra).map(|a| a.to_string()).collect()
+    };
+    // In row order: a (no tracer), b (empty programs), c (tracing), with sonde's arguments.
+    let variants = [
+        ("a", None),
+        ("b", Some(with(&noop))),
+        ("c", Some(with(&tracing))),
+    ];
     let cols = [
         col("tps", "TPS", 0),
         col("tps_ratio", "vs a", 3),
+        col("tps_floor_ratio", "vs b", 3),
         col("cpu_ms_per_1k", "sonde CPU ms/1k queries", 2),
         col("rss_mib", "sonde RSS MiB", 1),
         col("lost", "lost", 0),
@@ -258,7 +278,8 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
             );
             s.rows = vec![
                 Row::new("a: no tracer"),
-                Row::new("c: sonde tracing pgbench, OTLP"),
+                Row::new("b: sonde empty programs"),
+                Row::new(TRACED),
             ];
             s
         })
@@ -266,25 +287,24 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
     run_pgbench(&pg, "simple", 1)?; // warm-up: caches, connections
     for round in 1..=args.rounds {
         for (mi, mode) in modes.iter().enumerate() {
-            for traced in [false, true] {
+            for (vi, (letter, sonde_args)) in variants.iter().enumerate() {
                 eprintln!(
-                    "[bench] postgres round {round}/{} -M {mode}: {}",
+                    "[bench] postgres round {round}/{} -M {mode}: {letter}",
                     args.rounds,
-                    if traced { "c" } else { "a" }
                 );
                 let Some(section) = sections.get_mut(mi) else {
                     continue;
                 };
-                let Some(row) = section.rows.get_mut(usize::from(traced)) else {
+                let Some(row) = section.rows.get_mut(vi) else {
                     continue;
                 };
-                if !traced {
+                let Some(sonde_args) = sonde_args else {
                     let r = run_pgbench(&pg, mode, args.duration)?;
                     row.push("tps", r.tps);
                     row.push("failed", r.failed as f64);
                     continue;
-                }
-                let sonde = Sonde::start(sonde_bin, &sonde_args, None)?;
+                };
+                let sonde = Sonde::start(sonde_bin, sonde_args, None)?;
                 std::thread::sleep(Duration::from_millis(500));
                 let spans_before = sink.spans();
                 let cpu_before = sonde.cpu_seconds()?;
@@ -308,13 +328,23 @@ pub fn run(args: &Args, sonde_bin: &Path) -> Result<Vec<Section>> {
             }
         }
     }
-    for s in &mut sections {
+    for (s, mode) in sections.iter_mut().zip(modes) {
         s.add_ratio(0, "tps");
+        s.add_ratio_as(1, "tps", "tps_floor_ratio");
         s.notes.push(format!(
-            "{} rounds of {} s, a/c interleaved with the other mode; medians; ratio paired per round",
+            "{} rounds of {} s, a/b/c interleaved with the other modes; medians; ratios paired per round",
             args.rounds, args.duration
         ));
         s.finish();
+        if !mode.ends_with("+tls") {
+            let kept = s.median(TRACED, "tps_ratio");
+            s.budgets.push(Budget::new(
+                "TPS kept of untraced (c / a), issue 11",
+                kept,
+                Limit::AtLeast(0.85),
+                3,
+            ));
+        }
     }
     Ok(sections)
 }

@@ -23,6 +23,9 @@ pub struct StopLine {
     pub lost: u64,
     /// Spans refused by a full exporter queue.
     pub refused: u64,
+    /// With `--pipeline-stop`: what was dropped at the cut (data records after drain,
+    /// exchanges after parse, spans after build or encode), from the line before.
+    pub dropped_at_cut: Option<u64>,
 }
 
 /// The number written just before `label` in `text` (`"12 events"` -> 12 for `" events"`).
@@ -50,7 +53,19 @@ pub fn parse_stop_line(line: &str) -> Option<StopLine> {
         spans: number_before(rest, " spans built")?,
         lost: number_before(rest, " ring buffer records lost")?,
         refused: number_after(rest, "queue full")?,
+        dropped_at_cut: None,
     })
+}
+
+/// What `sonde: pipeline stopped after <stage>; N data records dropped, N exchanges dropped
+/// unbuilt, N spans dropped after <stage>, N export requests encoded (N bytes)` says was
+/// dropped at the cut (only the cut stage's count is non-zero).
+pub fn parse_cut_line(line: &str) -> Option<u64> {
+    let rest = line.trim().strip_prefix("sonde: pipeline stopped after ")?;
+    let records = number_before(rest, " data records dropped")?;
+    let exchanges = number_before(rest, " exchanges dropped")?;
+    let spans = number_before(rest, " spans dropped after")?;
+    records.checked_add(exchanges)?.checked_add(spans)
 }
 
 /// A running `sonde run ...`.
@@ -118,8 +133,13 @@ impl Sonde {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             if let Some(line) = self.stderr.find(|l| l.starts_with("sonde: stopped;")) {
-                return parse_stop_line(&line)
-                    .with_context(|| format!("unparsable stop line: {line}"));
+                let mut stop = parse_stop_line(&line)
+                    .with_context(|| format!("unparsable stop line: {line}"))?;
+                stop.dropped_at_cut = self
+                    .stderr
+                    .find(|l| l.starts_with("sonde: pipeline stopped after "))
+                    .and_then(|l| parse_cut_line(&l));
+                return Ok(stop);
             }
             if Instant::now() > deadline {
                 bail!(
@@ -147,8 +167,17 @@ mod tests {
                 events: 120034,
                 spans: 60010,
                 lost: 7,
-                refused: 2
+                refused: 2,
+                dropped_at_cut: None,
             })
+        );
+        let cut = "sonde: pipeline stopped after parse; 0 data records dropped, 5012 exchanges \
+                   dropped unbuilt, 0 spans dropped after parse, 0 export requests encoded (0 bytes)";
+        assert_eq!(parse_cut_line(cut), Some(5012));
+        assert_eq!(parse_cut_line(line), None);
+        assert_eq!(
+            parse_cut_line("sonde: pipeline stopped after drain; 12 data records dropped"),
+            None
         );
     }
 

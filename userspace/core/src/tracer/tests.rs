@@ -426,6 +426,32 @@ fn database_queries_are_children_of_the_request_their_thread_serves() {
 }
 
 #[test]
+fn without_span_building_exchanges_are_parsed_and_dropped() {
+    let mut r = Replay::new();
+    r.tracer.set_build_spans(false);
+    // Parsing still runs: the PostgreSQL detection asks for a larger capture.
+    with_database(&mut r);
+    accepted(&mut r, 5);
+    request_with_query(&mut r, 5, 101, "/users", "SELECT 1");
+    request_with_query(&mut r, 5, 101, "/orders", "SELECT 2");
+    assert!(r.spans().is_empty());
+    assert_eq!(r.tracer.exchanges_unbuilt(), 4);
+    assert_eq!(r.tracer.stats().spans, 0);
+    assert_eq!(r.tracer.stats().connections_open, 2);
+    // The parenting state stayed consistent: spans built afterwards nest as usual.
+    r.tracer.set_build_spans(true);
+    request_with_query(&mut r, 5, 101, "/again", "SELECT 3");
+    assert_eq!(
+        snapshot(&r.spans()),
+        [
+            "100 CLIENT SELECT <- GET /again",
+            "100 SERVER GET /again <- root"
+        ]
+    );
+    assert_eq!(r.tracer.exchanges_unbuilt(), 4);
+}
+
+#[test]
 fn a_thread_reused_across_requests_parents_each_query_to_its_own_request() {
     let mut r = Replay::new();
     with_database(&mut r);
