@@ -100,7 +100,9 @@ pub struct DataEvent {
     /// Bit 0: last chunk of this syscall.
     pub flags: u32,
     pub total_len: u64,
-    /// CLOCK_MONOTONIC at syscall entry (`hdr.ts_ns` is at exit).
+    /// CLOCK_MONOTONIC at syscall entry for a write. The probes read the clock once per
+    /// syscall: for a write `hdr.ts_ns` is this entry time too, for a read both are the exit
+    /// time (userspace times writes by their entry and reads by their exit).
     pub enter_ts_ns: u64,
     pub data: [u8; CHUNK_SIZE],
 }
