@@ -23,28 +23,39 @@ use sonde_e2e::{
     dump_spans, http_get, python,
 };
 
+/// Runs `cmd` to completion; panics with its output if it fails. Returns its stdout.
+fn run_ok(cmd: &mut Command) -> String {
+    sonde_e2e::run_command(cmd).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The spans once `n` SERVER and `n` CLIENT spans arrived, plus 1.5 s for any extra one (the
+/// tests then assert exact counts).
+fn settled_exchanges(sonde: &Sonde, n: usize) -> Vec<Span> {
+    sonde.wait_for_spans(
+        |s| all_kind(s, "SERVER").len() >= n && all_kind(s, "CLIENT").len() >= n,
+        WAIT,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    sonde.spans()
+}
+
 /// A self-signed certificate and key for `localhost` / 127.0.0.1.
 fn self_signed(dir: &TestDir) -> (PathBuf, PathBuf) {
     let cert = dir.join("server.crt");
     let key = dir.join("server.key");
-    let out = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        // An end-entity certificate (rustls refuses a CA as the server certificate).
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args(["-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            // An end-entity certificate (rustls refuses a CA as the server certificate).
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
     );
     (cert, key)
 }
@@ -92,12 +103,7 @@ fn https_nginx_server_and_curl_client_keep_alive_and_one_mebibyte() {
         &format!("{base}/big.bin"),
     ]);
     assert!(out.status.success());
-    sonde.wait_for_spans(
-        |s| all_kind(s, "SERVER").len() >= 3 && all_kind(s, "CLIENT").len() >= 3,
-        WAIT,
-    );
-    std::thread::sleep(Duration::from_millis(1500));
-    let spans = sonde.spans();
+    let spans = settled_exchanges(&sonde, 3);
     let srv = all_kind(&spans, "SERVER");
     let cl = all_kind(&spans, "CLIENT");
     assert_eq!((srv.len(), cl.len()), (3, 3), "{}", dump_spans(&spans));
@@ -239,12 +245,7 @@ fn tls_connection_opened_before_sonde_and_uretprobes_spare_seccomp_filtered_proc
         status.success() && done.as_deref() == Some("done"),
         "the seccomp-filtered client died with the uretprobes attached: {status:?} {stderr}"
     );
-    sonde.wait_for_spans(
-        |s| all_kind(s, "SERVER").len() >= 20 && all_kind(s, "CLIENT").len() >= 20,
-        WAIT,
-    );
-    std::thread::sleep(Duration::from_millis(1500));
-    let spans = sonde.spans();
+    let spans = settled_exchanges(&sonde, 20);
     let srv = all_kind(&spans, "SERVER");
     let cl = all_kind(&spans, "CLIENT");
     // Exactly the 20 requests after sonde started, on both sides; none for the one before.
@@ -314,17 +315,8 @@ conn.close()
 fn pg_client(dir: &TestDir, driver: &str, dsn: &str, tag: &str) -> String {
     let script = dir.join("pgclient.py");
     std::fs::write(&script, PG_CLIENT).unwrap();
-    let out = Command::new(python())
-        .arg(&script)
-        .args([driver, dsn, tag])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    let stdout = run_ok(Command::new(python()).arg(&script).args([driver, dsn, tag]));
+    stdout.trim().to_owned()
 }
 
 fn db_spans(spans: &[Span], port: u16) -> Vec<&Span> {
@@ -427,17 +419,8 @@ fn a_rustls_client_gives_no_spans_and_is_counted_as_untraceable() {
         .status()
         .unwrap();
     assert!(st.success());
-    let out = Command::new(bin)
-        .arg(port.to_string())
-        .arg(&der)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("200"));
+    let stdout = run_ok(Command::new(bin).arg(port.to_string()).arg(&der));
+    assert!(stdout.contains("200"));
     let metric = "sonde_tls_untraceable_connections_total{executable=\"sonde-rustls-client\",reason=\"rustls\"} 1";
     let mut text = String::new();
     for _ in 0..100 {
@@ -519,22 +502,12 @@ fn python_http_server_wrapped_in_ssl_and_requests_client() {
     assert_eq!(lines.next().unwrap().unwrap(), "listening");
     let client_py = dir.join("client.py");
     std::fs::write(&client_py, PY_REQUESTS).unwrap();
-    let out = Command::new(python())
-        .arg(&client_py)
-        .args([&port.to_string(), "10"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(python())
+            .arg(&client_py)
+            .args([&port.to_string(), "10"]),
     );
-    sonde.wait_for_spans(
-        |s| all_kind(s, "SERVER").len() >= 10 && all_kind(s, "CLIENT").len() >= 10,
-        WAIT,
-    );
-    std::thread::sleep(Duration::from_millis(1500));
-    let spans = sonde.spans();
+    let spans = settled_exchanges(&sonde, 10);
     let _ = server.kill();
     let _ = server.wait();
     let srv = all_kind(&spans, "SERVER");
@@ -813,24 +786,14 @@ fn a_process_started_after_sonde_with_an_unseen_libssl_is_traced_from_its_first_
     std::fs::write(&script, PY_QUICK_CLIENT).unwrap();
     let sonde = Sonde::start(&["--port", &port.to_string()]);
     let n = 3;
-    let out = Command::new(python())
-        .arg(&script)
-        .args([&port.to_string(), &n.to_string()])
-        .arg(&copy)
-        .env("LD_LIBRARY_PATH", &lib)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new(python())
+            .arg(&script)
+            .args([&port.to_string(), &n.to_string()])
+            .arg(&copy)
+            .env("LD_LIBRARY_PATH", &lib),
     );
-    sonde.wait_for_spans(
-        |s| all_kind(s, "SERVER").len() >= n && all_kind(s, "CLIENT").len() >= n,
-        WAIT,
-    );
-    std::thread::sleep(Duration::from_millis(1500));
-    let spans = sonde.spans();
+    let spans = settled_exchanges(&sonde, n);
     let cl = all_kind(&spans, "CLIENT");
     let urls: Vec<_> = cl
         .iter()
