@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse
 use prost::Message;
 
 use crate::config::{Compression, ConfigError, OtlpEndpoint, Protocol};
-use crate::payload::{Request, Signal};
+use crate::payload::{Payload, Request, Signal};
 use crate::retry::{AttemptError, http_status_is_retryable, parse_retry_after};
 
 /// Responses larger than this are not read further (a partial_success is tiny).
@@ -36,7 +36,7 @@ pub(crate) struct HttpTransport {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     urls: [Option<hyper::Uri>; 3],
     headers: Vec<(HeaderName, HeaderValue)>,
-    json: bool,
+    pub(crate) json: bool,
     gzip: bool,
 }
 
@@ -87,12 +87,12 @@ impl HttpTransport {
     }
 
     /// Encodes once; retries re-send the same bytes.
-    pub(crate) fn encode(&self, req: &Request) -> Result<Body, AttemptError> {
+    pub(crate) fn encode(&self, payload: Payload) -> Result<Body, AttemptError> {
         let raw = if self.json {
-            crate::json::encode_request(req)
+            crate::json::encode_request(&Request::from(payload))
                 .map_err(|e| AttemptError::permanent(format!("JSON encoding: {e}")))?
         } else {
-            req.encode_protobuf()
+            payload.into_protobuf()
         };
         let raw_len = raw.len();
         let bytes = if self.gzip {

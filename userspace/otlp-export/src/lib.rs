@@ -126,6 +126,12 @@ struct Inner {
     closed: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     rejected_sends: AtomicU64,
+    /// Every trace output sends protobuf: [`Exporter::send_traces`] encodes on the caller's
+    /// thread (see [`payload::EncodedTraces`]).
+    encode_traces_early: bool,
+    /// The batch bounds, for spans encoded early (already cut to batch size).
+    batch_max_items: u64,
+    batch_max_bytes: usize,
 }
 
 impl std::fmt::Debug for Exporter {
@@ -153,6 +159,9 @@ impl Exporter {
             batch_timeout: config.batch_timeout,
             retry: config.retry,
         };
+        let mut trace_outputs = outputs.iter().filter(|o| o.accepts(Signal::Traces));
+        let encode_traces_early =
+            trace_outputs.clone().next().is_some() && trace_outputs.all(|o| o.takes_protobuf());
         let (shutdown_tx, shutdown_rx) = watch::channel(None);
         let mut tasks = Vec::new();
         for out in &outputs {
@@ -185,13 +194,36 @@ impl Exporter {
                 closed: AtomicBool::new(false),
                 tasks: Mutex::new(tasks),
                 rejected_sends: AtomicU64::new(0),
+                encode_traces_early,
+                batch_max_items: u64::try_from(config.batch_max_items).unwrap_or(u64::MAX),
+                batch_max_bytes: config.batch_max_bytes,
             }),
         })
     }
 
-    /// Queues spans for every output. Non-blocking.
+    /// Queues spans for every output. Non-blocking. When every trace output sends protobuf
+    /// the spans are encoded here, on the caller's thread, and freed here.
     pub fn send_traces(&self, spans: Vec<ResourceSpans>) -> Result<(), Rejected> {
-        self.send(Payload::Traces(spans))
+        if !self.inner.encode_traces_early || spans.is_empty() {
+            return self.send(Payload::Traces(spans));
+        }
+        // Encoded in batch-sized requests: an encoded entry over the bounds would have to be
+        // decoded again to be cut.
+        let batches = payload::encode_traces_in_batches(
+            &spans,
+            self.inner.batch_max_items,
+            self.inner.batch_max_bytes,
+        );
+        drop(spans);
+        let mut refused: Option<Rejected> = None;
+        for batch in batches {
+            if let Err(r) = self.send(Payload::EncodedTraces(batch)) {
+                let sum = refused.get_or_insert(Rejected { items: 0, bytes: 0 });
+                sum.items = sum.items.saturating_add(r.items);
+                sum.bytes = sum.bytes.saturating_add(r.bytes);
+            }
+        }
+        refused.map_or(Ok(()), Err)
     }
 
     /// Queues metrics for every output. Non-blocking.

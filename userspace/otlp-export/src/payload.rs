@@ -46,8 +46,51 @@ impl Signal {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Payload {
     Traces(Vec<ResourceSpans>),
+    /// Spans already encoded by the sender's thread (see [`EncodedTraces`]).
+    EncodedTraces(EncodedTraces),
     Metrics(Vec<ResourceMetrics>),
     Logs(Vec<ResourceLogs>),
+}
+
+/// `resource_spans` fields encoded as in an `ExportTraceServiceRequest`, and their span count.
+///
+/// When every trace output sends protobuf, the daemon's spans are encoded on the thread that
+/// built them and only these bytes cross to the exporter: the span structs are then freed
+/// where they were allocated (freeing them on the exporter's thread, and measuring them once
+/// more for the queue's byte budget, cost more than encoding). A request's only field is
+/// repeated, so batches concatenate; splitting one (rare: a batch over the byte bound) and
+/// the text and JSON outputs decode it again.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct EncodedTraces {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) items: u64,
+}
+
+impl EncodedTraces {
+    /// All of `spans` as one request.
+    pub(crate) fn encode(spans: &[ResourceSpans]) -> Self {
+        EncodedTraces {
+            bytes: encode_traces(spans),
+            items: count_spans(spans),
+        }
+    }
+
+    /// The resource messages again. Undecodable bytes (this crate wrote them, so never in
+    /// practice) give none, logged, rather than a panic.
+    pub(crate) fn decode(&self) -> Vec<ResourceSpans> {
+        match ExportTraceServiceRequest::decode(self.bytes.as_slice()) {
+            Ok(r) => r.resource_spans,
+            Err(e) => {
+                tracing::error!(items = self.items, error = %e, "cannot decode encoded spans; dropped");
+                Vec::new()
+            }
+        }
+    }
+
+    fn extend(&mut self, other: &EncodedTraces) {
+        self.bytes.extend_from_slice(&other.bytes);
+        self.items = self.items.saturating_add(other.items);
+    }
 }
 
 /// Bytes of the length-delimited field that wraps each resource message in the request.
@@ -161,10 +204,14 @@ macro_rules! take_front {
 impl Payload {
     /// Splits off the first `max_items` items (at least one leaf), leaving the rest in `self`.
     pub(crate) fn split_front(&mut self, max_items: u64) -> Payload {
+        if let Payload::EncodedTraces(e) = self {
+            *self = Payload::Traces(e.decode());
+        }
         match self {
             Payload::Traces(v) => {
                 Payload::Traces(take_front!(v, max_items, scope_spans, spans, |_: &_| 1u64))
             }
+            Payload::EncodedTraces(_) => Payload::Traces(Vec::new()), // decoded just above
             Payload::Metrics(v) => Payload::Metrics(take_front!(
                 v,
                 max_items,
@@ -184,7 +231,7 @@ impl Payload {
 
     pub(crate) fn signal(&self) -> Signal {
         match self {
-            Payload::Traces(_) => Signal::Traces,
+            Payload::Traces(_) | Payload::EncodedTraces(_) => Signal::Traces,
             Payload::Metrics(_) => Signal::Metrics,
             Payload::Logs(_) => Signal::Logs,
         }
@@ -194,6 +241,7 @@ impl Payload {
     pub(crate) fn items(&self) -> u64 {
         match self {
             Payload::Traces(v) => count_spans(v),
+            Payload::EncodedTraces(e) => e.items,
             Payload::Metrics(v) => count_data_points(v),
             Payload::Logs(v) => count_log_records(v),
         }
@@ -203,6 +251,7 @@ impl Payload {
     pub(crate) fn encoded_len(&self) -> usize {
         match self {
             Payload::Traces(v) => v.iter().map(|m| field_len(m.encoded_len())).sum(),
+            Payload::EncodedTraces(e) => e.bytes.len(),
             Payload::Metrics(v) => v.iter().map(|m| field_len(m.encoded_len())).sum(),
             Payload::Logs(v) => v.iter().map(|m| field_len(m.encoded_len())).sum(),
         }
@@ -211,15 +260,23 @@ impl Payload {
     pub(crate) fn is_empty(&self) -> bool {
         match self {
             Payload::Traces(v) => v.is_empty(),
+            Payload::EncodedTraces(e) => e.bytes.is_empty(),
             Payload::Metrics(v) => v.is_empty(),
             Payload::Logs(v) => v.is_empty(),
         }
     }
 
     /// Appends `other` (same signal; a different one is returned back as an error).
+    /// Encoded and struct spans mix in one lane (the daemon's own are encoded early, SDK
+    /// requests are not): the result is encoded when either side is.
     pub(crate) fn append(&mut self, other: Payload) -> Result<(), Payload> {
+        if let (Payload::Traces(a), Payload::EncodedTraces(_)) = (&*self, &other) {
+            *self = Payload::EncodedTraces(EncodedTraces::encode(a));
+        }
         match (self, other) {
             (Payload::Traces(a), Payload::Traces(mut b)) => a.append(&mut b),
+            (Payload::EncodedTraces(a), Payload::EncodedTraces(b)) => a.extend(&b),
+            (Payload::EncodedTraces(a), Payload::Traces(b)) => a.extend(&EncodedTraces::encode(&b)),
             (Payload::Metrics(a), Payload::Metrics(mut b)) => a.append(&mut b),
             (Payload::Logs(a), Payload::Logs(mut b)) => a.append(&mut b),
             (_, other) => return Err(other),
@@ -245,6 +302,9 @@ impl From<Payload> for Request {
             Payload::Traces(resource_spans) => {
                 Request::Traces(ExportTraceServiceRequest { resource_spans })
             }
+            Payload::EncodedTraces(e) => Request::Traces(ExportTraceServiceRequest {
+                resource_spans: e.decode(),
+            }),
             Payload::Metrics(resource_metrics) => {
                 Request::Metrics(ExportMetricsServiceRequest { resource_metrics })
             }
@@ -261,6 +321,16 @@ impl From<Request> for Payload {
             Request::Traces(r) => Payload::Traces(r.resource_spans),
             Request::Metrics(r) => Payload::Metrics(r.resource_metrics),
             Request::Logs(r) => Payload::Logs(r.resource_logs),
+        }
+    }
+}
+
+impl Payload {
+    /// The protobuf export request these messages make (encoded spans as they are).
+    pub(crate) fn into_protobuf(self) -> Vec<u8> {
+        match self {
+            Payload::EncodedTraces(e) => e.bytes,
+            other => Request::from(other).encode_protobuf(),
         }
     }
 }
@@ -294,7 +364,25 @@ impl Request {
 /// cost at high span rates. Here the span lengths are measured once into a table, the levels
 /// above are summed from it, and prost encodes from the span level down.
 pub fn encode_traces(resource_spans: &[ResourceSpans]) -> Vec<u8> {
-    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    encode_traces_in_batches(resource_spans, u64::MAX, usize::MAX)
+        .pop()
+        .map(|e| e.bytes)
+        .unwrap_or_default()
+}
+
+/// A run of one scope's spans in a batch: (scope index, span indices).
+type ScopePart = (usize, std::ops::Range<usize>);
+
+/// `resource_spans` encoded as export requests of at most `max_items` spans and about
+/// `max_bytes` bytes each (a span larger than that goes alone), in order. A resource or scope
+/// cut between two batches is repeated in both, as [`Payload::split_front`] does. Each span is
+/// measured once, for both the cutting and the writing.
+pub(crate) fn encode_traces_in_batches(
+    resource_spans: &[ResourceSpans],
+    max_items: u64,
+    max_bytes: usize,
+) -> Vec<EncodedTraces> {
+    use prost::encoding::{encoded_len_varint, key_len};
 
     fn field(tag: u32, len: usize) -> usize {
         key_len(tag) + encoded_len_varint(len as u64) + len
@@ -302,62 +390,134 @@ pub fn encode_traces(resource_spans: &[ResourceSpans]) -> Vec<u8> {
     fn string_field(tag: u32, s: &str) -> usize {
         if s.is_empty() { 0 } else { field(tag, s.len()) }
     }
-    fn head(tag: u32, len: usize, buf: &mut Vec<u8>) {
-        encode_key(tag, WireType::LengthDelimited, buf);
-        encode_varint(len as u64, buf);
-    }
-
-    // Pass 1: every span's length, then each scope's and resource's, in encoding order.
-    let mut span_lens: Vec<usize> = Vec::new();
-    let mut scope_lens: Vec<usize> = Vec::new();
-    let mut resource_lens: Vec<usize> = Vec::with_capacity(resource_spans.len());
+    // What a resource's and a scope's own fields (without spans) take; the spans' lengths.
+    let mut resource_own = Vec::with_capacity(resource_spans.len());
+    let mut scope_own: Vec<Vec<usize>> = Vec::with_capacity(resource_spans.len());
+    let mut span_lens: Vec<Vec<Vec<usize>>> = Vec::with_capacity(resource_spans.len());
     for rs in resource_spans {
-        let mut rs_len = rs
-            .resource
-            .as_ref()
-            .map_or(0, |r| field(1, r.encoded_len()));
-        for ss in &rs.scope_spans {
-            let mut ss_len = ss.scope.as_ref().map_or(0, |s| field(1, s.encoded_len()));
-            for span in &ss.spans {
-                let len = span.encoded_len();
-                span_lens.push(len);
-                ss_len += field(2, len);
-            }
-            ss_len += string_field(3, &ss.schema_url);
-            scope_lens.push(ss_len);
-            rs_len += field(2, ss_len);
-        }
-        rs_len += string_field(3, &rs.schema_url);
-        resource_lens.push(rs_len);
+        resource_own.push(
+            rs.resource
+                .as_ref()
+                .map_or(0, |r| field(1, r.encoded_len()))
+                + string_field(3, &rs.schema_url),
+        );
+        scope_own.push(
+            rs.scope_spans
+                .iter()
+                .map(|ss| {
+                    ss.scope.as_ref().map_or(0, |s| field(1, s.encoded_len()))
+                        + string_field(3, &ss.schema_url)
+                })
+                .collect(),
+        );
+        span_lens.push(
+            rs.scope_spans
+                .iter()
+                .map(|ss| ss.spans.iter().map(|s| s.encoded_len()).collect())
+                .collect(),
+        );
     }
-    let total: usize = resource_lens.iter().map(|&l| field(1, l)).sum();
+    // Upper bound of a length-delimited field's tag and length bytes.
+    const WRAP: usize = 11;
 
-    // Pass 2: write, taking the lengths in the same order.
-    let mut buf = Vec::with_capacity(total);
-    let (mut spans, mut scopes) = (span_lens.iter(), scope_lens.iter());
-    for (rs, &rs_len) in resource_spans.iter().zip(&resource_lens) {
-        head(1, rs_len, &mut buf);
-        if let Some(r) = &rs.resource {
-            prost::encoding::message::encode(1, r, &mut buf);
-        }
-        for ss in &rs.scope_spans {
-            head(2, scopes.next().copied().unwrap_or_default(), &mut buf);
-            if let Some(scope) = &ss.scope {
-                prost::encoding::message::encode(1, scope, &mut buf);
+    // Plan the batches: per batch, per resource part, its scope parts.
+    let mut plans: Vec<Vec<(usize, Vec<ScopePart>)>> = Vec::new();
+    let mut plan: Vec<(usize, Vec<ScopePart>)> = Vec::new();
+    let (mut items, mut bytes) = (0u64, 0usize);
+    for (r, rs) in resource_spans.iter().enumerate() {
+        plan.push((r, Vec::new()));
+        bytes += resource_own[r] + WRAP;
+        for (s, ss) in rs.scope_spans.iter().enumerate() {
+            let own = scope_own[r][s] + WRAP;
+            bytes += own;
+            let mut first = 0;
+            for (i, &span_len) in span_lens[r][s].iter().enumerate() {
+                let len = field(2, span_len);
+                let full = items >= max_items || bytes.saturating_add(len) > max_bytes;
+                if full && items > 0 {
+                    match plan.last_mut() {
+                        Some((_, scopes)) if first < i => scopes.push((s, first..i)),
+                        // This resource has nothing in the batch being closed.
+                        Some((_, scopes)) if scopes.is_empty() => {
+                            plan.pop();
+                        }
+                        _ => {}
+                    }
+                    plans.push(std::mem::replace(&mut plan, vec![(r, Vec::new())]));
+                    first = i;
+                    items = 0;
+                    bytes = resource_own[r] + WRAP + own;
+                }
+                items += 1;
+                bytes += len;
             }
-            for span in &ss.spans {
-                head(2, spans.next().copied().unwrap_or_default(), &mut buf);
-                span.encode_raw(&mut buf);
+            if let Some((_, scopes)) = plan.last_mut() {
+                scopes.push((s, first..ss.spans.len()));
             }
-            if !ss.schema_url.is_empty() {
-                prost::encoding::string::encode(3, &ss.schema_url, &mut buf);
-            }
-        }
-        if !rs.schema_url.is_empty() {
-            prost::encoding::string::encode(3, &rs.schema_url, &mut buf);
         }
     }
-    buf
+    if !plan.is_empty() {
+        plans.push(plan);
+    }
+
+    // Write each batch with its exact lengths.
+    plans
+        .into_iter()
+        .map(|plan| {
+            let scope_len = |r: usize, (s, spans): &ScopePart| {
+                scope_own[r][*s]
+                    + spans
+                        .clone()
+                        .map(|i| field(2, span_lens[r][*s][i]))
+                        .sum::<usize>()
+            };
+            let resource_len = |r: usize, scopes: &[ScopePart]| {
+                resource_own[r]
+                    + scopes
+                        .iter()
+                        .map(|p| field(2, scope_len(r, p)))
+                        .sum::<usize>()
+            };
+            let total: usize = plan
+                .iter()
+                .map(|(r, sc)| field(1, resource_len(*r, sc)))
+                .sum();
+            let mut buf = Vec::with_capacity(total);
+            let mut items = 0u64;
+            for (r, scopes) in &plan {
+                let rs = &resource_spans[*r];
+                write_head(1, resource_len(*r, scopes), &mut buf);
+                if let Some(res) = &rs.resource {
+                    prost::encoding::message::encode(1, res, &mut buf);
+                }
+                for part in scopes {
+                    let ss = &rs.scope_spans[part.0];
+                    write_head(2, scope_len(*r, part), &mut buf);
+                    if let Some(scope) = &ss.scope {
+                        prost::encoding::message::encode(1, scope, &mut buf);
+                    }
+                    for i in part.1.clone() {
+                        write_head(2, span_lens[*r][part.0][i], &mut buf);
+                        ss.spans[i].encode_raw(&mut buf);
+                        items += 1;
+                    }
+                    if !ss.schema_url.is_empty() {
+                        prost::encoding::string::encode(3, &ss.schema_url, &mut buf);
+                    }
+                }
+                if !rs.schema_url.is_empty() {
+                    prost::encoding::string::encode(3, &rs.schema_url, &mut buf);
+                }
+            }
+            EncodedTraces { bytes: buf, items }
+        })
+        .collect()
+}
+
+/// A length-delimited field's tag and length.
+fn write_head(tag: u32, len: usize, buf: &mut Vec<u8>) {
+    prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, buf);
+    prost::encoding::encode_varint(len as u64, buf);
 }
 
 #[cfg(test)]
@@ -488,6 +648,117 @@ mod tests {
         assert_eq!(p.items(), 203);
         let req = Request::from(p);
         assert_eq!(req.encode_protobuf().len(), expected);
+    }
+
+    /// The daemon's spans arrive encoded, SDK spans as structs, in one lane: whatever the mix,
+    /// a batch is the bytes, size and count the all-struct batch would have.
+    #[test]
+    fn encoded_and_struct_spans_batch_as_one_request() {
+        let shapes = varied_requests();
+        for (i, a) in shapes.iter().enumerate() {
+            let b = &shapes[(i + 1) % shapes.len()];
+            let c = spans(i + 1);
+            let mut all = a.clone();
+            all.extend(b.iter().cloned());
+            all.extend(c.iter().cloned());
+            let expected = Payload::Traces(all.clone());
+            let starts: [Payload; 2] = [
+                Payload::Traces(a.clone()),
+                Payload::EncodedTraces(EncodedTraces::encode(a)),
+            ];
+            for start in starts {
+                let mut p = start;
+                assert!(
+                    p.append(Payload::EncodedTraces(EncodedTraces::encode(b)))
+                        .is_ok()
+                );
+                assert!(p.append(Payload::Traces(c.clone())).is_ok());
+                assert!(matches!(p, Payload::EncodedTraces(_)));
+                assert_eq!(p.items(), expected.items());
+                assert_eq!(p.encoded_len(), expected.encoded_len());
+                assert_eq!(Request::from(p.clone()), Request::from(expected.clone()));
+                assert_eq!(p.into_protobuf(), encode_traces(&all));
+            }
+        }
+    }
+
+    /// Every span with its resource and scope (empty resources and scopes say nothing).
+    fn flat(v: &[ResourceSpans]) -> Vec<String> {
+        v.iter()
+            .flat_map(|r| {
+                r.scope_spans.iter().flat_map(move |s| {
+                    s.spans.iter().map(move |span| {
+                        format!(
+                            "{:?} {} {:?} {} {:?}",
+                            r.resource, r.schema_url, s.scope, s.schema_url, span
+                        )
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// Encoding in batches cuts where `split_front` cuts (same resource and scope headers in
+    /// each part), stays within the bounds, and loses or reorders nothing.
+    #[test]
+    fn batches_are_what_split_front_makes() {
+        let mut shapes = varied_requests();
+        let mut mixed = spans(5);
+        mixed.extend(shapes.iter().flatten().cloned());
+        mixed.extend(spans(3));
+        shapes.push(mixed);
+        for v in shapes {
+            for max_items in [1u64, 2, 3, 7, 512] {
+                let batches = encode_traces_in_batches(&v, max_items, usize::MAX);
+                let mut rest = Payload::Traces(v.clone());
+                for b in &batches {
+                    assert!(b.items <= max_items && b.items >= 1 || count_spans(&v) == 0);
+                    let Payload::Traces(expected) = rest.split_front(max_items) else {
+                        panic!("traces")
+                    };
+                    assert_eq!(Payload::Traces(b.decode()).items(), b.items);
+                    assert_eq!(flat(&b.decode()), flat(&expected));
+                    assert_eq!(b.bytes, encode_traces(&b.decode()));
+                }
+                assert_eq!(rest.items(), 0);
+            }
+            // By bytes: every batch with more than one span fits.
+            let max_bytes = 600;
+            let mut all = Vec::new();
+            for b in encode_traces_in_batches(&v, u64::MAX, max_bytes) {
+                assert!(
+                    b.items <= 1 || b.bytes.len() <= max_bytes,
+                    "{} bytes",
+                    b.bytes.len()
+                );
+                all.extend(flat(&b.decode()));
+            }
+            assert_eq!(all, flat(&v));
+        }
+    }
+
+    #[test]
+    fn encoded_spans_split_as_struct_spans_do() {
+        let mut v = spans(3);
+        v.extend(varied_requests().pop().unwrap_or_default());
+        let mut encoded = Payload::EncodedTraces(EncodedTraces::encode(&v));
+        let mut structs = Payload::Traces(v);
+        while structs.items() > 0 {
+            assert_eq!(encoded.split_front(4), structs.split_front(4));
+            assert_eq!(encoded.items(), structs.items());
+        }
+        assert_eq!(encoded.items(), 0);
+    }
+
+    #[test]
+    fn undecodable_encoded_spans_give_none_without_panicking() {
+        let garbage = EncodedTraces {
+            bytes: vec![0x0a, 0xff, 0xff, 0x01],
+            items: 3,
+        };
+        assert!(garbage.decode().is_empty());
+        let mut p = Payload::EncodedTraces(garbage);
+        assert_eq!(p.split_front(1).items(), 0);
     }
 
     #[test]

@@ -58,17 +58,26 @@ impl Transport {
         })
     }
 
+    /// Whether this transport sends protobuf (so spans may be queued already encoded).
+    pub(crate) fn takes_protobuf(&self) -> bool {
+        match self {
+            Transport::Grpc(_) => true,
+            Transport::Http(h) => !h.json,
+            Transport::Text | Transport::Json => false,
+        }
+    }
+
     fn prepare(&self, payload: Payload) -> Result<Prepared, AttemptError> {
         match self {
             Transport::Grpc(_) => {
-                let raw = Request::from(payload).encode_protobuf();
+                let raw = payload.into_protobuf();
                 Ok(Prepared {
                     raw_len: raw.len(),
                     bytes: Bytes::from(raw),
                 })
             }
             Transport::Http(h) => {
-                let body = h.encode(&Request::from(payload))?;
+                let body = h.encode(payload)?;
                 Ok(Prepared {
                     bytes: body.bytes,
                     raw_len: body.raw_len,
@@ -78,6 +87,7 @@ impl Transport {
                 let mut s = String::new();
                 match &payload {
                     Payload::Traces(v) => crate::text::format_spans(v, &mut s),
+                    Payload::EncodedTraces(e) => crate::text::format_spans(&e.decode(), &mut s),
                     Payload::Metrics(v) => crate::text::format_metrics(v, &mut s),
                     Payload::Logs(v) => crate::text::format_logs(v, &mut s),
                 }
@@ -295,6 +305,11 @@ impl OutputShared {
             transport: Transport::new(output)?,
             health: std::sync::Mutex::new(Health::default()),
         })
+    }
+
+    /// Whether this output sends protobuf (see [`Transport::takes_protobuf`]).
+    pub(crate) fn takes_protobuf(&self) -> bool {
+        self.transport.takes_protobuf()
     }
 
     pub(crate) fn accepts(&self, signal: Signal) -> bool {
