@@ -145,7 +145,7 @@ impl Encoder {
     pub fn sample(
         &mut self,
         name: &str,
-        otel: &[&[(String, String)]],
+        otel: &[&[(std::borrow::Cow<'static, str>, String)]],
         labels: &[(&str, &str)],
         value: &str,
     ) {
@@ -224,7 +224,7 @@ mod tests {
         for format in [Format::Classic, Format::OpenMetrics] {
             let mut e = Encoder::new(format);
             e.family("x_total", Kind::Counter, "Help.");
-            let id = vec![("service.name".to_owned(), "a\"b".to_owned())];
+            let id: crate::Labels = vec![("service.name".into(), "a\"b".to_owned())];
             e.sample("x_total", &[&id], &[("le", "+Inf")], "3");
             let out = e.finish();
             let expected_meta = match format {

@@ -10,7 +10,7 @@ pub mod expo;
 pub mod otlp;
 pub mod request;
 
-use std::{net::IpAddr, sync::Arc};
+use std::{borrow::Cow, net::IpAddr, sync::Arc};
 
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -19,7 +19,7 @@ pub use expo::{Encoder, Format, Kind};
 pub use request::{Measurement, RequestMetric, measure};
 
 /// Attribute pairs, sorted by key (OpenTelemetry names; converted at exposition).
-pub type Labels = Vec<(String, String)>;
+pub type Labels = Vec<(Cow<'static, str>, String)>;
 
 /// Limits and lifetimes.
 #[derive(Clone, Debug)]

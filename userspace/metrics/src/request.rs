@@ -222,7 +222,7 @@ pub fn identity(resource: Option<&Resource>) -> Labels {
         let wanted =
             kv.key == "service.name" || kv.key == "service.namespace" || kv.key.starts_with("k8s.");
         if wanted && let Some(v) = value_string(kv.value.as_ref()) {
-            out.push((kv.key.clone(), bounded(v)));
+            out.push((kv.key.clone().into(), bounded(v)));
         }
     }
     out.sort();
@@ -291,7 +291,7 @@ mod tests {
         .unwrap();
         assert_eq!(m.metric, RequestMetric::HttpServer);
         assert!((m.seconds - 0.12).abs() < 1e-9);
-        let keys: Vec<_> = m.attributes.iter().map(|(k, _)| k.as_str()).collect();
+        let keys: Vec<_> = m.attributes.iter().map(|(k, _)| k.as_ref()).collect();
         assert_eq!(
             keys,
             [

@@ -149,7 +149,7 @@ fn series_of_exited_services_are_dropped_after_a_while() {
 #[test]
 fn lifecycle_restarts_and_exit_codes() {
     let mut r = Registry::new(Config::default());
-    let id = vec![("service.name".to_owned(), "w".to_owned())];
+    let id: crate::Labels = vec![("service.name".into(), "w".to_owned())];
     r.process_seen(10, &id, 1);
     r.process_exited(10, Exit::Code(3), 2);
     r.process_exited(10, Exit::Unknown, 3); // counted once
@@ -169,7 +169,7 @@ fn lifecycle_restarts_and_exit_codes() {
 #[test]
 fn process_samples_network_and_tcp() {
     let mut r = Registry::new(Config::default());
-    let id = vec![("service.name".to_owned(), "p".to_owned())];
+    let id: crate::Labels = vec![("service.name".into(), "p".to_owned())];
     r.process_seen(5, &id, 1);
     r.set_process_sample(
         5,

@@ -45,11 +45,11 @@ pub struct Sources {
     /// Request, process and TCP metrics (None with `--no-metrics`).
     pub registry: Option<Arc<Mutex<Registry>>>,
     /// `target_info` labels: sonde's own resource.
-    pub target: Vec<(String, String)>,
+    pub target: sonde_metrics::Labels,
 }
 
 /// `target_info` labels: sonde's own resource.
-pub fn sonde_target() -> Vec<(String, String)> {
+pub fn sonde_target() -> sonde_metrics::Labels {
     vec![
         ("service.name".into(), "sonde".into()),
         ("service.version".into(), env!("CARGO_PKG_VERSION").into()),
