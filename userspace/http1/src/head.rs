@@ -51,16 +51,25 @@ pub const KEPT_HEADERS: &[&str] = &[
 
 /// Whether a head keeps header `name` (see [`KEPT_HEADERS`]).
 pub fn is_kept_header(name: &str) -> bool {
-    KEPT_HEADERS.iter().any(|k| k.eq_ignore_ascii_case(name))
+    kept_header(name).is_some()
+}
+
+/// The [`KEPT_HEADERS`] entry for header `name` (any case), if a head keeps it.
+pub fn kept_header(name: &str) -> Option<&'static str> {
+    KEPT_HEADERS
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(name))
+        .copied()
 }
 
 fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<Header> {
     headers
         .iter()
-        .filter(|h| is_kept_header(h.name))
-        .map(|h| Header {
-            name: h.name.to_owned(),
-            value: h.value.to_vec(),
+        .filter_map(|h| {
+            Some(Header {
+                name: kept_header(h.name)?.into(),
+                value: h.value.to_vec(),
+            })
         })
         .collect()
 }
@@ -388,8 +397,8 @@ mod tests {
             panic!("not parsed");
         };
         assert_eq!(len, raw.len());
-        let names: Vec<&str> = head.headers.iter().map(|h| h.name.as_str()).collect();
-        assert_eq!(names, ["Host", "User-Agent", "Content-Length"]);
+        let names: Vec<&str> = head.headers.iter().map(|h| h.name.as_ref()).collect();
+        assert_eq!(names, ["host", "user-agent", "content-length"]);
         let Parsed::Complete(resp, _) =
             parse_response(b"HTTP/1.1 200 OK\r\nSet-Cookie: a=b\r\nContent-Length: 0\r\n\r\n")
         else {
@@ -419,7 +428,7 @@ mod tests {
     #[test]
     fn framing_rules() {
         let h = |n: &str, v: &str| Header {
-            name: n.into(),
+            name: n.to_owned().into(),
             value: v.as_bytes().to_vec(),
         };
         assert_eq!(framing(&[h("Content-Length", "12")]), Framing::Length(12));

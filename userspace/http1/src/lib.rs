@@ -54,7 +54,9 @@ mod protocol;
 mod proptests;
 
 pub use connection::Connection;
-pub use head::{KEPT_HEADERS, is_kept_header, looks_like_request, looks_like_response};
+pub use head::{
+    KEPT_HEADERS, is_kept_header, kept_header, looks_like_request, looks_like_response,
+};
 pub use protocol::Http1;
 
 /// Largest request or response head (start line plus headers) buffered; a longer head is
@@ -69,11 +71,12 @@ pub const MAX_INFORMATIONAL: usize = 16;
 /// Which way bytes moved, and when: the types shared by every protocol parser.
 pub use sonde_protocol::{Direction, Seen};
 
-/// One header line; the name as sent, the value as raw bytes. Heads keep only the headers in
-/// [`KEPT_HEADERS`].
+/// One header line; the value as raw bytes. Heads keep only the headers in [`KEPT_HEADERS`],
+/// under their lowercase name from that list (borrowed: a parsed head allocates nothing for
+/// its header names).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
-    pub name: String,
+    pub name: std::borrow::Cow<'static, str>,
     pub value: Vec<u8>,
 }
 
