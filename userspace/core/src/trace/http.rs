@@ -41,14 +41,20 @@ fn method_attrs(method: &str, attrs: &mut Vec<KeyValue>) -> &'static str {
 }
 
 fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
+    truncated(s.to_owned(), max)
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, in place (no second allocation
+/// for a value that was just built).
+fn truncated(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
+    s
 }
 
 fn header_str<'a>(head: &'a RequestHead, name: &str) -> Option<&'a str> {
@@ -145,12 +151,13 @@ pub fn server_span(
         None => (req.target.as_str(), None),
     };
     let route = routes.route(path);
-    attrs.push(str_attr("url.path", truncate(&routes.url_path(path), 2048)));
+    attrs.push(str_attr("url.path", truncated(routes.url_path(path), 2048)));
     if let Some(q) = query {
-        attrs.push(str_attr("url.query", truncate(&redact::query(q), 2048)));
+        attrs.push(str_attr("url.query", truncated(redact::query(q), 2048)));
     }
     attrs.push(str_attr("url.scheme", "http"));
-    attrs.push(str_attr("http.route", route.clone()));
+    let name = format!("{method} {route}");
+    attrs.push(str_attr("http.route", route));
     attrs.push(str_attr(
         "network.protocol.version",
         version(req.minor_version),
@@ -191,7 +198,7 @@ pub fn server_span(
     );
     SpanParts {
         ctx,
-        name: format!("{method} {route}"),
+        name,
         kind: Kind::Server,
         start_unix_ns: clock.to_unix_ns(ex.request_first.ts_ns),
         end_unix_ns: clock.to_unix_ns(end_ns(ex, fallback_end_ns)),
@@ -238,7 +245,7 @@ pub fn client_span(
     };
     attrs.push(str_attr(
         "url.full",
-        truncate(&redact::url_full("http", &authority, &target), 4096),
+        truncated(redact::url_full("http", &authority, &target), 4096),
     ));
     attrs.push(str_attr(
         "network.protocol.version",
@@ -284,6 +291,8 @@ mod tests {
     fn truncate_respects_char_boundaries() {
         assert_eq!(truncate("héllo", 2), "h");
         assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(truncated("ab€".to_owned(), 4), "ab");
+        assert_eq!(truncated("ab€".to_owned(), 5), "ab€");
     }
 }
 
