@@ -19,6 +19,8 @@ use std::{
     net::SocketAddr,
 };
 
+use rustc_hash::FxHashMap;
+
 use super::context::{SpanContext, SpanId, TraceId};
 
 #[derive(Clone, Copy, Debug)]
@@ -49,16 +51,18 @@ pub enum Parent {
     Ambiguous,
 }
 
+/// The maps keyed by local thread and process ids use FxHash (touched several times per
+/// request; ids are not chosen by remote peers); the one keyed by addresses keeps SipHash.
 #[derive(Default)]
 pub struct Correlator {
     /// tid -> the newest request that thread read and has not answered.
-    serving: HashMap<u32, Serving>,
+    serving: FxHashMap<u32, Serving>,
     /// pid -> every server request of the process in flight (several on an event loop).
-    in_flight: HashMap<u32, Vec<Serving>>,
+    in_flight: FxHashMap<u32, Vec<Serving>>,
     /// Threads that have read a request (tid -> pid): thread-per-request workers or loops.
-    server_threads: HashMap<u32, u32>,
+    server_threads: FxHashMap<u32, u32>,
     /// Threads that read a request while serving another (tid -> pid): event loops.
-    multiplexing: HashMap<u32, u32>,
+    multiplexing: FxHashMap<u32, u32>,
     /// (client local, client remote) -> client spans written, oldest first.
     outgoing: HashMap<(SocketAddr, SocketAddr), VecDeque<Outgoing>>,
 }
