@@ -5,7 +5,7 @@
 //! always works on the oldest entry without a complete response (or on a response it skips);
 //! entries leave the queue from the front, in order, once both halves are complete.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, sync::Arc};
 
 use crate::chunked::Chunked;
 use crate::head::{self, Framing, Parsed};
@@ -94,7 +94,9 @@ fn blank_lines(at_message_start: bool, data: &[u8]) -> usize {
 struct Pending {
     seq: u64,
     /// None: a placeholder for a request whose head was lost; its response is parsed and dropped.
-    request: Option<RequestHead>,
+    /// Shared with the [`Event::RequestHead`] that announced it, which is normally dropped
+    /// long before the exchange completes, so the head is moved out, not copied.
+    request: Option<Arc<RequestHead>>,
     is_head: bool,
     is_connect: bool,
     /// CONNECT or an `Upgrade` offer: the client may switch protocols after this request.
@@ -113,7 +115,7 @@ struct Pending {
 }
 
 impl Pending {
-    fn new(seq: u64, request: Option<RequestHead>, first: Seen) -> Self {
+    fn new(seq: u64, request: Option<Arc<RequestHead>>, first: Seen) -> Self {
         let method = request.as_ref().map(|r| r.method.as_str()).unwrap_or("");
         Self {
             seq,
@@ -138,7 +140,7 @@ impl Pending {
     fn into_exchange(self) -> Option<Exchange> {
         Some(Exchange {
             seq: self.seq,
-            request: self.request?,
+            request: Arc::try_unwrap(self.request?).unwrap_or_else(|shared| (*shared).clone()),
             request_body_bytes: self.request_body_bytes,
             request_first: self.request_first,
             request_last: self.request_last,
@@ -570,10 +572,11 @@ impl Connection {
         let seq = self.next_seq;
         self.next_seq = self.next_seq.saturating_add(1);
         let first = self.req_first.take().unwrap_or(seen);
+        let head = head.map(Arc::new);
         if let Some(head) = &head {
             out.push(Event::RequestHead {
                 seq,
-                head: head.clone(),
+                head: Arc::clone(head),
                 first,
             });
         }

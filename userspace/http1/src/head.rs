@@ -142,6 +142,33 @@ fn parse_request_strict(buf: &[u8]) -> Parsed<RequestHead> {
     }
 }
 
+/// Reason phrases common enough to be borrowed rather than copied from every response.
+const COMMON_REASONS: &[&str] = &[
+    "OK",
+    "Created",
+    "Accepted",
+    "No Content",
+    "Moved Permanently",
+    "Found",
+    "Not Modified",
+    "Bad Request",
+    "Unauthorized",
+    "Forbidden",
+    "Not Found",
+    "Internal Server Error",
+    "Bad Gateway",
+    "Service Unavailable",
+    "Gateway Timeout",
+    "",
+];
+
+fn reason_phrase(reason: &str) -> std::borrow::Cow<'static, str> {
+    match COMMON_REASONS.iter().find(|r| **r == reason) {
+        Some(r) => std::borrow::Cow::Borrowed(r),
+        None => std::borrow::Cow::Owned(reason.to_owned()),
+    }
+}
+
 pub(crate) fn parse_response(buf: &[u8]) -> Parsed<ResponseHead> {
     let mut slots = header_slots();
     let mut resp = httparse::Response::new(&mut []);
@@ -150,7 +177,7 @@ pub(crate) fn parse_response(buf: &[u8]) -> Parsed<ResponseHead> {
             (Some(status), Some(minor_version)) => Parsed::Complete(
                 ResponseHead {
                     status,
-                    reason: resp.reason.unwrap_or_default().to_owned(),
+                    reason: reason_phrase(resp.reason.unwrap_or_default()),
                     minor_version,
                     headers: owned_headers(resp.headers),
                 },
@@ -218,15 +245,9 @@ pub(crate) fn find_head_end(tail: &[u8], data: &[u8]) -> Option<usize> {
             }
         }
     }
-    let mut from = 0usize;
-    while let Some(rel) = data.get(from..)?.iter().position(|&b| b == b'\n') {
-        let at = from.saturating_add(rel);
-        if let Some(end) = marker_end(data, at) {
-            return Some(end);
-        }
-        from = at.saturating_add(1);
-    }
-    None
+    // Line by line: memchr finds each newline with SIMD (a byte loop here was a fifth of
+    // head parsing).
+    memchr::memchr_iter(b'\n', data).find_map(|at| marker_end(data, at))
 }
 
 /// If an end-of-head marker starts at `at`, the index just past it.

@@ -108,7 +108,8 @@ impl RequestHead {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResponseHead {
     pub status: u16,
-    pub reason: String,
+    /// Borrowed when it is the standard phrase of a common status (no copy per response).
+    pub reason: std::borrow::Cow<'static, str>,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
     pub headers: Vec<Header>,
@@ -147,13 +148,18 @@ pub struct Exchange {
 
 /// What a [`Connection`] reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "events live briefly in a reused buffer; boxing the exchange would allocate per request"
+)]
 pub enum Event {
     /// A request head is complete (emitted as soon as the head is parsed, before body/response) so
     /// the caller can set up trace context (e.g. read `traceparent`) while the request is in
     /// flight.
     RequestHead {
         seq: u64,
-        head: RequestHead,
+        /// Shared with the parser's pending request (an `Arc`, not a copy of every field).
+        head: std::sync::Arc<RequestHead>,
         first: Seen,
     },
     /// A request and its response (or None) are complete.

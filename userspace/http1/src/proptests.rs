@@ -471,7 +471,7 @@ fn check_events(
                 prop_assert_eq!(*seq, announced);
                 let mut expected = specs[announced as usize].request_head();
                 keep_as_parsed(&mut expected.headers);
-                prop_assert_eq!(head, &expected);
+                prop_assert_eq!(&**head, &expected);
                 announced += 1;
             }
             Event::Exchange(x) => prop_assert!(x.seq < announced),
