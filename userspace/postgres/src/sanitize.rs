@@ -109,39 +109,70 @@ fn is_kw(word: &[u8], kw: &str) -> bool {
     word.eq_ignore_ascii_case(kw.as_bytes())
 }
 
-/// Keywords after which a `-`/`+` starts a signed number.
-const VALUE_KEYWORDS: &[&str] = &[
-    "SELECT",
-    "WHERE",
-    "AND",
-    "OR",
-    "NOT",
-    "THEN",
-    "ELSE",
-    "WHEN",
-    "VALUES",
-    "BY",
-    "LIMIT",
-    "OFFSET",
-    "IN",
-    "IS",
-    "BETWEEN",
-    "LIKE",
-    "ILIKE",
-    "RETURN",
-    "SET",
-    "CASE",
-    "ON",
-    "HAVING",
-    "TO",
-    "DEFAULT",
-    "RETURNING",
-    "ANY",
-    "ALL",
-    "SOME",
-    "FETCH",
-    "ROWS",
-];
+/// Keywords (uppercase) after which a `-`/`+` starts a signed number. A `match` on the
+/// uppercased word (length first, then bytes) rather than a scan of a keyword list with a
+/// case-insensitive compare per entry: keyword tests were a sixth of sanitizing.
+fn is_value_keyword(upper: &[u8]) -> bool {
+    matches!(
+        upper,
+        b"SELECT"
+            | b"WHERE"
+            | b"AND"
+            | b"OR"
+            | b"NOT"
+            | b"THEN"
+            | b"ELSE"
+            | b"WHEN"
+            | b"VALUES"
+            | b"BY"
+            | b"LIMIT"
+            | b"OFFSET"
+            | b"IN"
+            | b"IS"
+            | b"BETWEEN"
+            | b"LIKE"
+            | b"ILIKE"
+            | b"RETURN"
+            | b"SET"
+            | b"CASE"
+            | b"ON"
+            | b"HAVING"
+            | b"TO"
+            | b"DEFAULT"
+            | b"RETURNING"
+            | b"ANY"
+            | b"ALL"
+            | b"SOME"
+            | b"FETCH"
+            | b"ROWS"
+    )
+}
+
+/// A word in ASCII uppercase, on the stack, for matching keywords; empty for words longer
+/// than any keyword the sanitizer tests.
+struct UpperWord {
+    buf: [u8; 16],
+    len: usize,
+}
+
+impl UpperWord {
+    fn of(word: &[u8]) -> Self {
+        let mut buf = [0u8; 16];
+        let len = if word.len() <= buf.len() {
+            for (b, c) in buf.iter_mut().zip(word) {
+                *b = c.to_ascii_uppercase();
+            }
+            word.len()
+        } else {
+            0
+        };
+        UpperWord { buf, len }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or_default()
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Prev {
@@ -248,21 +279,27 @@ impl Sanitizer {
                 self.literal(tok.space_before);
                 self.stopped = true;
             }
-            Kind::Word if is_kw(text, "TRUE") || is_kw(text, "FALSE") => {
-                self.literal(tok.space_before)
-            }
             Kind::Punct => self.punct(tok, text),
-            _ => {
+            kind => {
+                let upper = UpperWord::of(if kind == Kind::Word { text } else { b"" });
+                let word = upper.as_bytes();
+                if word == b"TRUE" || word == b"FALSE" {
+                    self.literal(tok.space_before);
+                    return;
+                }
                 self.space(tok.space_before);
                 self.out.extend_from_slice(text);
                 self.list = None;
                 self.values_other();
-                self.prev = match tok.kind {
-                    Kind::Word if is_kw(text, "IN") => Prev::In,
-                    Kind::Word if is_kw(text, "ARRAY") => Prev::Array,
-                    Kind::Word if is_kw(text, "VALUES") => Prev::Values,
-                    Kind::Word if VALUE_KEYWORDS.iter().any(|k| is_kw(text, k)) => Prev::NonValue,
-                    Kind::Word | Kind::QuotedIdent | Kind::Param => Prev::Value,
+                self.prev = match kind {
+                    Kind::Word => match word {
+                        b"IN" => Prev::In,
+                        b"ARRAY" => Prev::Array,
+                        b"VALUES" => Prev::Values,
+                        w if is_value_keyword(w) => Prev::NonValue,
+                        _ => Prev::Value,
+                    },
+                    Kind::QuotedIdent | Kind::Param => Prev::Value,
                     _ => Prev::NonValue,
                 };
                 if self.prev == Prev::Values {
@@ -525,7 +562,9 @@ fn upper(word: &[u8]) -> String {
         .collect()
 }
 
-fn ident_part(sql: &[u8], tok: Tok) -> Option<String> {
+/// An identifier's name: a word as written, a quoted one without its quotes (a doubled quote
+/// is one quote). Borrowed from the query unless it needed changing.
+fn ident_part(sql: &[u8], tok: Tok) -> Option<std::borrow::Cow<'_, str>> {
     let raw = sql.get(tok.start..tok.end)?;
     let inner = match tok.kind {
         Kind::Word => raw,
@@ -536,7 +575,10 @@ fn ident_part(sql: &[u8], tok: Tok) -> Option<String> {
         _ => return None,
     };
     let s = String::from_utf8_lossy(inner);
-    Some(s.replace("\"\"", "\""))
+    if s.contains("\"\"") {
+        return Some(s.replace("\"\"", "\"").into());
+    }
+    Some(s)
 }
 
 impl Summarizer {
@@ -728,6 +770,10 @@ impl Summarizer {
     fn add_name_part(&mut self, part: &str) {
         if !self.name.is_empty() {
             self.name.push('.');
+        }
+        if self.name.len() + part.len() <= MAX_NAME_LEN {
+            self.name.push_str(part);
+            return;
         }
         for ch in part.chars() {
             if self.name.len() + ch.len_utf8() > MAX_NAME_LEN {
