@@ -3,8 +3,9 @@
 //! Every span sonde builds from kernel events, and every span, metric point and log record it
 //! receives from SDKs, leaves through [`Exporter`]. Data flow:
 //!
-//! `send_*` (non-blocking: measure with prost `encoded_len`, reserve bytes in each output's
-//! budget) -> per-output, per-signal FIFO lane -> worker task (batch by items / bytes / time)
+//! `send_*` (non-blocking: measure with prost `encoded_len`, or for `send_traces` when every
+//! trace output sends protobuf, encode there in batch-sized requests; reserve bytes in each
+//! output's budget) -> per-output, per-signal FIFO lane -> worker task (batch by items / bytes / time)
 //! -> transport (tonic gRPC, hyper HTTP protobuf/JSON, stdout text/JSON) with retries ->
 //! counters ([`ExporterStats`]).
 //!
@@ -15,7 +16,8 @@
 //! - Each output's memory is bounded by `queue_max_bytes`, batches in flight included; when
 //!   full the *newest* data is refused (`Err(Rejected)`), nothing queued is evicted.
 //! - Outputs are independent: a dead destination fills only its own queue. `send_*` returns
-//!   `Err(Rejected)` only when no output took the data (with one output: when it was full).
+//!   `Err(Rejected)` only when no output took the data (with one output: when it was full);
+//!   for spans encoded in several batches, it counts the batches no output took.
 //! - A signal whose URL an OTLP output lacks is not sent there and not counted.
 //! - A [`Reservation`] (taken by the receiver before it answers OK) holds queue room until the
 //!   data is sent with it, so what a receiver accepted is never refused for a full queue later;
