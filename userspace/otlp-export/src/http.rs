@@ -36,7 +36,7 @@ pub(crate) struct HttpTransport {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     urls: [Option<hyper::Uri>; 3],
     headers: Vec<(HeaderName, HeaderValue)>,
-    pub(crate) json: bool,
+    json: bool,
     gzip: bool,
 }
 
@@ -84,6 +84,11 @@ impl HttpTransport {
             json: e.protocol == Protocol::HttpJson,
             gzip: e.compression == Compression::Gzip,
         })
+    }
+
+    /// Whether the body is protobuf (not JSON).
+    pub(crate) fn sends_protobuf(&self) -> bool {
+        !self.json
     }
 
     /// Encodes once; retries re-send the same bytes.

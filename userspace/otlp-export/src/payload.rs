@@ -93,12 +93,31 @@ impl EncodedTraces {
     }
 }
 
-/// Bytes of the length-delimited field that wraps each resource message in the request.
-fn field_len(len: usize) -> usize {
-    // 1 tag byte + varint length + body.
-    prost::length_delimiter_len(len)
-        .saturating_add(1)
+/// Bytes of a length-delimited field `tag` holding `len` bytes: tag, length, body.
+fn delimited(tag: u32, len: usize) -> usize {
+    prost::encoding::key_len(tag)
+        .saturating_add(prost::encoding::encoded_len_varint(len as u64))
         .saturating_add(len)
+}
+
+/// A bytes or string field as proto3 writes it: nothing when empty.
+fn bytes_field_len(tag: u32, b: &[u8]) -> usize {
+    if b.is_empty() {
+        0
+    } else {
+        delimited(tag, b.len())
+    }
+}
+
+/// A length-delimited field's tag and length.
+fn write_head(tag: u32, len: usize, buf: &mut Vec<u8>) {
+    prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, buf);
+    prost::encoding::encode_varint(len as u64, buf);
+}
+
+/// Bytes of the field that wraps each resource message in the request.
+fn field_len(len: usize) -> usize {
+    delimited(1, len)
 }
 
 /// Spans in `spans`.
@@ -382,14 +401,7 @@ pub(crate) fn encode_traces_in_batches(
     max_items: u64,
     max_bytes: usize,
 ) -> Vec<EncodedTraces> {
-    use prost::encoding::{encoded_len_varint, key_len};
-
-    fn field(tag: u32, len: usize) -> usize {
-        key_len(tag) + encoded_len_varint(len as u64) + len
-    }
-    fn string_field(tag: u32, s: &str) -> usize {
-        if s.is_empty() { 0 } else { field(tag, s.len()) }
-    }
+    let field = delimited;
     // What a resource's and a scope's own fields (without spans) take; the spans' lengths.
     let mut resource_own = Vec::with_capacity(resource_spans.len());
     let mut scope_own: Vec<Vec<usize>> = Vec::with_capacity(resource_spans.len());
@@ -399,14 +411,14 @@ pub(crate) fn encode_traces_in_batches(
             rs.resource
                 .as_ref()
                 .map_or(0, |r| field(1, r.encoded_len()))
-                + string_field(3, &rs.schema_url),
+                + bytes_field_len(3, rs.schema_url.as_bytes()),
         );
         scope_own.push(
             rs.scope_spans
                 .iter()
                 .map(|ss| {
                     ss.scope.as_ref().map_or(0, |s| field(1, s.encoded_len()))
-                        + string_field(3, &ss.schema_url)
+                        + bytes_field_len(3, ss.schema_url.as_bytes())
                 })
                 .collect(),
         );
@@ -526,14 +538,7 @@ mod span_codec {
     use prost::Message;
     use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
-    fn delimited(tag: u32, len: usize) -> usize {
-        key_len(tag) + encoded_len_varint(len as u64) + len
-    }
-
-    fn head(tag: u32, len: usize, buf: &mut Vec<u8>) {
-        encode_key(tag, WireType::LengthDelimited, buf);
-        encode_varint(len as u64, buf);
-    }
+    use super::{bytes_field_len, delimited, write_head as head};
 
     fn bytes_if_any(tag: u32, b: &[u8], buf: &mut Vec<u8>) {
         if !b.is_empty() {
@@ -575,11 +580,7 @@ mod span_codec {
         if kv.key_strindex != 0 {
             return None;
         }
-        let key = if kv.key.is_empty() {
-            0
-        } else {
-            delimited(1, kv.key.len())
-        };
+        let key = bytes_field_len(1, kv.key.as_bytes());
         let value = match &kv.value {
             None => 0,
             Some(v) => delimited(2, scalar_len(v)?),
@@ -623,13 +624,7 @@ mod span_codec {
 
     /// `span.encoded_len()`, measured once.
     pub(super) fn span_len(span: &Span) -> usize {
-        let bytes = |tag: u32, b: &[u8]| {
-            if b.is_empty() {
-                0
-            } else {
-                delimited(tag, b.len())
-            }
-        };
+        let bytes = bytes_field_len;
         let fixed64 = |v: u64| if v == 0 { 0 } else { 9 };
         bytes(1, &span.trace_id)
             + bytes(2, &span.span_id)
@@ -692,12 +687,6 @@ mod span_codec {
     }
 }
 
-/// A length-delimited field's tag and length.
-fn write_head(tag: u32, len: usize, buf: &mut Vec<u8>) {
-    prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, buf);
-    prost::encoding::encode_varint(len as u64, buf);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -720,8 +709,6 @@ mod tests {
         }]
     }
 
-    /// Shapes that exercise every branch of `encode_traces`: no resource, no scope, empty
-    /// levels, schema URLs, and values whose lengths cross varint size boundaries.
     /// A span with every field and attribute kind the hand-written span encoder treats
     /// apart: scalar values (empty, negative, zero), no value, string-table references,
     /// arrays, maps and bytes, events, links, dropped counts, a negative kind.
@@ -792,6 +779,8 @@ mod tests {
         }
     }
 
+    /// Shapes that exercise every branch of `encode_traces`: no resource, no scope, empty
+    /// levels, schema URLs, and values whose lengths cross varint size boundaries.
     fn varied_requests() -> Vec<Vec<ResourceSpans>> {
         use opentelemetry_proto::tonic::common::v1::{
             AnyValue, InstrumentationScope, KeyValue, any_value::Value,

@@ -62,7 +62,7 @@ impl Transport {
     pub(crate) fn takes_protobuf(&self) -> bool {
         match self {
             Transport::Grpc(_) => true,
-            Transport::Http(h) => !h.json,
+            Transport::Http(h) => h.sends_protobuf(),
             Transport::Text | Transport::Json => false,
         }
     }
