@@ -40,20 +40,24 @@ fn method_attrs(method: &str, attrs: &mut Vec<KeyValue>) -> &'static str {
     }
 }
 
+/// The longest prefix length of `s` within `max` bytes that ends on a character boundary.
+fn char_floor(s: &str, max: usize) -> usize {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
+}
+
+/// A copy of at most `max` bytes of `s` (only the part kept is copied).
 fn truncate(s: &str, max: usize) -> String {
-    truncated(s.to_owned(), max)
+    s[..char_floor(s, max)].to_owned()
 }
 
 /// `s` cut to at most `max` bytes on a character boundary, in place (no second allocation
 /// for a value that was just built).
 fn truncated(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
+    s.truncate(char_floor(&s, max));
     s
 }
 
