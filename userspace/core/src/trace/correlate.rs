@@ -65,7 +65,16 @@ pub struct Correlator {
     multiplexing: FxHashMap<u32, u32>,
     /// (client local, client remote) -> client spans written, oldest first.
     outgoing: HashMap<(SocketAddr, SocketAddr), VecDeque<Outgoing>>,
+    /// (client local, client remote) -> when a server last read a request there and found no
+    /// client span queued, and how many requests it started so (pipelined ones share a read). The client's write record can reach the ring buffer after the
+    /// server's read record (both are emitted at syscall exit, on different CPUs): that write
+    /// belongs to the request already read, and must not be queued for the next one, which
+    /// would shift every later pair on the connection by one (wrong parents).
+    unmatched_reads: HashMap<(SocketAddr, SocketAddr), (u64, u32)>,
 }
+
+/// Bound on remembered unmatched server reads (connections whose client is not traced).
+const MAX_UNMATCHED_READS: usize = 16_384;
 
 /// Bound on remembered outgoing requests per connection (pipelining depth we keep).
 const MAX_QUEUED_PER_CONN: usize = 64;
@@ -172,6 +181,18 @@ impl Correlator {
         ctx: &SpanContext,
         at_ns: u64,
     ) {
+        // Written before a server read on this connection that found nothing queued: the
+        // request that read took (see `unmatched_reads`). Its link is lost; the next ones
+        // stay in step.
+        if let Some((read_ns, count)) = self.unmatched_reads.get_mut(&(local, remote))
+            && at_ns < *read_ns
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.unmatched_reads.remove(&(local, remote));
+            }
+            return;
+        }
         let q = self.outgoing.entry((local, remote)).or_default();
         if q.len() >= MAX_QUEUED_PER_CONN {
             q.pop_front();
@@ -184,25 +205,36 @@ impl Correlator {
         });
     }
 
-    /// For a server that read a request on (local, remote): the client span on this machine
-    /// that wrote it, if the client side is traced.
+    /// For a server that read a request on (local, remote) at `read_ns`: the client span on
+    /// this machine that wrote it, if the client side is traced and its write was seen.
     pub fn take_incoming(
         &mut self,
         server_local: SocketAddr,
         server_remote: SocketAddr,
+        read_ns: u64,
     ) -> Option<(TraceId, SpanId, bool)> {
         let key = (server_remote, server_local);
-        let q = self.outgoing.get_mut(&key)?;
-        let hit = q.pop_front().map(|o| (o.trace_id, o.span_id, o.sampled));
-        if q.is_empty() {
+        let hit = self.outgoing.get_mut(&key).and_then(|q| q.pop_front());
+        if self.outgoing.get(&key).is_some_and(VecDeque::is_empty) {
             self.outgoing.remove(&key);
         }
-        hit
+        if hit.is_none() {
+            if self.unmatched_reads.len() >= MAX_UNMATCHED_READS {
+                self.unmatched_reads.clear();
+            }
+            let entry = self.unmatched_reads.entry(key).or_insert((read_ns, 0));
+            if entry.0 != read_ns {
+                *entry = (read_ns, 0);
+            }
+            entry.1 = entry.1.saturating_add(1);
+        }
+        hit.map(|o| (o.trace_id, o.span_id, o.sampled))
     }
 
     /// Drops what a client connection registered (it closed).
     pub fn forget_connection(&mut self, local: SocketAddr, remote: SocketAddr) {
         self.outgoing.remove(&(local, remote));
+        self.unmatched_reads.remove(&(local, remote));
     }
 
     /// Drops outgoing entries nobody claimed within `max_age_ns` (the server is not traced).
@@ -211,6 +243,8 @@ impl Correlator {
             q.retain(|o| now_ns.saturating_sub(o.at_ns) < max_age_ns);
             !q.is_empty()
         });
+        self.unmatched_reads
+            .retain(|_, (read_ns, _)| now_ns.saturating_sub(*read_ns) < max_age_ns);
     }
 
     pub fn len(&self) -> (usize, usize) {
@@ -325,14 +359,70 @@ mod tests {
         };
         c.register_outgoing(cl, sv, &ctx(1), 0);
         c.register_outgoing(cl, sv, &ctx(2), 0);
-        assert_eq!(c.take_incoming(sv, cl).map(|x| x.1), Some(SpanId([1; 8])));
         assert_eq!(
-            c.take_incoming(sv, cl),
+            c.take_incoming(sv, cl, 0).map(|x| x.1),
+            Some(SpanId([1; 8]))
+        );
+        assert_eq!(
+            c.take_incoming(sv, cl, 0),
             Some((TraceId([2; 16]), SpanId([2; 8]), false))
         );
-        assert_eq!(c.take_incoming(sv, cl), None);
+        assert_eq!(c.take_incoming(sv, cl, 0), None);
         c.register_outgoing(cl, sv, &ctx(3), 0);
         c.expire(10, 5);
-        assert_eq!(c.take_incoming(sv, cl), None);
+        assert_eq!(c.take_incoming(sv, cl, 0), None);
+    }
+
+    /// A keep-alive client's write record that reaches the tracer after the server's read of
+    /// the same request loses that one link, and every later request still pairs with its
+    /// own client span (it used to pair with the previous one, to the end of the connection).
+    #[test]
+    fn a_late_client_write_does_not_shift_later_pairs() {
+        let mut c = Correlator::default();
+        let cl: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let sv: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+        let ctx = |n: u8| SpanContext {
+            trace_id: TraceId([n; 16]),
+            span_id: SpanId([n; 8]),
+            parent: None,
+            remote_parent: false,
+            sampled: true,
+        };
+        // Request 1 in order: write at 10, read at 11.
+        c.register_outgoing(cl, sv, &ctx(1), 10);
+        assert_eq!(
+            c.take_incoming(sv, cl, 11).map(|x| x.1),
+            Some(SpanId([1; 8]))
+        );
+        // Request 2: the server's read (at 21) is seen before the client's write (at 20).
+        assert_eq!(c.take_incoming(sv, cl, 21), None);
+        c.register_outgoing(cl, sv, &ctx(2), 20);
+        // Requests 3 and 4 in order again: each pairs with its own client span.
+        c.register_outgoing(cl, sv, &ctx(3), 30);
+        assert_eq!(
+            c.take_incoming(sv, cl, 31).map(|x| x.1),
+            Some(SpanId([3; 8]))
+        );
+        c.register_outgoing(cl, sv, &ctx(4), 40);
+        assert_eq!(
+            c.take_incoming(sv, cl, 41).map(|x| x.1),
+            Some(SpanId([4; 8]))
+        );
+        // Two pipelined requests in one read, both seen before the one write that sent them:
+        // both links are lost, request 7 still pairs with its own client span.
+        assert_eq!(c.take_incoming(sv, cl, 61), None);
+        assert_eq!(c.take_incoming(sv, cl, 61), None);
+        c.register_outgoing(cl, sv, &ctx(5), 60);
+        c.register_outgoing(cl, sv, &ctx(6), 60);
+        c.register_outgoing(cl, sv, &ctx(7), 70);
+        assert_eq!(
+            c.take_incoming(sv, cl, 71).map(|x| x.1),
+            Some(SpanId([7; 8]))
+        );
+        // A server whose client is not traced leaves nothing behind once it expires.
+        let other: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        assert_eq!(c.take_incoming(sv, other, 80), None);
+        c.expire(80 + 100, 100);
+        assert!(c.unmatched_reads.is_empty());
     }
 }

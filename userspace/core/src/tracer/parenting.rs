@@ -54,7 +54,7 @@ impl Parenting {
             }
             Side::Server => {
                 let from_local_client = match (endpoints.local, endpoints.remote) {
-                    (Some(l), Some(r)) => self.correlator.take_incoming(l, r),
+                    (Some(l), Some(r)) => self.correlator.take_incoming(l, r, first.ts_ns),
                     _ => None,
                 };
                 let ctx = if let Some((trace, parent, sampled)) =
