@@ -242,10 +242,8 @@ impl Merger {
 
     /// Whether an eBPF span must wait for possible SDK counterparts: its process is an SDK
     /// process or not yet classified, or a span of its trace is already held.
-    pub fn should_hold(&mut self, pid: u32, span: &Span, now_ns: u64) -> bool {
-        self.is_sdk_pid(pid)
-            || self.held.contains_key(&span.trace_id)
-            || self.unclassified(pid, now_ns)
+    pub fn should_hold(&mut self, pid: u32, trace_id: &[u8], now_ns: u64) -> bool {
+        self.is_sdk_pid(pid) || self.held.contains_key(trace_id) || self.unclassified(pid, now_ns)
     }
 
     /// Whether `pid` has not yet had a whole window since its first span to show an SDK.
@@ -630,7 +628,7 @@ mod tests {
             0,
         );
         for (pid, s) in ebpf_request() {
-            assert!(m.should_hold(pid, &s, 0));
+            assert!(m.should_hold(pid, &s.trace_id, 0));
             m.hold(pid, s, 0);
         }
         let out = m.poll(1, &|_| false);
@@ -801,7 +799,7 @@ mod tests {
             ..Default::default()
         });
         let s = span(1, 10, 0, SpanKind::Server, 0, 1, vec![]);
-        assert!(!m.should_hold(42, &s, 0));
+        assert!(!m.should_hold(42, &s.trace_id, 0));
         m.observe_sdk(7, &sdk_request(vec![]), 0);
         for i in 0..5u8 {
             m.hold(
@@ -828,7 +826,7 @@ mod tests {
         });
         // Its first request, before the SDK's first export (5 s batch delay in practice).
         for (pid, s) in ebpf_request() {
-            assert!(m.should_hold(pid, &s, 0), "unclassified: held");
+            assert!(m.should_hold(pid, &s.trace_id, 0), "unclassified: held");
             m.hold(pid, s, 0);
         }
         assert!(m.poll(300 * MS, &|_| false).is_empty());
@@ -852,18 +850,18 @@ mod tests {
         // A process that never exports is classified after one window since its first span:
         // from then on its spans go out at once, and what was held is released unchanged.
         let s = span(2, 20, 0, SpanKind::Server, 0, 1, vec![]);
-        assert!(m.should_hold(42, &s, 700 * MS));
+        assert!(m.should_hold(42, &s.trace_id, 700 * MS));
         m.hold(42, s.clone(), 700 * MS);
         let next = span(3, 30, 0, SpanKind::Server, 0, 1, vec![]);
-        assert!(m.should_hold(42, &next, 1699 * MS));
-        assert!(!m.should_hold(42, &next, 1700 * MS));
+        assert!(m.should_hold(42, &next.trace_id, 1699 * MS));
+        assert!(!m.should_hold(42, &next.trace_id, 1700 * MS));
         assert_eq!(m.poll(1700 * MS, &|_| false).len(), 1);
         assert!(
             !Merger::new(MergeConfig {
                 hold_new_processes: false,
                 ..Default::default()
             })
-            .should_hold(42, &s, 0),
+            .should_hold(42, &s.trace_id, 0),
             "without a receiver nothing is held for classification"
         );
     }

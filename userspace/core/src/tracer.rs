@@ -20,6 +20,7 @@ use opentelemetry_proto::tonic::{
     trace::v1::{ResourceSpans, Span},
 };
 use rustc_hash::FxHashMap as HashMap;
+use sonde_span::OwnBatch;
 
 use crate::{
     clock::Clock,
@@ -29,8 +30,12 @@ use crate::{
         Seen, Side, Source,
     },
     trace::{
-        context::SpanContext, http::Endpoints, resource::ProcessInfo, route::RouteTemplates,
-        sampler::Sampler, span::SpanParts,
+        context::SpanContext,
+        http::Endpoints,
+        resource::ProcessInfo,
+        route::RouteTemplates,
+        sampler::Sampler,
+        span::{OwnSpan, SpanParts},
     },
 };
 
@@ -158,7 +163,7 @@ pub struct Tracer<H: HostView> {
     clock: Clock,
     parenting: Parenting,
     conns: ConnTable<Conn>,
-    spans: Vec<(u32, Span)>,
+    spans: Vec<(u32, OwnSpan)>,
     commands: Vec<KernelCommand>,
     stats: TracerStats,
     /// Reused buffer of the current parser's outputs.
@@ -304,20 +309,33 @@ impl<H: HostView> Tracer<H> {
     }
 
     /// Spans finished since the last call, with the pid of their process.
-    pub fn take_spans(&mut self) -> Vec<(u32, Span)> {
+    pub fn take_spans(&mut self) -> Vec<(u32, OwnSpan)> {
         // The next batch starts at this one's size instead of growing (and copying) from empty.
         let capacity = self.spans.len();
         std::mem::replace(&mut self.spans, Vec::with_capacity(capacity))
     }
 
-    /// Groups spans under their processes' resources, ready for export. Processes that exited
-    /// are forgotten afterwards (their last spans still needed their resource).
-    pub fn group(&mut self, spans: Vec<(u32, Span)>) -> Vec<ResourceSpans> {
-        let out = group::group(spans, |pid| self.host.resource(pid));
+    /// Groups spans under their processes' resources, ready for export: sonde's own spans
+    /// as they were built, and `released` (spans that waited for the SDK merge, as OTLP).
+    /// Processes that exited are forgotten afterwards (their last spans still needed their
+    /// resource).
+    pub fn group(
+        &mut self,
+        own: Vec<(u32, OwnSpan)>,
+        released: Vec<(u32, Span)>,
+    ) -> (Vec<OwnBatch>, Vec<ResourceSpans>) {
+        let own = group::group(own, |pid| self.host.resource(pid))
+            .into_iter()
+            .map(|(resource, spans)| OwnBatch { resource, spans })
+            .collect();
+        let released = group::group(released, |pid| self.host.resource(pid))
+            .into_iter()
+            .map(|(resource, spans)| group::resource_spans(resource, spans))
+            .collect();
         for pid in self.exited.drain(..) {
             self.host.forget_process(pid);
         }
-        out
+        (own, released)
     }
 
     /// The resource sonde gives `pid`'s spans (to enrich what its SDK sends).
@@ -729,7 +747,7 @@ impl<H: HostView> Tracer<H> {
             return;
         }
         self.stats.spans += 1;
-        self.spans.push((pid, parts.into_otlp()));
+        self.spans.push((pid, parts.into_span()));
     }
 
     /// What a connection's parser reported: span contexts for operations that started,

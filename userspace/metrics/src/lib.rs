@@ -12,7 +12,7 @@ pub mod request;
 
 use std::{borrow::Cow, net::IpAddr, sync::Arc};
 
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use opentelemetry_proto::tonic::{resource::v1::Resource, trace::v1::ResourceSpans};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 pub use expo::{Encoder, Format, Kind};
@@ -215,16 +215,31 @@ impl Registry {
     /// Counts the requests in spans about to be exported (one resource per process).
     pub fn observe_spans(&mut self, batches: &[ResourceSpans], now_ns: u64) {
         for rs in batches {
-            let identity = Arc::new(request::identity(rs.resource.as_ref()));
-            if let Some(pid) = request::pid(rs.resource.as_ref()) {
-                self.process_seen(pid, &identity, now_ns);
-            }
-            for ss in &rs.scope_spans {
-                for span in &ss.spans {
-                    if let Some(m) = measure(span) {
-                        self.record(&identity, m, now_ns);
-                    }
-                }
+            let spans = rs.scope_spans.iter().flat_map(|ss| &ss.spans);
+            self.observe_process(rs.resource.as_ref(), spans, now_ns);
+        }
+    }
+
+    /// Counts the requests of sonde's own spans, each batch one process's.
+    pub fn observe_own_spans(&mut self, batches: &[sonde_span::OwnBatch], now_ns: u64) {
+        for batch in batches {
+            self.observe_process(Some(&batch.resource), &batch.spans, now_ns);
+        }
+    }
+
+    fn observe_process<'a, S: request::MeasuredSpan + 'a>(
+        &mut self,
+        resource: Option<&Resource>,
+        spans: impl IntoIterator<Item = &'a S>,
+        now_ns: u64,
+    ) {
+        let identity = Arc::new(request::identity(resource));
+        if let Some(pid) = request::pid(resource) {
+            self.process_seen(pid, &identity, now_ns);
+        }
+        for span in spans {
+            if let Some(m) = measure(span) {
+                self.record(&identity, m, now_ns);
             }
         }
     }

@@ -12,6 +12,8 @@ use opentelemetry_proto::tonic::{
     trace::v1::{Span, span::SpanKind},
 };
 
+use sonde_span::{AttrValue, OwnSpan};
+
 use crate::Labels;
 
 /// The three request histograms.
@@ -115,13 +117,55 @@ fn bounded(s: impl AsRef<str>) -> String {
     s.get(..cut).unwrap_or_default().to_owned()
 }
 
+/// What measuring needs of a finished span, for OTLP spans (from SDKs, or merged) and
+/// sonde's own spans alike.
+pub trait MeasuredSpan {
+    /// The OTLP span kind number.
+    fn kind(&self) -> i32;
+    /// Start and end, Unix nanoseconds.
+    fn times(&self) -> (u64, u64);
+    /// The first of `keys` the span has, as text when scalar and not empty.
+    fn text(&self, keys: &[&str]) -> Option<Cow<'_, str>>;
+}
+
+impl MeasuredSpan for Span {
+    fn kind(&self) -> i32 {
+        self.kind
+    }
+
+    fn times(&self) -> (u64, u64) {
+        (self.start_time_unix_nano, self.end_time_unix_nano)
+    }
+
+    fn text(&self, keys: &[&str]) -> Option<Cow<'_, str>> {
+        get(&self.attributes, keys)
+    }
+}
+
+impl MeasuredSpan for OwnSpan {
+    fn kind(&self) -> i32 {
+        self.kind.otlp()
+    }
+
+    fn times(&self) -> (u64, u64) {
+        (self.start_unix_ns, self.end())
+    }
+
+    fn text(&self, keys: &[&str]) -> Option<Cow<'_, str>> {
+        let text = match keys.iter().find_map(|k| self.attr(k))? {
+            AttrValue::Str(s) => Cow::Borrowed(&**s),
+            AttrValue::Int(i) => Cow::Owned(i.to_string()),
+        };
+        (!text.is_empty()).then_some(text)
+    }
+}
+
 /// What a finished span counts as, if anything (internal spans and spans of other kinds or
 /// protocols count as nothing).
-pub fn measure(span: &Span) -> Option<Measurement> {
-    let attrs = &span.attributes;
-    let kind = span.kind;
-    let method = get(attrs, &["http.request.method", "http.method"]);
-    let db_system = get(attrs, &["db.system.name", "db.system"]);
+pub fn measure(span: &impl MeasuredSpan) -> Option<Measurement> {
+    let kind = span.kind();
+    let method = span.text(&["http.request.method", "http.method"]);
+    let db_system = span.text(&["db.system.name", "db.system"]);
     let metric = if kind == SpanKind::Server as i32 && method.is_some() {
         RequestMetric::HttpServer
     } else if kind == SpanKind::Client as i32 && method.is_some() {
@@ -131,12 +175,10 @@ pub fn measure(span: &Span) -> Option<Measurement> {
     } else {
         return None;
     };
-    let seconds = span
-        .end_time_unix_nano
-        .checked_sub(span.start_time_unix_nano)? as f64
-        / 1e9;
+    let (start, end) = span.times();
+    let seconds = end.checked_sub(start)? as f64 / 1e9;
     let mut out: Labels = Vec::with_capacity(6);
-    let error = get(attrs, &["error.type"]);
+    let error = span.text(&["error.type"]);
     match metric {
         RequestMetric::HttpServer | RequestMetric::HttpClient => {
             let method = method.unwrap_or_default();
@@ -146,7 +188,7 @@ pub fn measure(span: &Span) -> Option<Measurement> {
                 "_OTHER".to_owned()
             };
             out.push(("http.request.method".into(), method));
-            let status = get(attrs, &["http.response.status_code", "http.status_code"]);
+            let status = span.text(&["http.response.status_code", "http.status_code"]);
             let error = error.or_else(|| {
                 let code: u16 = status.as_deref()?.parse().ok()?;
                 let threshold = if metric == RequestMetric::HttpServer {
@@ -165,14 +207,14 @@ pub fn measure(span: &Span) -> Option<Measurement> {
                 out.push(("error.type".into(), bounded(e)));
             }
             if metric == RequestMetric::HttpServer {
-                if let Some(r) = get(attrs, &["http.route"]) {
+                if let Some(r) = span.text(&["http.route"]) {
                     out.push(("http.route".into(), bounded(r)));
                 }
             } else {
-                if let Some(a) = get(attrs, &["server.address", "net.peer.name"]) {
+                if let Some(a) = span.text(&["server.address", "net.peer.name"]) {
                     out.push(("server.address".into(), bounded(a)));
                 }
-                if let Some(p) = get(attrs, &["server.port", "net.peer.port"]) {
+                if let Some(p) = span.text(&["server.port", "net.peer.port"]) {
                     out.push(("server.port".into(), bounded(p)));
                 }
             }
@@ -194,7 +236,7 @@ pub fn measure(span: &Span) -> Option<Measurement> {
                 ("db.namespace", &["db.namespace", "db.name"][..]),
                 ("db.response.status_code", &["db.response.status_code"][..]),
             ] {
-                if let Some(v) = get(attrs, aliases) {
+                if let Some(v) = span.text(aliases) {
                     out.push((key.into(), bounded(v)));
                 }
             }
@@ -358,6 +400,69 @@ mod tests {
         assert_eq!(d.attributes.len(), 3);
         assert!(measure(&span(SpanKind::Internal, vec![s("http.method", "GET")], 1)).is_none());
         assert!(measure(&span(SpanKind::Client, vec![], 1)).is_none());
+    }
+
+    /// sonde's own spans measure as their OTLP conversions do (the daemon measures them
+    /// without converting).
+    #[test]
+    fn own_spans_measure_as_their_otlp_conversion() {
+        use sonde_span::{Kind, Outcome, int_attr, str_attr};
+        let own = |kind, attributes, end_unix_ns| OwnSpan {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: None,
+            remote_parent: false,
+            name: "x".into(),
+            kind,
+            start_unix_ns: 1_000_000_000,
+            end_unix_ns,
+            attributes,
+            outcome: Outcome::Unset,
+        };
+        let cases = [
+            own(
+                Kind::Server,
+                vec![
+                    str_attr("http.request.method", "GET"),
+                    int_attr("http.response.status_code", 503),
+                    str_attr("error.type", "503"),
+                    str_attr("http.route", "/users/{id}"),
+                    str_attr("url.path", String::from("/users/42")),
+                ],
+                1_250_000_000,
+            ),
+            own(
+                Kind::Client,
+                vec![
+                    str_attr("http.request.method", "PURGE"),
+                    int_attr("http.response.status_code", 404),
+                    str_attr("server.address", "api"),
+                    int_attr("server.port", 8080),
+                ],
+                1_000_000_001,
+            ),
+            own(
+                Kind::Client,
+                vec![
+                    str_attr("db.system.name", "postgresql"),
+                    str_attr("db.operation.name", "SELECT"),
+                    str_attr("db.collection.name", "variants"),
+                    str_attr("db.namespace", ""),
+                ],
+                3_000_000_000,
+            ),
+            // A clock step put the end before the start: measured as zero long.
+            own(
+                Kind::Server,
+                vec![str_attr("http.request.method", "GET")],
+                1,
+            ),
+            own(Kind::Client, vec![str_attr("url.full", "http://x/")], 2),
+        ];
+        for span in cases {
+            let expected = measure(&span.clone().into_otlp());
+            assert_eq!(measure(&span), expected, "{span:?}");
+        }
     }
 
     #[test]

@@ -57,7 +57,9 @@ pub use config::{
     Compression, ConfigError, DEFAULT_TIMEOUT, ExporterConfig, OtlpEndpoint, Output, Protocol,
     RetryPolicy,
 };
-pub use payload::{Request, Signal, count_data_points, count_log_records, count_spans};
+pub use payload::{
+    Request, Signal, count_data_points, count_log_records, count_spans, encode_own_traces,
+};
 pub use retry::{
     AttemptError, grpc_code_is_retryable, http_status_is_retryable, parse_retry_after,
 };
@@ -209,14 +211,31 @@ impl Exporter {
         if !self.inner.encode_traces_early || spans.is_empty() {
             return self.send(Payload::Traces(spans));
         }
-        // Encoded in batch-sized requests: an encoded entry over the bounds would have to be
-        // decoded again to be cut.
+        self.send_encoded(spans.as_slice())
+    }
+
+    /// Queues sonde's own spans for every output. Non-blocking. When every trace output
+    /// sends protobuf they are written straight to protobuf here, never built as OTLP
+    /// structs; otherwise they are converted and queued as [`Exporter::send_traces`] does.
+    pub fn send_own_traces(&self, batches: Vec<sonde_span::OwnBatch>) -> Result<(), Rejected> {
+        if batches.is_empty() {
+            return Ok(());
+        }
+        if !self.inner.encode_traces_early {
+            let spans = batches.into_iter().map(sonde_span::OwnBatch::into_otlp);
+            return self.send(Payload::Traces(spans.collect()));
+        }
+        self.send_encoded(&payload::OwnTree::new(&batches))
+    }
+
+    /// Encodes `tree` in batch-sized requests (an encoded entry over the bounds would have to
+    /// be decoded again to be cut) and queues them.
+    fn send_encoded<T: payload::SpanTree + ?Sized>(&self, tree: &T) -> Result<(), Rejected> {
         let batches = payload::encode_traces_in_batches(
-            &spans,
+            tree,
             self.inner.batch_max_items,
             self.inner.batch_max_bytes,
         );
-        drop(spans);
         let mut refused: Option<Rejected> = None;
         for batch in batches {
             if let Err(r) = self.send(Payload::EncodedTraces(batch)) {

@@ -4,10 +4,12 @@
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::logs::v1::ResourceLogs;
 use opentelemetry_proto::tonic::metrics::v1::{Metric, ResourceMetrics, metric};
 use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use prost::Message;
+use sonde_span::{OwnBatch, sonde_scope};
 
 /// The three OTLP signals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -389,43 +391,170 @@ pub fn encode_traces(resource_spans: &[ResourceSpans]) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// sonde's own span batches encoded as one `ExportTraceServiceRequest`, the same bytes as
+/// prost's for the batches converted to OTLP.
+pub fn encode_own_traces(batches: &[OwnBatch]) -> Vec<u8> {
+    encode_traces_in_batches(&OwnTree::new(batches), u64::MAX, usize::MAX)
+        .pop()
+        .map(|e| e.bytes)
+        .unwrap_or_default()
+}
+
 /// A run of one scope's spans in a batch: (scope index, span indices).
 type ScopePart = (usize, std::ops::Range<usize>);
 
-/// `resource_spans` encoded as export requests of at most `max_items` spans and about
-/// `max_bytes` bytes each (a span larger than that goes alone), in order. A resource or scope
-/// cut between two batches is repeated in both, as [`Payload::split_front`] does. Each span is
+/// Resources, their scopes and the scopes' spans, as the batch encoder walks them: OTLP
+/// `ResourceSpans` (SDK spans, spans released by the merge) or sonde's own span batches.
+pub(crate) trait SpanTree {
+    fn resources(&self) -> usize;
+    fn scopes(&self, r: usize) -> usize;
+    fn spans(&self, r: usize, s: usize) -> usize;
+    /// Encoded length of resource `r`'s own fields (resource and schema URL).
+    fn resource_own_len(&self, r: usize) -> usize;
+    /// Encoded length of scope `s`'s own fields (scope and schema URL).
+    fn scope_own_len(&self, r: usize, s: usize) -> usize;
+    fn span_len(&self, r: usize, s: usize, i: usize) -> usize;
+    /// Writes the resource field (before the scopes).
+    fn write_resource(&self, r: usize, buf: &mut Vec<u8>);
+    /// Writes the resource's schema URL (after the scopes).
+    fn write_resource_tail(&self, r: usize, buf: &mut Vec<u8>);
+    /// Writes the scope field (before the spans).
+    fn write_scope(&self, r: usize, s: usize, buf: &mut Vec<u8>);
+    /// Writes the scope's schema URL (after the spans).
+    fn write_scope_tail(&self, r: usize, s: usize, buf: &mut Vec<u8>);
+    fn write_span(&self, r: usize, s: usize, i: usize, buf: &mut Vec<u8>);
+}
+
+impl SpanTree for [ResourceSpans] {
+    fn resources(&self) -> usize {
+        self.len()
+    }
+    fn scopes(&self, r: usize) -> usize {
+        self[r].scope_spans.len()
+    }
+    fn spans(&self, r: usize, s: usize) -> usize {
+        self[r].scope_spans[s].spans.len()
+    }
+    fn resource_own_len(&self, r: usize) -> usize {
+        let rs = &self[r];
+        rs.resource
+            .as_ref()
+            .map_or(0, |res| delimited(1, res.encoded_len()))
+            + bytes_field_len(3, rs.schema_url.as_bytes())
+    }
+    fn scope_own_len(&self, r: usize, s: usize) -> usize {
+        let ss = &self[r].scope_spans[s];
+        ss.scope
+            .as_ref()
+            .map_or(0, |sc| delimited(1, sc.encoded_len()))
+            + bytes_field_len(3, ss.schema_url.as_bytes())
+    }
+    fn span_len(&self, r: usize, s: usize, i: usize) -> usize {
+        span_codec::span_len(&self[r].scope_spans[s].spans[i])
+    }
+    fn write_resource(&self, r: usize, buf: &mut Vec<u8>) {
+        if let Some(res) = &self[r].resource {
+            prost::encoding::message::encode(1, res, buf);
+        }
+    }
+    fn write_resource_tail(&self, r: usize, buf: &mut Vec<u8>) {
+        if !self[r].schema_url.is_empty() {
+            prost::encoding::string::encode(3, &self[r].schema_url, buf);
+        }
+    }
+    fn write_scope(&self, r: usize, s: usize, buf: &mut Vec<u8>) {
+        if let Some(scope) = &self[r].scope_spans[s].scope {
+            prost::encoding::message::encode(1, scope, buf);
+        }
+    }
+    fn write_scope_tail(&self, r: usize, s: usize, buf: &mut Vec<u8>) {
+        let ss = &self[r].scope_spans[s];
+        if !ss.schema_url.is_empty() {
+            prost::encoding::string::encode(3, &ss.schema_url, buf);
+        }
+    }
+    fn write_span(&self, r: usize, s: usize, i: usize, buf: &mut Vec<u8>) {
+        span_codec::encode_span(&self[r].scope_spans[s].spans[i], buf);
+    }
+}
+
+/// sonde's own span batches, each one resource with one scope (sonde's).
+pub(crate) struct OwnTree<'a> {
+    batches: &'a [OwnBatch],
+    scope: InstrumentationScope,
+    scope_len: usize,
+}
+
+impl<'a> OwnTree<'a> {
+    pub(crate) fn new(batches: &'a [OwnBatch]) -> Self {
+        let scope = sonde_scope();
+        let scope_len = delimited(1, scope.encoded_len());
+        OwnTree {
+            batches,
+            scope,
+            scope_len,
+        }
+    }
+}
+
+impl SpanTree for OwnTree<'_> {
+    fn resources(&self) -> usize {
+        self.batches.len()
+    }
+    fn scopes(&self, _: usize) -> usize {
+        1
+    }
+    fn spans(&self, r: usize, _: usize) -> usize {
+        self.batches[r].spans.len()
+    }
+    fn resource_own_len(&self, r: usize) -> usize {
+        delimited(1, self.batches[r].resource.encoded_len())
+    }
+    fn scope_own_len(&self, _: usize, _: usize) -> usize {
+        self.scope_len
+    }
+    fn span_len(&self, r: usize, _: usize, i: usize) -> usize {
+        span_codec::own_span_len(&self.batches[r].spans[i])
+    }
+    fn write_resource(&self, r: usize, buf: &mut Vec<u8>) {
+        prost::encoding::message::encode(1, &self.batches[r].resource, buf);
+    }
+    fn write_resource_tail(&self, _: usize, _: &mut Vec<u8>) {}
+    fn write_scope(&self, _: usize, _: usize, buf: &mut Vec<u8>) {
+        prost::encoding::message::encode(1, &self.scope, buf);
+    }
+    fn write_scope_tail(&self, _: usize, _: usize, _: &mut Vec<u8>) {}
+    fn write_span(&self, r: usize, _: usize, i: usize, buf: &mut Vec<u8>) {
+        span_codec::encode_own_span(&self.batches[r].spans[i], buf);
+    }
+}
+
+/// `tree` encoded as export requests of at most `max_items` spans and about `max_bytes`
+/// bytes each (a span larger than that goes alone), in order. A resource or scope cut
+/// between two batches is repeated in both, as [`Payload::split_front`] does. Each span is
 /// measured once, for both the cutting and the writing.
-pub(crate) fn encode_traces_in_batches(
-    resource_spans: &[ResourceSpans],
+pub(crate) fn encode_traces_in_batches<T: SpanTree + ?Sized>(
+    tree: &T,
     max_items: u64,
     max_bytes: usize,
 ) -> Vec<EncodedTraces> {
     let field = delimited;
     // What a resource's and a scope's own fields (without spans) take; the spans' lengths.
-    let mut resource_own = Vec::with_capacity(resource_spans.len());
-    let mut scope_own: Vec<Vec<usize>> = Vec::with_capacity(resource_spans.len());
-    let mut span_lens: Vec<Vec<Vec<usize>>> = Vec::with_capacity(resource_spans.len());
-    for rs in resource_spans {
-        resource_own.push(
-            rs.resource
-                .as_ref()
-                .map_or(0, |r| field(1, r.encoded_len()))
-                + bytes_field_len(3, rs.schema_url.as_bytes()),
-        );
-        scope_own.push(
-            rs.scope_spans
-                .iter()
-                .map(|ss| {
-                    ss.scope.as_ref().map_or(0, |s| field(1, s.encoded_len()))
-                        + bytes_field_len(3, ss.schema_url.as_bytes())
-                })
-                .collect(),
-        );
+    let resources = tree.resources();
+    let mut resource_own = Vec::with_capacity(resources);
+    let mut scope_own: Vec<Vec<usize>> = Vec::with_capacity(resources);
+    let mut span_lens: Vec<Vec<Vec<usize>>> = Vec::with_capacity(resources);
+    for r in 0..resources {
+        resource_own.push(tree.resource_own_len(r));
+        let scopes = tree.scopes(r);
+        scope_own.push((0..scopes).map(|s| tree.scope_own_len(r, s)).collect());
         span_lens.push(
-            rs.scope_spans
-                .iter()
-                .map(|ss| ss.spans.iter().map(span_codec::span_len).collect())
+            (0..scopes)
+                .map(|s| {
+                    (0..tree.spans(r, s))
+                        .map(|i| tree.span_len(r, s, i))
+                        .collect()
+                })
                 .collect(),
         );
     }
@@ -436,14 +565,14 @@ pub(crate) fn encode_traces_in_batches(
     let mut plans: Vec<Vec<(usize, Vec<ScopePart>)>> = Vec::new();
     let mut plan: Vec<(usize, Vec<ScopePart>)> = Vec::new();
     let (mut items, mut bytes) = (0u64, 0usize);
-    for (r, rs) in resource_spans.iter().enumerate() {
+    for r in 0..resources {
         plan.push((r, Vec::new()));
         bytes += resource_own[r] + WRAP;
-        for (s, ss) in rs.scope_spans.iter().enumerate() {
+        for (s, lens) in span_lens[r].iter().enumerate() {
             let own = scope_own[r][s] + WRAP;
             bytes += own;
             let mut first = 0;
-            for (i, &span_len) in span_lens[r][s].iter().enumerate() {
+            for (i, &span_len) in lens.iter().enumerate() {
                 let len = field(2, span_len);
                 let full = items >= max_items || bytes.saturating_add(len) > max_bytes;
                 if full && items > 0 {
@@ -464,7 +593,7 @@ pub(crate) fn encode_traces_in_batches(
                 bytes += len;
             }
             if let Some((_, scopes)) = plan.last_mut() {
-                scopes.push((s, first..ss.spans.len()));
+                scopes.push((s, first..lens.len()));
             }
         }
     }
@@ -497,29 +626,19 @@ pub(crate) fn encode_traces_in_batches(
             let mut buf = Vec::with_capacity(total);
             let mut items = 0u64;
             for (r, scopes) in &plan {
-                let rs = &resource_spans[*r];
                 write_head(1, resource_len(*r, scopes), &mut buf);
-                if let Some(res) = &rs.resource {
-                    prost::encoding::message::encode(1, res, &mut buf);
-                }
+                tree.write_resource(*r, &mut buf);
                 for part in scopes {
-                    let ss = &rs.scope_spans[part.0];
                     write_head(2, scope_len(*r, part), &mut buf);
-                    if let Some(scope) = &ss.scope {
-                        prost::encoding::message::encode(1, scope, &mut buf);
-                    }
+                    tree.write_scope(*r, part.0, &mut buf);
                     for i in part.1.clone() {
                         write_head(2, span_lens[*r][part.0][i], &mut buf);
-                        span_codec::encode_span(&ss.spans[i], &mut buf);
+                        tree.write_span(*r, part.0, i, &mut buf);
                         items += 1;
                     }
-                    if !ss.schema_url.is_empty() {
-                        prost::encoding::string::encode(3, &ss.schema_url, &mut buf);
-                    }
+                    tree.write_scope_tail(*r, part.0, &mut buf);
                 }
-                if !rs.schema_url.is_empty() {
-                    prost::encoding::string::encode(3, &rs.schema_url, &mut buf);
-                }
+                tree.write_resource_tail(*r, &mut buf);
             }
             EncodedTraces { bytes: buf, items }
         })
@@ -534,9 +653,10 @@ pub(crate) fn encode_traces_in_batches(
 /// same (tested).
 mod span_codec {
     use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
-    use opentelemetry_proto::tonic::trace::v1::Span;
+    use opentelemetry_proto::tonic::trace::v1::{Span, status::StatusCode};
     use prost::Message;
     use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    use sonde_span::{Attr, AttrValue, Outcome, OwnSpan};
 
     use super::{bytes_field_len, delimited, write_head as head};
 
@@ -684,6 +804,86 @@ mod span_codec {
             encode_key(16, WireType::ThirtyTwoBit, buf);
             buf.extend_from_slice(&span.flags.to_le_bytes());
         }
+    }
+
+    /// The `AnyValue` length of one of sonde's own attribute values.
+    fn own_value_len(v: &AttrValue) -> usize {
+        match v {
+            AttrValue::Str(s) => delimited(1, s.len()),
+            AttrValue::Int(i) => 1 + encoded_len_varint(*i as u64),
+        }
+    }
+
+    fn own_kv_len(a: &Attr) -> usize {
+        bytes_field_len(1, a.key.as_bytes()) + delimited(2, own_value_len(&a.value))
+    }
+
+    /// The OTLP `Status` length of an outcome (`message` = 2, `code` = 3).
+    fn own_status_len(outcome: &Outcome) -> usize {
+        match outcome {
+            Outcome::Unset => 0,
+            Outcome::Error(m) => bytes_field_len(2, m.as_bytes()) + 2,
+        }
+    }
+
+    /// `span.clone().into_otlp().encoded_len()`, without building the OTLP span.
+    pub(super) fn own_span_len(span: &OwnSpan) -> usize {
+        let fixed64 = |v: u64| if v == 0 { 0 } else { 9 };
+        delimited(1, span.trace_id.len())
+            + delimited(2, span.span_id.len())
+            + span.parent_span_id.map_or(0, |p| delimited(4, p.len()))
+            + bytes_field_len(5, span.name.as_bytes())
+            + varint_len(6, span.kind.otlp() as u64)
+            + fixed64(span.start_unix_ns)
+            + fixed64(span.end())
+            + span
+                .attributes
+                .iter()
+                .map(|a| delimited(9, own_kv_len(a)))
+                .sum::<usize>()
+            + delimited(15, own_status_len(&span.outcome))
+            + key_len(16)
+            + 4
+    }
+
+    /// `span.clone().into_otlp().encode_raw(buf)`, without building the OTLP span.
+    pub(super) fn encode_own_span(span: &OwnSpan, buf: &mut Vec<u8>) {
+        bytes_if_any(1, &span.trace_id, buf);
+        bytes_if_any(2, &span.span_id, buf);
+        if let Some(parent) = &span.parent_span_id {
+            bytes_if_any(4, parent, buf);
+        }
+        bytes_if_any(5, span.name.as_bytes(), buf);
+        varint_if_any(6, span.kind.otlp() as u64, buf);
+        for (tag, v) in [(7, span.start_unix_ns), (8, span.end())] {
+            if v != 0 {
+                encode_key(tag, WireType::SixtyFourBit, buf);
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        for a in &span.attributes {
+            head(9, own_kv_len(a), buf);
+            bytes_if_any(1, a.key.as_bytes(), buf);
+            head(2, own_value_len(&a.value), buf);
+            match &a.value {
+                AttrValue::Str(s) => {
+                    head(1, s.len(), buf);
+                    buf.extend_from_slice(s.as_bytes());
+                }
+                AttrValue::Int(i) => {
+                    encode_key(3, WireType::Varint, buf);
+                    encode_varint(*i as u64, buf);
+                }
+            }
+        }
+        head(15, own_status_len(&span.outcome), buf);
+        if let Outcome::Error(m) = &span.outcome {
+            bytes_if_any(2, m.as_bytes(), buf);
+            encode_key(3, WireType::Varint, buf);
+            encode_varint(StatusCode::Error as u64, buf);
+        }
+        encode_key(16, WireType::ThirtyTwoBit, buf);
+        buf.extend_from_slice(&span.flags().to_le_bytes());
     }
 }
 
@@ -946,7 +1146,7 @@ mod tests {
         shapes.push(mixed);
         for v in shapes {
             for max_items in [1u64, 2, 3, 7, 512] {
-                let batches = encode_traces_in_batches(&v, max_items, usize::MAX);
+                let batches = encode_traces_in_batches(v.as_slice(), max_items, usize::MAX);
                 let mut rest = Payload::Traces(v.clone());
                 for b in &batches {
                     assert!(b.items <= max_items && b.items >= 1 || count_spans(&v) == 0);
@@ -962,7 +1162,7 @@ mod tests {
             // By bytes: every batch with more than one span fits.
             let max_bytes = 600;
             let mut all = Vec::new();
-            for b in encode_traces_in_batches(&v, u64::MAX, max_bytes) {
+            for b in encode_traces_in_batches(v.as_slice(), u64::MAX, max_bytes) {
                 assert!(
                     b.items <= 1 || b.bytes.len() <= max_bytes,
                     "{} bytes",
@@ -971,6 +1171,100 @@ mod tests {
                 all.extend(flat(&b.decode()));
             }
             assert_eq!(all, flat(&v));
+        }
+    }
+
+    /// sonde's own spans in every shape the span builders make: root and child, local and
+    /// remote parent, server and client, unset and error status (with and without message),
+    /// text and integer values (empty, negative, large), empty name, zero times.
+    fn own_batches() -> Vec<OwnBatch> {
+        use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+        use opentelemetry_proto::tonic::resource::v1::Resource;
+        use sonde_span::{Kind, Outcome, OwnSpan, int_attr, str_attr};
+        let span = |i: u8| OwnSpan {
+            trace_id: [i; 16],
+            span_id: [i.wrapping_add(1); 8],
+            parent_span_id: i.is_multiple_of(2).then_some([7; 8]),
+            remote_parent: i.is_multiple_of(3),
+            name: if i == 4 {
+                "".into()
+            } else {
+                format!("GET /items/{i}").into()
+            },
+            kind: if i.is_multiple_of(2) {
+                Kind::Server
+            } else {
+                Kind::Client
+            },
+            start_unix_ns: if i == 5 {
+                0
+            } else {
+                1_700_000_000_000_000_000 + u64::from(i)
+            },
+            end_unix_ns: if i == 6 { 0 } else { 1_700_000_000_500_000_000 },
+            attributes: vec![
+                str_attr("http.request.method", "GET"),
+                str_attr("url.path", "/x".repeat(usize::from(i) * 40)),
+                str_attr("empty", ""),
+                int_attr("http.response.status_code", 200 + i64::from(i)),
+                int_attr("negative", -i64::from(i) - 1),
+                int_attr("large", i64::MAX),
+            ],
+            outcome: match i % 3 {
+                0 => Outcome::Unset,
+                1 => Outcome::Error(String::new()),
+                _ => Outcome::Error("the connection ended".into()),
+            },
+        };
+        let resource = |pid: i64| Resource {
+            attributes: vec![KeyValue {
+                key: "process.pid".into(),
+                value: Some(AnyValue {
+                    value: Some(Value::IntValue(pid)),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        vec![
+            OwnBatch {
+                resource: resource(1),
+                spans: (0..7).map(span).collect(),
+            },
+            OwnBatch {
+                resource: Resource::default(),
+                spans: Vec::new(),
+            },
+            OwnBatch {
+                resource: resource(2),
+                spans: (7..10).map(span).collect(),
+            },
+        ]
+    }
+
+    fn own_as_otlp(batches: &[OwnBatch]) -> Vec<ResourceSpans> {
+        batches.iter().cloned().map(OwnBatch::into_otlp).collect()
+    }
+
+    #[test]
+    fn own_spans_encode_as_their_otlp_conversion_does() {
+        let batches = own_batches();
+        let expected = ExportTraceServiceRequest {
+            resource_spans: own_as_otlp(&batches),
+        }
+        .encode_to_vec();
+        assert_eq!(encode_own_traces(&batches), expected);
+        assert!(encode_own_traces(&[]).is_empty());
+    }
+
+    #[test]
+    fn own_spans_batch_as_their_otlp_conversion_does() {
+        let batches = own_batches();
+        let otlp = own_as_otlp(&batches);
+        for (max_items, max_bytes) in [(1, usize::MAX), (3, usize::MAX), (512, 700), (2, 900)] {
+            let own = encode_traces_in_batches(&OwnTree::new(&batches), max_items, max_bytes);
+            let converted = encode_traces_in_batches(otlp.as_slice(), max_items, max_bytes);
+            assert_eq!(own, converted, "{max_items} items, {max_bytes} bytes");
         }
     }
 

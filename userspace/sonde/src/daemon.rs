@@ -127,25 +127,27 @@ impl CaptureLoop {
         if self.cut.at(PipelineStop::Build) {
             // --pipeline-stop build: metrics (if on) see the spans, nothing merges or leaves.
             self.cut.spans += spans.len() as u64;
-            let grouped = self.tracer.group(if self.metrics.is_some() {
+            let own = if self.metrics.is_some() {
                 spans
             } else {
                 Vec::new() // still forgets processes that exited
-            });
+            };
+            let (own, _) = self.tracer.group(own, Vec::new());
             if let Some(m) = &self.metrics {
-                m.observe(&grouped);
+                m.observe_own(&own);
             }
             return;
         }
         // Collected in place (same element type): no second buffer, no copy of every span.
-        let mut ready: Vec<_> = spans
+        let own: Vec<_> = spans
             .into_iter()
             .filter_map(|(pid, span)| {
                 if !self.merger.is_sdk_pid(pid) && self.tracer.is_sdk_candidate(pid) {
                     self.merger.observe_candidate(pid, now);
                 }
-                if self.merger.should_hold(pid, &span, now) {
-                    self.merger.hold(pid, span, now);
+                if self.merger.should_hold(pid, &span.trace_id, now) {
+                    // Held spans may be adopted by an SDK span (ids rewritten): OTLP from here.
+                    self.merger.hold(pid, span.into_otlp(), now);
                     None
                 } else {
                     Some((pid, span))
@@ -154,30 +156,43 @@ impl CaptureLoop {
             .collect();
         // Groups of traces whose server request is still in flight wait for its end.
         let open = self.tracer.open_server_traces();
-        ready.extend(self.merger.poll(now, &|trace| open.contains(trace)));
-        self.export(ready);
+        let released = self.merger.poll(now, &|trace| open.contains(trace));
+        self.export(own, released);
     }
 
-    fn export(&mut self, spans: Vec<(u32, opentelemetry_proto::tonic::trace::v1::Span)>) {
-        if spans.is_empty() {
+    /// Groups, enriches, counts and queues sonde's own spans and those the merge released.
+    fn export(
+        &mut self,
+        own: Vec<(u32, sonde_core::trace::span::OwnSpan)>,
+        released: Vec<(u32, opentelemetry_proto::tonic::trace::v1::Span)>,
+    ) {
+        if own.is_empty() && released.is_empty() {
             return;
         }
-        let mut grouped = self.tracer.group(spans);
-        grouped.retain_mut(|rs| rs.resource.as_mut().is_none_or(|r| self.k8s.enrich(r)));
+        let (mut own, mut released) = self.tracer.group(own, released);
+        own.retain_mut(|b| self.k8s.enrich(&mut b.resource));
+        released.retain_mut(|rs| rs.resource.as_mut().is_none_or(|r| self.k8s.enrich(r)));
         if let Some(m) = &self.metrics {
-            m.observe(&grouped);
+            m.observe_own(&own);
+            m.observe(&released);
         }
         if self.cut.at(PipelineStop::Encode) {
             // --pipeline-stop encode: the protobuf bytes an OTLP exporter would send, dropped.
-            self.cut.spans += spans_in(&grouped);
+            self.cut.spans +=
+                spans_in(&released) + own.iter().map(|b| b.spans.len() as u64).sum::<u64>();
             let request = Request::Traces(ExportTraceServiceRequest {
-                resource_spans: grouped,
+                resource_spans: released,
             });
-            self.cut.bytes += request.encode_protobuf().len() as u64;
+            self.cut.bytes += (request.encode_protobuf().len()
+                + sonde_otlp_export::encode_own_traces(&own).len())
+                as u64;
             self.cut.requests += 1;
             return;
         }
-        if self.exporter.send_traces(grouped).is_err() {
+        if self.exporter.send_own_traces(own).is_err() {
+            self.spans_rejected += 1;
+        }
+        if self.exporter.send_traces(released).is_err() {
             self.spans_rejected += 1;
         }
     }
@@ -381,7 +396,7 @@ impl CaptureLoop {
             if stopping {
                 self.flush();
                 let held = self.merger.drain();
-                self.export(held);
+                self.export(Vec::new(), held);
                 if let Some(mut m) = self.metrics.take() {
                     let exporter = self.exporter.clone();
                     m.flush(|pid| self.resource_of(pid), &exporter);

@@ -61,8 +61,21 @@ impl MetricsFeed {
 
     /// Counts the requests of spans about to be exported.
     pub fn observe(&self, batches: &[ResourceSpans]) {
+        if batches.is_empty() {
+            return;
+        }
         if let Ok(mut r) = self.registry.lock() {
             r.observe_spans(batches, unix_now_ns());
+        }
+    }
+
+    /// Counts the requests of sonde's own spans about to be exported.
+    pub fn observe_own(&self, batches: &[sonde_span::OwnBatch]) {
+        if batches.is_empty() {
+            return;
+        }
+        if let Ok(mut r) = self.registry.lock() {
+            r.observe_own_spans(batches, unix_now_ns());
         }
     }
 

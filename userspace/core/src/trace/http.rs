@@ -1,14 +1,13 @@
 //! HTTP exchanges to SERVER and CLIENT spans with the stable HTTP semantic conventions.
 use std::net::SocketAddr;
 
-use opentelemetry_proto::tonic::common::v1::KeyValue;
 use sonde_http1::{Exchange, RequestHead};
 
 use super::{
     context::SpanContext,
     redact,
     route::RouteTemplates,
-    span::{Kind, Outcome, SpanParts, int_attr, ip_text, str_attr},
+    span::{Attr, AttrValue, Kind, Outcome, SpanParts, int_attr, ip_text, str_attr},
 };
 use crate::clock::Clock;
 
@@ -23,7 +22,7 @@ pub struct Endpoints {
     pub remote: Option<SocketAddr>,
 }
 
-fn method_attrs(method: &str, attrs: &mut Vec<KeyValue>) -> &'static str {
+fn method_attrs(method: &str, attrs: &mut Vec<Attr>) -> &'static str {
     match KNOWN_METHODS.iter().find(|m| **m == method) {
         Some(m) => {
             attrs.push(str_attr("http.request.method", *m));
@@ -95,7 +94,7 @@ fn end_ns(ex: &Exchange, fallback_end_ns: u64) -> u64 {
 
 /// Status code, `error.type` and status: statuses from `error_from` up are errors (5xx on a
 /// server span, 4xx and 5xx on a client span); no response at all is an error too.
-fn outcome(ex: &Exchange, error_from: u16, missing: &str, attrs: &mut Vec<KeyValue>) -> Outcome {
+fn outcome(ex: &Exchange, error_from: u16, missing: &str, attrs: &mut Vec<Attr>) -> Outcome {
     let outcome = match &ex.response {
         Some(resp) => {
             attrs.push(int_attr(
@@ -189,7 +188,7 @@ pub fn server_span(
         attrs.push(str_attr("network.peer.address", peer));
         attrs.push(int_attr("network.peer.port", i64::from(remote.port())));
     } else if let Some(f) = forwarded {
-        attrs.push(str_attr("client.address", f));
+        attrs.push(str_attr("client.address", f.to_owned()));
     }
     if let Some(ua) = header_str(req, "user-agent") {
         attrs.push(str_attr("user_agent.original", truncate(ua, 512)));
@@ -202,7 +201,7 @@ pub fn server_span(
     );
     SpanParts {
         ctx,
-        name,
+        name: name.into(),
         kind: Kind::Server,
         start_unix_ns: clock.to_unix_ns(ex.request_first.ts_ns),
         end_unix_ns: clock.to_unix_ns(end_ns(ex, fallback_end_ns)),
@@ -267,7 +266,7 @@ pub fn client_span(
     );
     SpanParts {
         ctx,
-        name: method.to_owned(),
+        name: method.into(),
         kind: Kind::Client,
         start_unix_ns: clock.to_unix_ns(ex.request_first.ts_ns),
         end_unix_ns: clock.to_unix_ns(end_ns(ex, fallback_end_ns)),
@@ -303,13 +302,12 @@ mod tests {
 /// The exchange travelled over TLS (its bytes came from the OpenSSL uprobes): `url.scheme`
 /// becomes `https` and `url.full` starts with `https://`, without the default port 443.
 pub fn into_https(parts: &mut SpanParts) {
-    use opentelemetry_proto::tonic::common::v1::any_value::Value;
-    for kv in &mut parts.attributes {
-        let Some(Value::StringValue(v)) = kv.value.as_mut().and_then(|a| a.value.as_mut()) else {
+    for attr in &mut parts.attributes {
+        let AttrValue::Str(v) = &mut attr.value else {
             continue;
         };
-        match kv.key.as_str() {
-            "url.scheme" if v == "http" => *v = "https".to_owned(),
+        match attr.key {
+            "url.scheme" if v == "http" => *v = "https".into(),
             "url.full" => {
                 if let Some(rest) = v.strip_prefix("http://") {
                     let (authority, tail) = match rest.find(['/', '?', '#']) {
@@ -317,7 +315,7 @@ pub fn into_https(parts: &mut SpanParts) {
                         None => (rest, ""),
                     };
                     let authority = authority.strip_suffix(":443").unwrap_or(authority);
-                    *v = format!("https://{authority}{tail}");
+                    *v = format!("https://{authority}{tail}").into();
                 }
             }
             _ => {}
@@ -331,16 +329,13 @@ mod https_tests {
     use crate::trace::span::Kind;
 
     fn value(parts: &SpanParts, key: &str) -> String {
-        use opentelemetry_proto::tonic::common::v1::any_value::Value;
         parts
             .attributes
             .iter()
-            .find(|kv| kv.key == key)
-            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-                Value::StringValue(s) => Some(s.clone()),
-                _ => None,
-            })
+            .find(|a| a.key == key)
+            .and_then(|a| a.value.as_str())
             .unwrap_or_default()
+            .to_owned()
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub fn client_span(
     let mut attrs = Vec::with_capacity(12);
     attrs.push(str_attr("db.system.name", "postgresql"));
     if let Some(db) = database {
-        attrs.push(str_attr("db.namespace", db));
+        attrs.push(str_attr("db.namespace", db.to_owned()));
     }
     attrs.push(str_attr("db.query.text", op.query_text.clone()));
     attrs.push(str_attr("db.query.summary", op.summary.clone()));
@@ -86,9 +86,9 @@ pub fn client_span(
     SpanParts {
         ctx,
         name: if op.summary.is_empty() {
-            "postgresql".to_owned()
+            "postgresql".into()
         } else {
-            op.summary.clone()
+            op.summary.clone().into()
         },
         kind: Kind::Client,
         start_unix_ns: clock.to_unix_ns(op.first.ts_ns),

@@ -10,7 +10,26 @@ use opentelemetry_proto::tonic::{
     resource::v1::Resource,
 };
 
-use super::span::{int_attr, str_attr};
+/// A resource attribute (resources are OTLP structs: built once per process, then cached).
+fn str_attr(key: &str, value: impl Into<String>) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn int_attr(key: &str, value: i64) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(Value::IntValue(value)),
+        }),
+        ..Default::default()
+    }
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct ProcessInfo {

@@ -1,20 +1,7 @@
-//! Building OTLP spans and attributes: the one place the daemon's spans take their wire shape.
-use opentelemetry_proto::tonic::{
-    common::v1::{AnyValue, KeyValue, any_value::Value},
-    trace::v1::{Span, Status, span::SpanKind, status::StatusCode},
-};
+//! Building sonde's spans and attributes (the span type itself is `sonde-span`'s).
+pub use sonde_span::{Attr, AttrValue, Kind, Outcome, OwnSpan, int_attr, str_attr};
 
 use super::context::SpanContext;
-
-pub fn str_attr(key: &str, value: impl Into<String>) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(Value::StringValue(value.into())),
-        }),
-        ..Default::default()
-    }
-}
 
 /// An address as text, as `Display` writes it. IPv4 (every span has one or two) is written
 /// digit by digit: going through `fmt` cost more than the rest of the attribute.
@@ -38,64 +25,31 @@ pub fn ip_text(ip: std::net::IpAddr) -> String {
     out
 }
 
-pub fn int_attr(key: &str, value: i64) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(Value::IntValue(value)),
-        }),
-        ..Default::default()
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Server,
-    Client,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Unset,
-    Error(String),
-}
-
 /// A span before it is grouped under its process's resource.
 pub struct SpanParts {
     pub ctx: SpanContext,
-    pub name: String,
+    pub name: std::borrow::Cow<'static, str>,
     pub kind: Kind,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
-    pub attributes: Vec<KeyValue>,
+    pub attributes: Vec<Attr>,
     pub outcome: Outcome,
 }
 
 impl SpanParts {
-    pub fn into_otlp(self) -> Span {
-        let (code, message) = match self.outcome {
-            Outcome::Unset => (StatusCode::Unset, String::new()),
-            Outcome::Error(m) => (StatusCode::Error, m),
-        };
-        Span {
-            trace_id: self.ctx.trace_id.0.to_vec(),
-            span_id: self.ctx.span_id.0.to_vec(),
-            parent_span_id: self.ctx.parent.map(|p| p.0.to_vec()).unwrap_or_default(),
+    /// The span as sonde exports it.
+    pub fn into_span(self) -> OwnSpan {
+        OwnSpan {
+            trace_id: self.ctx.trace_id.0,
+            span_id: self.ctx.span_id.0,
+            parent_span_id: self.ctx.parent.map(|p| p.0),
+            remote_parent: self.ctx.remote_parent,
             name: self.name,
-            kind: match self.kind {
-                Kind::Server => SpanKind::Server,
-                Kind::Client => SpanKind::Client,
-            } as i32,
-            start_time_unix_nano: self.start_unix_ns,
-            end_time_unix_nano: self.end_unix_ns.max(self.start_unix_ns),
+            kind: self.kind,
+            start_unix_ns: self.start_unix_ns,
+            end_unix_ns: self.end_unix_ns,
             attributes: self.attributes,
-            status: Some(Status {
-                message,
-                code: code as i32,
-            }),
-            // W3C flags: sampled, and whether the parent is remote (OTLP span flags bits 8/9).
-            flags: 0x01 | 0x100 | if self.ctx.remote_parent { 0x200 } else { 0 },
-            ..Default::default()
+            outcome: self.outcome,
         }
     }
 }

@@ -2,51 +2,55 @@
 //!
 //! Must never: change a span.
 use opentelemetry_proto::tonic::{
-    common::v1::InstrumentationScope,
     resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span},
+    trace::v1::{ResourceSpans, ScopeSpans},
 };
 use rustc_hash::FxHashMap as HashMap;
+use sonde_span::sonde_scope;
 
-/// Groups `(pid, span)`s per pid under `resource(pid)`, with sonde as the scope.
-pub fn group(
-    spans: Vec<(u32, Span)>,
+/// Groups `(pid, span)`s per pid under `resource(pid)`, keeping each process's span order.
+pub fn group<S>(
+    spans: Vec<(u32, S)>,
     mut resource: impl FnMut(u32) -> Resource,
-) -> Vec<ResourceSpans> {
+) -> Vec<(Resource, Vec<S>)> {
     // Sized first, so no per-pid vector grows (and copies its spans) while filling.
     let mut counts: HashMap<u32, usize> = HashMap::default();
     for (pid, _) in &spans {
         *counts.entry(*pid).or_default() += 1;
     }
-    let mut by_pid: HashMap<u32, Vec<Span>> = counts
+    let mut by_pid: HashMap<u32, Vec<S>> = counts
         .into_iter()
         .map(|(pid, n)| (pid, Vec::with_capacity(n)))
         .collect();
     for (pid, span) in spans {
         by_pid.entry(pid).or_default().push(span);
     }
-    let mut out = Vec::with_capacity(by_pid.len());
-    for (pid, spans) in by_pid {
-        out.push(ResourceSpans {
-            resource: Some(resource(pid)),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: "sonde".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..Default::default()
-                }),
-                spans,
-                schema_url: String::new(),
-            }],
+    by_pid
+        .into_iter()
+        .map(|(pid, spans)| (resource(pid), spans))
+        .collect()
+}
+
+/// One process's OTLP spans as a `ResourceSpans` with sonde as the scope.
+pub fn resource_spans(
+    resource: Resource,
+    spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>,
+) -> ResourceSpans {
+    ResourceSpans {
+        resource: Some(resource),
+        scope_spans: vec![ScopeSpans {
+            scope: Some(sonde_scope()),
+            spans,
             schema_url: String::new(),
-        });
+        }],
+        schema_url: String::new(),
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::trace::v1::Span;
 
     #[test]
     fn one_resource_per_process_keeping_span_order() {
@@ -54,13 +58,16 @@ mod tests {
             name: name.into(),
             ..Default::default()
         };
-        let out = group(
+        let out: Vec<_> = group(
             vec![(1, span("a")), (2, span("b")), (1, span("c"))],
             |pid| Resource {
                 dropped_attributes_count: pid,
                 ..Default::default()
             },
-        );
+        )
+        .into_iter()
+        .map(|(resource, spans)| resource_spans(resource, spans))
+        .collect();
         assert_eq!(out.len(), 2);
         for rs in out {
             let pid = rs.resource.map(|r| r.dropped_attributes_count);
