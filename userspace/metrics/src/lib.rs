@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::{resource::v1::Resource, trace::v1::ResourceSpan
 use rustc_hash::{FxHashMap, FxHashSet};
 
 pub use expo::{Encoder, Format, Kind};
-pub use request::{Measurement, RequestMetric, measure};
+pub use request::{Measurement, MeasurementRef, RequestMetric, measure, measure_ref};
 
 /// Attribute pairs, sorted by key (OpenTelemetry names; converted at exposition).
 pub type Labels = Vec<(Cow<'static, str>, String)>;
@@ -56,6 +56,36 @@ pub(crate) struct SeriesKey {
     pub attributes: Labels,
 }
 
+/// A series key borrowed from a measurement, to look its series up without copying labels.
+/// It hashes as the [`SeriesKey`] it would become: `&str`, `Cow<str>` and `String` all hash
+/// as `str`, and a slice as the `Vec` holding it (tested).
+struct SeriesKeyRef<'k, 'a> {
+    identity: &'k Labels,
+    attributes: &'k [(&'static str, Cow<'a, str>)],
+}
+
+impl std::hash::Hash for SeriesKeyRef<'_, '_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.identity.hash(state);
+        self.attributes.hash(state);
+    }
+}
+
+impl hashbrown::Equivalent<SeriesKey> for SeriesKeyRef<'_, '_> {
+    fn equivalent(&self, key: &SeriesKey) -> bool {
+        *key.identity == *self.identity
+            && key.attributes.len() == self.attributes.len()
+            && key
+                .attributes
+                .iter()
+                .zip(self.attributes)
+                .all(|((k, v), (rk, rv))| k == rk && v == rv)
+    }
+}
+
+/// Request series of one metric, looked up by borrowed labels.
+pub(crate) type SeriesMap = hashbrown::HashMap<SeriesKey, Hist, rustc_hash::FxBuildHasher>;
+
 #[derive(Clone, Debug)]
 pub(crate) struct Hist {
     /// Per bucket (not cumulative), `bounds.len() + 1` entries, the last one `+Inf`.
@@ -91,7 +121,7 @@ impl Hist {
 
 #[derive(Default)]
 pub(crate) struct Family {
-    pub series: FxHashMap<SeriesKey, Hist>,
+    pub series: SeriesMap,
     pub overflow: Option<Hist>,
     pub folded_series_limit: u64,
     pub folded_memory: u64,
@@ -238,32 +268,37 @@ impl Registry {
             self.process_seen(pid, &identity, now_ns);
         }
         for span in spans {
-            if let Some(m) = measure(span) {
+            if let Some(m) = request::measure_ref(span) {
                 self.record(&identity, m, now_ns);
             }
         }
     }
 
-    /// Adds one measurement to its series (or to the overflow series past the limits).
+    /// Adds one measurement to its series (or to the overflow series past the limits). The
+    /// labels are copied only for a new series.
     pub fn record(
         &mut self,
         identity: &Arc<Labels>,
-        m: Measurement,
+        m: MeasurementRef<'_>,
         now_ns: u64,
     ) -> Option<FoldReason> {
         self.spans_counted += 1;
         let bounds = m.metric.bounds();
-        let key = SeriesKey {
-            identity: Arc::clone(identity),
-            attributes: m.attributes,
-        };
         let limit = self.config.series_limit;
         let budget = self.config.memory_budget_bytes;
         let family = &mut self.families[m.metric.index()];
-        if let Some(h) = family.series.get_mut(&key) {
+        let probe = SeriesKeyRef {
+            identity,
+            attributes: &m.attributes,
+        };
+        if let Some(h) = family.series.get_mut(&probe) {
             h.record(bounds, m.seconds, now_ns);
             return None;
         }
+        let key = SeriesKey {
+            identity: Arc::clone(identity),
+            attributes: request::owned_labels(&m.attributes),
+        };
         let cost = series_bytes(&key, bounds.len() + 1);
         let fold = if family.series.len() >= limit {
             Some(FoldReason::SeriesLimit)

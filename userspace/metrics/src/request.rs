@@ -154,15 +154,96 @@ impl MeasuredSpan for OwnSpan {
     fn text(&self, keys: &[&str]) -> Option<Cow<'_, str>> {
         let text = match keys.iter().find_map(|k| self.attr(k))? {
             AttrValue::Str(s) => Cow::Borrowed(&**s),
-            AttrValue::Int(i) => Cow::Owned(i.to_string()),
+            AttrValue::Int(i) => int_text(*i),
         };
         (!text.is_empty()).then_some(text)
+    }
+}
+
+/// "100" to "599", back to back: status codes as text without an allocation per span.
+const STATUS_TEXT: [u8; 1500] = {
+    let mut table = [0u8; 1500];
+    let mut i = 0;
+    while i < 500 {
+        let n = i + 100;
+        table[i * 3] = b'0' + (n / 100) as u8;
+        table[i * 3 + 1] = b'0' + (n / 10 % 10) as u8;
+        table[i * 3 + 2] = b'0' + (n % 10) as u8;
+        i += 1;
+    }
+    table
+};
+
+/// An integer as text, borrowed for the status-code range.
+fn int_text(i: i64) -> Cow<'static, str> {
+    let from_table = (100..600)
+        .contains(&i)
+        .then(|| (i - 100) as usize * 3)
+        .and_then(|at| STATUS_TEXT.get(at..at + 3))
+        .and_then(|b| std::str::from_utf8(b).ok());
+    match from_table {
+        Some(text) => Cow::Borrowed(text),
+        None => Cow::Owned(i.to_string()),
+    }
+}
+
+/// `s` cut to [`MAX_VALUE_LEN`] bytes on a character boundary, still borrowed.
+fn bounded_text(s: Cow<'_, str>) -> Cow<'_, str> {
+    if s.len() <= MAX_VALUE_LEN {
+        return s;
+    }
+    let mut cut = MAX_VALUE_LEN;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    match s {
+        Cow::Borrowed(b) => Cow::Borrowed(b.get(..cut).unwrap_or_default()),
+        Cow::Owned(mut o) => {
+            o.truncate(cut);
+            Cow::Owned(o)
+        }
     }
 }
 
 /// What a finished span counts as, if anything (internal spans and spans of other kinds or
 /// protocols count as nothing).
 pub fn measure(span: &impl MeasuredSpan) -> Option<Measurement> {
+    measure_ref(span).map(MeasurementRef::into_owned)
+}
+
+/// Labels whose values may borrow from the span measured.
+pub type LabelsRef<'a> = Vec<(&'static str, Cow<'a, str>)>;
+
+/// A measurement whose label values borrow from its span: the registry copies them only
+/// when they make a new series.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeasurementRef<'a> {
+    pub metric: RequestMetric,
+    /// Sorted by key; OpenTelemetry attribute names.
+    pub attributes: LabelsRef<'a>,
+    pub seconds: f64,
+}
+
+impl MeasurementRef<'_> {
+    pub fn into_owned(self) -> Measurement {
+        Measurement {
+            metric: self.metric,
+            attributes: owned_labels(&self.attributes),
+            seconds: self.seconds,
+        }
+    }
+}
+
+/// Borrowed labels as owned ones.
+pub fn owned_labels(labels: &[(&'static str, Cow<'_, str>)]) -> Labels {
+    labels
+        .iter()
+        .map(|(k, v)| (Cow::Borrowed(*k), v.clone().into_owned()))
+        .collect()
+}
+
+/// [`measure`] without copying the label values.
+pub fn measure_ref(span: &impl MeasuredSpan) -> Option<MeasurementRef<'_>> {
     let kind = span.kind();
     let method = span.text(&["http.request.method", "http.method"]);
     let db_system = span.text(&["db.system.name", "db.system"]);
@@ -177,17 +258,17 @@ pub fn measure(span: &impl MeasuredSpan) -> Option<Measurement> {
     };
     let (start, end) = span.times();
     let seconds = end.checked_sub(start)? as f64 / 1e9;
-    let mut out: Labels = Vec::with_capacity(6);
+    let mut out: LabelsRef<'_> = Vec::with_capacity(6);
     let error = span.text(&["error.type"]);
     match metric {
         RequestMetric::HttpServer | RequestMetric::HttpClient => {
             let method = method.unwrap_or_default();
             let method = if KNOWN_METHODS.contains(&&*method) {
-                method.into_owned()
+                method
             } else {
-                "_OTHER".to_owned()
+                Cow::Borrowed("_OTHER")
             };
-            out.push(("http.request.method".into(), method));
+            out.push(("http.request.method", method));
             let status = span.text(&["http.response.status_code", "http.status_code"]);
             let error = error.or_else(|| {
                 let code: u16 = status.as_deref()?.parse().ok()?;
@@ -201,28 +282,28 @@ pub fn measure(span: &impl MeasuredSpan) -> Option<Measurement> {
             if let Some(s) =
                 status.filter(|s| s.len() <= 3 && s.bytes().all(|b| b.is_ascii_digit()))
             {
-                out.push(("http.response.status_code".into(), s.into_owned()));
+                out.push(("http.response.status_code", s));
             }
             if let Some(e) = error {
-                out.push(("error.type".into(), bounded(e)));
+                out.push(("error.type", bounded_text(e)));
             }
             if metric == RequestMetric::HttpServer {
                 if let Some(r) = span.text(&["http.route"]) {
-                    out.push(("http.route".into(), bounded(r)));
+                    out.push(("http.route", bounded_text(r)));
                 }
             } else {
                 if let Some(a) = span.text(&["server.address", "net.peer.name"]) {
-                    out.push(("server.address".into(), bounded(a)));
+                    out.push(("server.address", bounded_text(a)));
                 }
                 if let Some(p) = span.text(&["server.port", "net.peer.port"]) {
-                    out.push(("server.port".into(), bounded(p)));
+                    out.push(("server.port", bounded_text(p)));
                 }
             }
         }
         RequestMetric::DbClient => {
             out.push((
-                "db.system.name".into(),
-                bounded(db_system.unwrap_or_default()),
+                "db.system.name",
+                bounded_text(db_system.unwrap_or_default()),
             ));
             for (key, aliases) in [
                 (
@@ -237,16 +318,16 @@ pub fn measure(span: &impl MeasuredSpan) -> Option<Measurement> {
                 ("db.response.status_code", &["db.response.status_code"][..]),
             ] {
                 if let Some(v) = span.text(aliases) {
-                    out.push((key.into(), bounded(v)));
+                    out.push((key, bounded_text(v)));
                 }
             }
             if let Some(e) = error {
-                out.push(("error.type".into(), bounded(e)));
+                out.push(("error.type", bounded_text(e)));
             }
         }
     }
     out.sort();
-    Some(Measurement {
+    Some(MeasurementRef {
         metric,
         attributes: out,
         seconds,
@@ -400,6 +481,28 @@ mod tests {
         assert_eq!(d.attributes.len(), 3);
         assert!(measure(&span(SpanKind::Internal, vec![s("http.method", "GET")], 1)).is_none());
         assert!(measure(&span(SpanKind::Client, vec![], 1)).is_none());
+    }
+
+    #[test]
+    fn integers_read_as_display_writes_them() {
+        for i in [
+            -1,
+            0,
+            7,
+            99,
+            100,
+            101,
+            200,
+            404,
+            599,
+            600,
+            8080,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            assert_eq!(int_text(i), i.to_string());
+        }
+        assert!(matches!(int_text(503), Cow::Borrowed("503")));
     }
 
     /// sonde's own spans measure as their OTLP conversions do (the daemon measures them

@@ -255,3 +255,89 @@ proptest::proptest! {
         proptest::prop_assert_eq!(count, values.len() as u64);
     }
 }
+
+/// A borrowed key must hash and compare as the owned key it stands for, or every lookup
+/// would miss and each span would make a new series.
+#[test]
+fn borrowed_series_keys_find_their_owned_series() {
+    use std::hash::BuildHasher;
+    let identity: Labels = vec![
+        ("k8s.pod.name".into(), "api-1".into()),
+        ("service.name".into(), "api".into()),
+    ];
+    let attributes: request::LabelsRef<'_> = vec![
+        ("http.request.method", Cow::Borrowed("GET")),
+        ("http.response.status_code", Cow::Owned("200".to_owned())),
+        ("http.route", Cow::Borrowed("/users/{id}")),
+    ];
+    let owned = SeriesKey {
+        identity: Arc::new(identity.clone()),
+        attributes: request::owned_labels(&attributes),
+    };
+    let probe = SeriesKeyRef {
+        identity: &identity,
+        attributes: &attributes,
+    };
+    let hasher = rustc_hash::FxBuildHasher;
+    assert_eq!(hasher.hash_one(&probe), hasher.hash_one(&owned));
+    assert!(hashbrown::Equivalent::equivalent(&probe, &owned));
+    let mut map = SeriesMap::default();
+    map.insert(owned, Hist::new(3, 0));
+    assert!(map.get(&probe).is_some());
+
+    // One differing value, a missing label or another identity is another series.
+    let mut other = attributes.clone();
+    other[1].1 = Cow::Borrowed("500");
+    let shorter = &attributes[..2];
+    let empty: Labels = Vec::new();
+    for probe in [
+        SeriesKeyRef {
+            identity: &identity,
+            attributes: &other,
+        },
+        SeriesKeyRef {
+            identity: &identity,
+            attributes: shorter,
+        },
+        SeriesKeyRef {
+            identity: &empty,
+            attributes: &attributes,
+        },
+    ] {
+        assert!(map.get(&probe).is_none());
+    }
+}
+
+/// Spans with the same labels count into one series, across batches.
+#[test]
+fn repeated_labels_count_into_one_series() {
+    let mut r = Registry::new(Config::default());
+    let batch = ResourceSpans {
+        resource: Some(Resource {
+            attributes: vec![s("service.name", "api"), i("process.pid", 7)],
+            ..Default::default()
+        }),
+        scope_spans: vec![ScopeSpans {
+            spans: (0..5)
+                .map(|n| Span {
+                    kind: SpanKind::Server as i32,
+                    attributes: vec![
+                        s("http.request.method", "GET"),
+                        i("http.response.status_code", 200),
+                        s("http.route", "/a"),
+                    ],
+                    start_time_unix_nano: 1,
+                    end_time_unix_nano: 2 + n,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    r.observe_spans(std::slice::from_ref(&batch), 10);
+    r.observe_spans(&[batch], 20);
+    assert_eq!(r.stats().series[0], 1);
+    let family = &r.families[RequestMetric::HttpServer.index()];
+    assert_eq!(family.series.values().map(|h| h.count).sum::<u64>(), 10);
+}
