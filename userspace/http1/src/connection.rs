@@ -116,7 +116,7 @@ struct Pending {
 
 impl Pending {
     fn new(seq: u64, request: Option<Arc<RequestHead>>, first: Seen) -> Self {
-        let method = request.as_ref().map(|r| r.method.as_str()).unwrap_or("");
+        let method = request.as_ref().map(|r| r.method.as_ref()).unwrap_or("");
         Self {
             seq,
             is_head: method.eq_ignore_ascii_case("HEAD"),
@@ -1018,7 +1018,7 @@ mod tests {
             .iter()
             .filter_map(|e| match e {
                 Event::RequestHead { seq, head, .. } => {
-                    Some((*seq, head.method.clone(), head.target.clone()))
+                    Some((*seq, head.method.to_string(), head.target.clone()))
                 }
                 _ => None,
             })

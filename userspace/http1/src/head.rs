@@ -1,7 +1,7 @@
 //! Message heads: finding where a head ends, parsing it with `httparse` into owned types,
 //! salvaging the readable part of a cut-off head, body framing from headers, and cheap sniffing.
 
-use crate::{Header, RequestHead, ResponseHead};
+use crate::{Header, Headers, RequestHead, ResponseHead};
 
 /// Most header lines accepted in one head; more makes the head unusable.
 pub(crate) const MAX_HEADERS: usize = 128;
@@ -62,16 +62,28 @@ pub fn kept_header(name: &str) -> Option<&'static str> {
         .copied()
 }
 
-fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<Header> {
+fn owned_headers(headers: &[httparse::Header<'_>]) -> Headers {
     headers
         .iter()
         .filter_map(|h| {
             Some(Header {
                 name: kept_header(h.name)?.into(),
-                value: h.value.to_vec(),
+                value: crate::HeaderValue::from_slice(h.value),
             })
         })
         .collect()
+}
+
+/// The standard methods, borrowed rather than copied from every request.
+const STANDARD_METHODS: &[&str] = &[
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+];
+
+fn method_text(method: &str) -> std::borrow::Cow<'static, str> {
+    match STANDARD_METHODS.iter().find(|m| **m == method) {
+        Some(m) => (*m).into(),
+        None => method.to_owned().into(),
+    }
 }
 
 pub(crate) fn parse_request(buf: &[u8]) -> Parsed<RequestHead> {
@@ -127,7 +139,7 @@ fn parse_request_strict(buf: &[u8]) -> Parsed<RequestHead> {
         Ok(httparse::Status::Complete(len)) => match (req.method, req.path, req.version) {
             (Some(method), Some(target), Some(minor_version)) => Parsed::Complete(
                 RequestHead {
-                    method: method.to_owned(),
+                    method: method_text(method),
                     target: target.to_owned(),
                     minor_version,
                     headers: owned_headers(req.headers),
@@ -410,6 +422,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn short_header_values_are_kept_inline_and_long_ones_whole() {
+        let raw = b"GET /a HTTP/1.1\r\nHost: 127.0.0.1:18080\r\nUser-Agent: Mozilla/5.0 \
+                    (X11; Linux x86_64) Firefox/120.0\r\n\r\n";
+        let Parsed::Complete(head, _) = parse_request(raw) else {
+            panic!("not parsed");
+        };
+        assert!(matches!(head.method, std::borrow::Cow::Borrowed("GET")));
+        assert!(!head.headers[0].value.spilled());
+        assert!(head.headers[1].value.spilled());
+        assert_eq!(
+            std::mem::size_of::<crate::HeaderValue>(),
+            std::mem::size_of::<Vec<u8>>()
+        );
+        assert_eq!(head.header("host"), Some(&b"127.0.0.1:18080"[..]));
+        assert_eq!(
+            head.header("user-agent"),
+            Some(&b"Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0"[..])
+        );
+        let Parsed::Complete(other, _) = parse_request(b"PURGE /x HTTP/1.1\r\n\r\n") else {
+            panic!("not parsed");
+        };
+        assert_eq!(other.method, "PURGE");
+        // Repeated and many kept headers are all kept, in order.
+        let many = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\
+                     Connection: keep-alive\r\nUpgrade: h2c\r\nTraceparent: x\r\n\r\n";
+        let Parsed::Complete(resp, _) = parse_response(many) else {
+            panic!("not parsed");
+        };
+        let names: Vec<&str> = resp.headers.iter().map(|h| h.name.as_ref()).collect();
+        assert_eq!(
+            names,
+            [
+                "content-length",
+                "content-length",
+                "connection",
+                "upgrade",
+                "traceparent"
+            ]
+        );
+        assert_eq!(framing(&resp.headers), Framing::Length(1));
+    }
+
+    #[test]
     fn heads_keep_only_the_headers_sonde_reads() {
         let raw = b"POST /login HTTP/1.1\r\nHost: api\r\nCookie: session=s3cret\r\n\
                     Authorization: Bearer t0ken\r\nUser-Agent: curl\r\nContent-Length: 2\r\n\
@@ -450,7 +505,7 @@ mod tests {
     fn framing_rules() {
         let h = |n: &str, v: &str| Header {
             name: n.to_owned().into(),
-            value: v.as_bytes().to_vec(),
+            value: v.as_bytes().into(),
         };
         assert_eq!(framing(&[h("Content-Length", "12")]), Framing::Length(12));
         assert_eq!(framing(&[h("content-length", "7, 7")]), Framing::Length(7));

@@ -77,24 +77,33 @@ pub use sonde_protocol::{Direction, Seen};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
     pub name: std::borrow::Cow<'static, str>,
-    pub value: Vec<u8>,
+    pub value: HeaderValue,
 }
+
+/// A header value, inline up to 16 bytes (a length, a coding, `host:port`, a trace state
+/// key): most kept values cost no allocation, in the space a `Vec<u8>` takes (tested; a
+/// larger inline head made every exchange costlier to move than the allocations it saved).
+pub type HeaderValue = smallvec::SmallVec<[u8; 16]>;
+
+/// A head's kept headers.
+pub type Headers = Vec<Header>;
 
 fn find_header<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
     headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_slice())
+        .map(|h| &h.value[..])
 }
 
 /// A parsed request line and headers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestHead {
-    pub method: String,
+    /// Borrowed for the standard methods (no copy per request).
+    pub method: std::borrow::Cow<'static, str>,
     pub target: String,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
-    pub headers: Vec<Header>,
+    pub headers: Headers,
 }
 
 impl RequestHead {
@@ -112,7 +121,7 @@ pub struct ResponseHead {
     pub reason: std::borrow::Cow<'static, str>,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
-    pub headers: Vec<Header>,
+    pub headers: Headers,
 }
 
 impl ResponseHead {

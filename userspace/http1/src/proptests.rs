@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 
 use crate::{
-    Connection, Direction, Event, Exchange, Header, RequestHead, ResponseHead, Seen,
+    Connection, Direction, Event, Exchange, Header, Headers, RequestHead, ResponseHead, Seen,
     looks_like_request, looks_like_response,
 };
 
@@ -30,7 +30,7 @@ impl BodySpec {
     fn framing_headers(&self) -> Vec<Header> {
         let h = |n: &str, v: String| Header {
             name: n.to_owned().into(),
-            value: v.into_bytes(),
+            value: v.as_bytes().into(),
         };
         match self {
             BodySpec::None | BodySpec::UntilClose(_) => vec![],
@@ -96,7 +96,7 @@ fn write_head(start: &str, headers: &[Header], out: &mut Vec<u8>) {
 }
 
 /// The headers a parsed head keeps, under the names it keeps them by.
-fn keep_as_parsed(headers: &mut Vec<Header>) {
+fn keep_as_parsed(headers: &mut Headers) {
     headers.retain_mut(|h| match crate::kept_header(&h.name) {
         Some(kept) => {
             h.name = kept.into();
@@ -111,7 +111,7 @@ fn to_headers(pairs: &[(String, String)]) -> Vec<Header> {
         .iter()
         .map(|(n, v)| Header {
             name: n.clone().into(),
-            value: v.clone().into_bytes(),
+            value: v.as_bytes().into(),
         })
         .collect()
 }
@@ -121,7 +121,7 @@ impl ExchangeSpec {
         let mut headers = to_headers(&self.req_headers);
         headers.extend(self.req_body.framing_headers());
         RequestHead {
-            method: self.method.clone(),
+            method: self.method.clone().into(),
             target: self.target.clone(),
             minor_version: self.minor,
             headers,
@@ -133,7 +133,7 @@ impl ExchangeSpec {
         match self.bogus_length {
             Some(n) => headers.push(Header {
                 name: "Content-Length".into(),
-                value: n.to_string().into_bytes(),
+                value: n.to_string().as_bytes().into(),
             }),
             None => headers.extend(self.resp_body.framing_headers()),
         }
