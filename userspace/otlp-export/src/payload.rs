@@ -111,8 +111,15 @@ fn bytes_field_len(tag: u32, b: &[u8]) -> usize {
     }
 }
 
-/// A length-delimited field's tag and length.
+/// A length-delimited field's tag and length. Tags below 16 and lengths below 128 (nearly
+/// every field of a span) take one byte each, written together.
+#[inline]
 fn write_head(tag: u32, len: usize, buf: &mut Vec<u8>) {
+    let key = (tag << 3) | prost::encoding::WireType::LengthDelimited as u32;
+    if key < 0x80 && len < 0x80 {
+        buf.extend_from_slice(&[key as u8, len as u8]);
+        return;
+    }
     prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, buf);
     prost::encoding::encode_varint(len as u64, buf);
 }
@@ -826,6 +833,46 @@ mod span_codec {
         }
     }
 
+    /// One attribute as a `KeyValue` field (tag 9). When the whole key-value is under 128
+    /// bytes (every length in it then takes one byte) its heads are written in two runs
+    /// instead of a varint call per tag and length.
+    fn encode_own_attr(a: &Attr, buf: &mut Vec<u8>) {
+        let kv_len = own_kv_len(a);
+        let key = a.key.as_bytes();
+        if kv_len >= 0x80 || key.is_empty() {
+            head(9, kv_len, buf);
+            bytes_if_any(1, key, buf);
+            head(2, own_value_len(&a.value), buf);
+            match &a.value {
+                AttrValue::Str(s) => {
+                    head(1, s.len(), buf);
+                    buf.extend_from_slice(s.as_bytes());
+                }
+                AttrValue::Int(i) => {
+                    encode_key(3, WireType::Varint, buf);
+                    encode_varint(*i as u64, buf);
+                }
+            }
+            return;
+        }
+        // KeyValue (9, LEN), key (1, LEN) and its bytes.
+        buf.extend_from_slice(&[0x4a, kv_len as u8, 0x0a, key.len() as u8]);
+        buf.extend_from_slice(key);
+        let value_len = own_value_len(&a.value) as u8;
+        match &a.value {
+            // value (2, LEN), string_value (1, LEN) and its bytes.
+            AttrValue::Str(s) => {
+                buf.extend_from_slice(&[0x12, value_len, 0x0a, s.len() as u8]);
+                buf.extend_from_slice(s.as_bytes());
+            }
+            // value (2, LEN), int_value (3, VARINT).
+            AttrValue::Int(i) => {
+                buf.extend_from_slice(&[0x12, value_len, 0x18]);
+                encode_varint(*i as u64, buf);
+            }
+        }
+    }
+
     /// `span.clone().into_otlp().encoded_len()`, without building the OTLP span.
     pub(super) fn own_span_len(span: &OwnSpan) -> usize {
         let fixed64 = |v: u64| if v == 0 { 0 } else { 9 };
@@ -862,19 +909,7 @@ mod span_codec {
             }
         }
         for a in &span.attributes {
-            head(9, own_kv_len(a), buf);
-            bytes_if_any(1, a.key.as_bytes(), buf);
-            head(2, own_value_len(&a.value), buf);
-            match &a.value {
-                AttrValue::Str(s) => {
-                    head(1, s.len(), buf);
-                    buf.extend_from_slice(s.as_bytes());
-                }
-                AttrValue::Int(i) => {
-                    encode_key(3, WireType::Varint, buf);
-                    encode_varint(*i as u64, buf);
-                }
-            }
+            encode_own_attr(a, buf);
         }
         head(15, own_status_len(&span.outcome), buf);
         if let Outcome::Error(m) = &span.outcome {
