@@ -1,8 +1,8 @@
 //! CPU per HTTP request of the daemon's span pipeline on one thread, without the kernel or
 //! the scheduler: the same work as the `cargo xtask bench --suite http` variants c2 to c
 //! (parse, correlate and build spans; group them per process; encode OTLP protobuf; count
-//! request metrics), fed recorded nginx-like traffic (32 keep-alive connections, wrk's
-//! request, nginx's response), each stage cumulative. On a noisy VM the end-to-end bench
+//! request metrics), fed recorded traffic (32 keep-alive connections; wrk's request and
+//! three an API gets, nginx's response), each stage cumulative. On a noisy VM the end-to-end bench
 //! needs many rounds to tell a 10% change; this one tells it in seconds.
 //!
 //! Run: `cargo bench -p sonde-core --bench pipeline`.
@@ -29,7 +29,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const CONNECTIONS: i32 = 32;
 /// Spans per flush, as the daemon's `flush_spans`.
 const FLUSH: usize = 512;
-const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n\r\n";
+/// wrk's request for `/`, and what an API's clients send (a route to infer, a query).
+const REQUESTS: &[&[u8]] = &[
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n\r\n",
+    b"GET /api/users/42/orders HTTP/1.1\r\nHost: api.internal:8000\r\nUser-Agent: \
+      python-requests/2.31.0\r\nAccept: */*\r\n\r\n",
+    b"POST /analysis/123/ HTTP/1.1\r\nHost: api.internal:8000\r\nContent-Length: 0\r\n\
+      traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n",
+    b"GET /search?q=variants&page=2 HTTP/1.1\r\nHost: api.internal:8000\r\n\r\n",
+];
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 30 Nov 2026 \
     15:00:00 GMT\r\nContent-Type: text/plain\r\nContent-Length: 6\r\nConnection: keep-alive\
     \r\n\r\nhello\n";
@@ -140,7 +148,7 @@ impl Pipeline {
         let mut out = 0;
         for i in 0..n {
             let fd = (i % CONNECTIONS as usize) as i32;
-            self.data(fd, Direction::Ingress, REQUEST);
+            self.data(fd, Direction::Ingress, REQUESTS[i % REQUESTS.len()]);
             self.data(fd, Direction::Egress, RESPONSE);
             if self.tracer.pending_spans() >= FLUSH {
                 out += self.flush(stage);

@@ -159,7 +159,10 @@ pub fn server_span(
         attrs.push(str_attr("url.query", truncated(redact::query(q), 2048)));
     }
     attrs.push(str_attr("url.scheme", "http"));
-    let name = format!("{method} {route}");
+    let mut name = String::with_capacity(method.len() + 1 + route.len());
+    name.push_str(method);
+    name.push(' ');
+    name.push_str(&route);
     attrs.push(str_attr("http.route", route));
     attrs.push(str_attr(
         "network.protocol.version",

@@ -40,14 +40,18 @@ enum Position {
 impl CardinalityGuard {
     /// Whether `seg` under `prefix` keeps its value (false: it collapses to `{value}`).
     fn admit(&mut self, prefix: &str, seg: &str) -> bool {
-        if !self.seen.contains_key(prefix) && self.seen.len() >= MAX_GUARDED_POSITIONS {
-            return false;
+        // The prefix is copied only for a new position (every request walks its positions).
+        if !self.seen.contains_key(prefix) {
+            if self.seen.len() >= MAX_GUARDED_POSITIONS {
+                return false;
+            }
+            self.seen
+                .insert(prefix.to_owned(), Position::Open(HashSet::new()));
         }
         let max = self.max_values;
-        let pos = self
-            .seen
-            .entry(prefix.to_owned())
-            .or_insert_with(|| Position::Open(HashSet::new()));
+        let Some(pos) = self.seen.get_mut(prefix) else {
+            return false;
+        };
         match pos {
             Position::Collapsed => false,
             Position::Open(values) => {
