@@ -6,10 +6,11 @@
 //! emails) become `{token}`. A cardinality guard then collapses a path position into `{value}`
 //! once it has seen more than N distinct values, so neither a token the heuristics miss nor an
 //! unbounded set of slugs can explode the number of routes.
-use std::{
-    collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
+
+// hashbrown for lookups by borrowed keys (`entry_ref`), with its randomly seeded default
+// hasher: the keys are request paths, which clients choose.
+use hashbrown::{HashMap, HashSet};
 
 /// Distinct values a path position may take before it collapses into `{value}`.
 pub const DEFAULT_MAX_SEGMENT_VALUES: usize = 100;
@@ -40,18 +41,14 @@ enum Position {
 impl CardinalityGuard {
     /// Whether `seg` under `prefix` keeps its value (false: it collapses to `{value}`).
     fn admit(&mut self, prefix: &str, seg: &str) -> bool {
+        let full = self.seen.len() >= MAX_GUARDED_POSITIONS;
         // The prefix is copied only for a new position (every request walks its positions).
-        if !self.seen.contains_key(prefix) {
-            if self.seen.len() >= MAX_GUARDED_POSITIONS {
-                return false;
-            }
-            self.seen
-                .insert(prefix.to_owned(), Position::Open(HashSet::new()));
-        }
-        let max = self.max_values;
-        let Some(pos) = self.seen.get_mut(prefix) else {
-            return false;
+        let pos = match self.seen.entry_ref(prefix) {
+            hashbrown::hash_map::EntryRef::Occupied(e) => e.into_mut(),
+            hashbrown::hash_map::EntryRef::Vacant(_) if full => return false,
+            hashbrown::hash_map::EntryRef::Vacant(e) => e.insert(Position::Open(HashSet::new())),
         };
+        let max = self.max_values;
         match pos {
             Position::Collapsed => false,
             Position::Open(values) => {
@@ -167,13 +164,18 @@ pub fn is_token(seg: &str) -> bool {
         return true;
     }
     let b64 = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'+' | b'=' | b'~');
-    let parts: Vec<&str> = seg.split('.').collect();
-    if parts.len() >= 3
-        && b.len() >= 24
-        && parts.iter().all(|p| !p.is_empty() && p.bytes().all(b64))
-        && parts.iter().filter(|p| p.len() >= 10).count() >= 2
-    {
-        return true;
+    // JWT-like: three or more dot-separated base64 parts, two of them long (counted in one
+    // pass: this runs on every path segment of every request).
+    if b.len() >= 24 {
+        let (mut parts, mut long) = (0, 0);
+        let all_b64 = seg.split('.').all(|p| {
+            parts += 1;
+            long += usize::from(p.len() >= 10);
+            !p.is_empty() && p.bytes().all(b64)
+        });
+        if all_b64 && parts >= 3 && long >= 2 {
+            return true;
+        }
     }
     if !b.iter().all(|&c| b64(c)) {
         return false;
