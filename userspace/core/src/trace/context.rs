@@ -30,7 +30,8 @@ impl Default for IdGenerator {
 impl IdGenerator {
     pub fn trace_id(&mut self) -> TraceId {
         loop {
-            let id: [u8; 16] = self.0.random();
+            // One 128-bit draw: an array is drawn byte by byte, a generator call each.
+            let id = self.0.random::<u128>().to_le_bytes();
             if id != [0; 16] {
                 return TraceId(id);
             }
@@ -38,7 +39,7 @@ impl IdGenerator {
     }
     pub fn span_id(&mut self) -> SpanId {
         loop {
-            let id: [u8; 8] = self.0.random();
+            let id = self.0.random::<u64>().to_le_bytes();
             if id != [0; 8] {
                 return SpanId(id);
             }

@@ -214,10 +214,17 @@ impl Correlator {
         read_ns: u64,
     ) -> Option<(TraceId, SpanId, bool)> {
         let key = (server_remote, server_local);
-        let hit = self.outgoing.get_mut(&key).and_then(|q| q.pop_front());
-        if self.outgoing.get(&key).is_some_and(VecDeque::is_empty) {
-            self.outgoing.remove(&key);
-        }
+        // One lookup when nothing is queued (the common case: an untraced client).
+        let hit = match self.outgoing.get_mut(&key) {
+            Some(queue) => {
+                let hit = queue.pop_front();
+                if queue.is_empty() {
+                    self.outgoing.remove(&key);
+                }
+                hit
+            }
+            None => None,
+        };
         if hit.is_none() {
             if self.unmatched_reads.len() >= MAX_UNMATCHED_READS {
                 self.unmatched_reads.clear();
