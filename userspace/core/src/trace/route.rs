@@ -99,8 +99,8 @@ impl RouteTemplates {
         let inferred = infer(path);
         match &self.guard {
             Some(guard) => match guard.lock() {
-                Ok(mut g) => collapse(&inferred, &mut g),
-                Err(poisoned) => collapse(&inferred, &mut poisoned.into_inner()),
+                Ok(mut g) => collapse(inferred, &mut g),
+                Err(poisoned) => collapse(inferred, &mut poisoned.into_inner()),
             },
             None => inferred,
         }
@@ -116,14 +116,32 @@ impl RouteTemplates {
     }
 }
 
-/// Applies the cardinality guard to an inferred route, position by position.
-fn collapse(route: &str, guard: &mut CardinalityGuard) -> String {
-    let mut out = String::with_capacity(route.len());
-    for seg in split(route) {
-        let keep = seg.starts_with('{') || guard.admit(&out, seg);
-        out.push('/');
-        out.push_str(if keep { seg } else { "{value}" });
+/// Applies the cardinality guard to an inferred route, position by position. A route with
+/// nothing to collapse (nearly every request) is returned as it came: the guard's prefixes are
+/// then slices of it, and a new string is built only from the first collapsed position on.
+fn collapse(route: String, guard: &mut CardinalityGuard) -> String {
+    // `Some` from the first collapsed segment on: the route as rewritten so far.
+    let mut out: Option<String> = None;
+    for seg in split(&route) {
+        // Where `seg` starts in `route` (a subslice of it); the prefix ends before its '/'.
+        let start = seg.as_ptr() as usize - route.as_ptr() as usize;
+        let unchanged = route.get(..start.saturating_sub(1)).unwrap_or_default();
+        let prefix = out.as_deref().unwrap_or(unchanged);
+        let keep = seg.starts_with('{') || guard.admit(prefix, seg);
+        if keep && out.is_none() {
+            continue;
+        }
+        let o = out.get_or_insert_with(|| {
+            let mut o = String::with_capacity(route.len());
+            o.push_str(unchanged);
+            o
+        });
+        o.push('/');
+        o.push_str(if keep { seg } else { "{value}" });
     }
+    let Some(mut out) = out else {
+        return route;
+    };
     if out.is_empty() || route.ends_with('/') {
         out.push('/');
     }
@@ -447,7 +465,49 @@ mod proptests {
         ]
     }
 
+    /// `collapse` as it was before it reused unchanged routes: always rebuilt.
+    fn collapse_rebuilt(route: &str, guard: &mut CardinalityGuard) -> String {
+        let mut out = String::with_capacity(route.len());
+        for seg in split(route) {
+            let keep = seg.starts_with('{') || guard.admit(&out, seg);
+            out.push('/');
+            out.push_str(if keep { seg } else { "{value}" });
+        }
+        if out.is_empty() || route.ends_with('/') {
+            out.push('/');
+        }
+        out
+    }
+
     proptest! {
+        /// Reusing the route when nothing collapses changes no result: any sequence of
+        /// paths (few segment values, so that positions fill and collapse) gives the routes
+        /// the rebuilding version gives, with guards kept in step.
+        #[test]
+        fn collapsing_in_place_matches_rebuilding(
+            paths in proptest::collection::vec(
+                proptest::collection::vec("(a|b|c|d|e|42|x1)", 0..5)
+                    .prop_flat_map(|segs| (Just(segs), any::<bool>()))
+                    .prop_map(|(segs, slash)| {
+                        let mut p = format!("/{}", segs.join("/"));
+                        if slash && !segs.is_empty() {
+                            p.push('/');
+                        }
+                        p
+                    }),
+                1..60,
+            ),
+            max_values in 1usize..4,
+        ) {
+            let guard = || CardinalityGuard { max_values, seen: HashMap::new() };
+            let (mut reused, mut rebuilt) = (guard(), guard());
+            for path in &paths {
+                let inferred = infer(path);
+                let expected = collapse_rebuilt(&inferred, &mut rebuilt);
+                prop_assert_eq!(collapse(inferred, &mut reused), expected, "{}", path);
+            }
+        }
+
         #[test]
         fn generated_tokens_never_reach_routes_or_paths(
             prefix in "(/[a-z]{1,8}){0,3}",
