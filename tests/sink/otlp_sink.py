@@ -262,11 +262,29 @@ class Sink:
         self.http_port = args.http_port
         self.listen_lock = threading.Lock()
         self.listening = False
+        # While stopped, the ports stay bound (not listening): clients are refused as by a
+        # closed port, and no other process (another test's sink) can take the port and
+        # receive what this sink's clients retry.
+        self.held = []
+
+    def hold_port(self, port):
+        """A socket bound to `port` and not listening, or None if it cannot be bound."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.args.host, port))
+        except OSError:
+            sock.close()
+            return None
+        return sock
 
     def start_listening(self):
         with self.listen_lock:
             if self.listening:
                 return
+            for sock in self.held:
+                sock.close()
+            self.held = []
             if self.grpc_port is not None:
                 server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
                                      options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -324,6 +342,11 @@ class Sink:
                 self.http_server.server_close()
                 self.http_server.cut_all()
                 self.http_server = None
+            for port in (self.grpc_port, self.http_port):
+                if port:
+                    sock = self.hold_port(port)
+                    if sock is not None:
+                        self.held.append(sock)
             self.listening = False
 
     def down_for(self, seconds):
