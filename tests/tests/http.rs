@@ -63,18 +63,32 @@ fn keep_alive_connection_with_many_requests() {
             w[1]
         );
     }
-    // The test process is the client, traced too: 50 CLIENT spans, each the parent of its server span.
+    // The test process is the client, traced too: 50 CLIENT spans, each the parent of its
+    // server span. The one exception the parenting rules allow (ARCHITECTURE.md, "Parenting
+    // rules"): when the server's read record reaches sonde before the client's write record
+    // (both are emitted at syscall exit, on different CPUs), that server span stays a root
+    // rather than risk a wrong parent. Rare (about one run in five had one); never another
+    // request's child.
     let cl = clients(&spans, server.port());
     assert_eq!(cl.len(), 50);
+    let mut unlinked = 0;
     for (c, s) in cl.iter().zip(&srv) {
         assert_eq!(c.name, "GET");
-        assert_eq!(s.trace_id, c.trace_id);
-        assert_eq!(s.parent_span_id, c.span_id);
         assert!(
             c.start_ns <= s.start_ns && s.end_ns <= c.end_ns,
             "server span not inside client span"
         );
+        if s.parent_span_id.is_empty() {
+            unlinked += 1;
+            continue;
+        }
+        assert_eq!(s.trace_id, c.trace_id);
+        assert_eq!(s.parent_span_id, c.span_id);
     }
+    assert!(
+        unlinked <= 2,
+        "{unlinked} of 50 server spans lost their client parent"
+    );
 }
 
 #[test]
