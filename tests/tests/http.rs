@@ -67,7 +67,7 @@ fn keep_alive_connection_with_many_requests() {
     // server span. The one exception the parenting rules allow (ARCHITECTURE.md, "Parenting
     // rules"): when the server's read record reaches sonde before the client's write record
     // (both are emitted at syscall exit, on different CPUs), that server span stays a root
-    // rather than risk a wrong parent. Rare (about one run in five had one); never another
+    // rather than risk a wrong parent. Rare (2 of 6 fresh-clone CI runs had one); never another
     // request's child.
     let cl = clients(&spans, server.port());
     assert_eq!(cl.len(), 50);
