@@ -352,18 +352,29 @@ mod tests {
         assert!(c.multiplexing.is_empty() && c.server_threads.is_empty());
     }
 
-    #[test]
-    fn outgoing_matches_the_mirrored_tuple_in_order() {
-        let mut c = Correlator::default();
-        let cl: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        let sv: SocketAddr = "127.0.0.1:8000".parse().unwrap();
-        let ctx = |n: u8| SpanContext {
+    /// A client and a server endpoint of one local connection.
+    fn tuple() -> (SocketAddr, SocketAddr) {
+        let cl = "127.0.0.1:40000".parse().unwrap();
+        let sv = "127.0.0.1:8000".parse().unwrap();
+        (cl, sv)
+    }
+
+    /// Context `n` (all id bytes `n`), sampled unless told otherwise.
+    fn numbered(n: u8, sampled: bool) -> SpanContext {
+        SpanContext {
             trace_id: TraceId([n; 16]),
             span_id: SpanId([n; 8]),
             parent: None,
             remote_parent: false,
-            sampled: n != 2,
-        };
+            sampled,
+        }
+    }
+
+    #[test]
+    fn outgoing_matches_the_mirrored_tuple_in_order() {
+        let mut c = Correlator::default();
+        let (cl, sv) = tuple();
+        let ctx = |n: u8| numbered(n, n != 2);
         c.register_outgoing(cl, sv, &ctx(1), 0);
         c.register_outgoing(cl, sv, &ctx(2), 0);
         assert_eq!(
@@ -386,15 +397,8 @@ mod tests {
     #[test]
     fn a_late_client_write_does_not_shift_later_pairs() {
         let mut c = Correlator::default();
-        let cl: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        let sv: SocketAddr = "127.0.0.1:8000".parse().unwrap();
-        let ctx = |n: u8| SpanContext {
-            trace_id: TraceId([n; 16]),
-            span_id: SpanId([n; 8]),
-            parent: None,
-            remote_parent: false,
-            sampled: true,
-        };
+        let (cl, sv) = tuple();
+        let ctx = |n: u8| numbered(n, true);
         // Request 1 in order: write at 10, read at 11.
         c.register_outgoing(cl, sv, &ctx(1), 10);
         assert_eq!(
