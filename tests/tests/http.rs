@@ -64,11 +64,11 @@ fn keep_alive_connection_with_many_requests() {
         );
     }
     // The test process is the client, traced too: 50 CLIENT spans, each the parent of its
-    // server span. The one exception the parenting rules allow (ARCHITECTURE.md, "Parenting
-    // rules"): when the server's read record reaches sonde before the client's write record
-    // (both are emitted at syscall exit, on different CPUs), that server span stays a root
-    // rather than risk a wrong parent. Rare (2 of 6 fresh-clone CI runs had one); never another
-    // request's child.
+    // server span. When the server's read record reaches sonde before the client's write
+    // record (both are emitted at syscall exit, on different CPUs), the server span is moved
+    // under its client span when the write arrives (a late link, ARCHITECTURE.md "Parenting
+    // rules"); only if the server span left in a flush before that does it stay a root, never
+    // another request's child.
     let cl = clients(&spans, server.port());
     assert_eq!(cl.len(), 50);
     let mut unlinked = 0;

@@ -155,6 +155,9 @@ pub struct TracerStats {
     /// Client spans left without a parent because several requests of their event-loop
     /// process were in flight (which one they belong to cannot be known).
     pub spans_parent_ambiguous: u64,
+    /// Server spans moved under their local client span after the fact: the client's write
+    /// record reached sonde after the server's read record.
+    pub spans_relinked_late: u64,
 }
 
 pub struct Tracer<H: HostView> {
@@ -295,6 +298,7 @@ impl<H: HostView> Tracer<H> {
         TracerStats {
             connections_open: self.conns.len(),
             spans_parent_ambiguous: self.parenting.ambiguous(),
+            spans_relinked_late: self.parenting.relinked(),
             ..self.stats.clone()
         }
     }
@@ -312,7 +316,15 @@ impl<H: HostView> Tracer<H> {
     pub fn take_spans(&mut self) -> Vec<(u32, OwnSpan)> {
         // The next batch starts at this one's size instead of growing (and copying) from empty.
         let capacity = self.spans.len();
-        std::mem::replace(&mut self.spans, Vec::with_capacity(capacity))
+        let mut spans = std::mem::replace(&mut self.spans, Vec::with_capacity(capacity));
+        if self.parenting.has_late_links() {
+            for (_, span) in &mut spans {
+                self.parenting
+                    .relink(&mut span.trace_id, &span.span_id, &mut span.parent_span_id);
+            }
+            self.parenting.batch_left();
+        }
+        spans
     }
 
     /// Groups spans under their processes' resources, ready for export: sonde's own spans

@@ -189,6 +189,12 @@ pub fn render(sources: &Sources, format: Format) -> String {
          were in flight and which one they belong to cannot be known.",
         t.spans_parent_ambiguous,
     );
+    e.counter(
+        "sonde_tracer_spans_relinked_late_total",
+        "Server spans moved under their local client span after the fact: the client's \
+         write record reached sonde after the server's read record.",
+        t.spans_relinked_late,
+    );
     let m = &capture.merge;
     e.counter(
         "sonde_merge_duplicate_spans_dropped_total",

@@ -13,13 +13,17 @@
 //! - **Across processes on one node**: a client request written on a connection whose other
 //!   end is a traced server on this machine is queued under the connection's 4-tuple; the
 //!   server side takes it when it reads the request, and its span becomes the client span's
-//!   child.
+//!   child. When the client's write record arrives after the server's read record (both are
+//!   emitted at syscall exit, on different CPUs), the server span has already become a root:
+//!   the write is matched to that read by time, and a [`LateLink`] says which root and trace
+//!   move under the client span.
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
 };
 
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 
 use super::context::{SpanContext, SpanId, TraceId};
 
@@ -38,6 +42,52 @@ struct Outgoing {
     span_id: SpanId,
     sampled: bool,
     at_ns: u64,
+}
+
+/// A server read that found no client span queued on its connection.
+#[derive(Debug)]
+struct UnmatchedRead {
+    read_ns: u64,
+    /// The requests that read started, oldest first (pipelined requests share a read), with
+    /// the root each became: (trace, span, sampled); None when a `traceparent` header gave
+    /// it a parent (nothing to move).
+    requests: SmallVec<[Option<(TraceId, SpanId, bool)>; 1]>,
+}
+
+/// A server span that became a root because its client's write record reached sonde after
+/// its read record: the span, and every span of its trace, belong under the client span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LateLink {
+    pub server_trace: TraceId,
+    pub server_span: SpanId,
+    pub client_trace: TraceId,
+    pub client_span: SpanId,
+}
+
+/// What a server's read of a request found on its connection ([`Correlator::take_incoming`]).
+pub enum Incoming<'a> {
+    /// The client span on this machine that wrote the request: (trace, span, sampled).
+    Client(TraceId, SpanId, bool),
+    /// No client span queued (yet): where to say which root the request became, so that a
+    /// late client write can claim it (None: too many requests in one read to remember).
+    Unmatched(Option<&'a mut Option<(TraceId, SpanId, bool)>>),
+}
+
+impl Incoming<'_> {
+    /// The client span that wrote the request, if it was seen.
+    pub fn client(&self) -> Option<(TraceId, SpanId, bool)> {
+        match *self {
+            Incoming::Client(trace, span, sampled) => Some((trace, span, sampled)),
+            Incoming::Unmatched(_) => None,
+        }
+    }
+
+    /// The request became the root `ctx` (no client span, no `traceparent`).
+    pub fn became_root(self, ctx: &SpanContext) {
+        if let Incoming::Unmatched(Some(slot)) = self {
+            *slot = Some((ctx.trace_id, ctx.span_id, ctx.sampled));
+        }
+    }
 }
 
 /// The parent of a client call, as far as it can be known.
@@ -65,12 +115,12 @@ pub struct Correlator {
     multiplexing: FxHashMap<u32, u32>,
     /// (client local, client remote) -> client spans written, oldest first.
     outgoing: HashMap<(SocketAddr, SocketAddr), VecDeque<Outgoing>>,
-    /// (client local, client remote) -> when a server last read a request there and found no
-    /// client span queued, and how many requests it started so (pipelined ones share a read). The client's write record can reach the ring buffer after the
-    /// server's read record (both are emitted at syscall exit, on different CPUs): that write
-    /// belongs to the request already read, and must not be queued for the next one, which
-    /// would shift every later pair on the connection by one (wrong parents).
-    unmatched_reads: HashMap<(SocketAddr, SocketAddr), (u64, u32)>,
+    /// (client local, client remote) -> the last server read there that found no client span
+    /// queued. The client's write record can reach the ring buffer after the server's read
+    /// record (both are emitted at syscall exit, on different CPUs): that write belongs to
+    /// the request already read, whose root it adopts ([`LateLink`]); queued, it would be
+    /// paired with the next request and shift every later pair by one (wrong parents).
+    unmatched_reads: HashMap<(SocketAddr, SocketAddr), UnmatchedRead>,
 }
 
 /// Bound on remembered unmatched server reads (connections whose client is not traced).
@@ -174,24 +224,42 @@ impl Correlator {
         self.multiplexing.retain(|_, p| *p != pid);
     }
 
+    /// A client span `ctx` wrote a request on (local, remote) at `at_ns`: queued for the
+    /// server that reads it, or, when a server already read it as a root, the link to make.
     pub fn register_outgoing(
         &mut self,
         local: SocketAddr,
         remote: SocketAddr,
         ctx: &SpanContext,
         at_ns: u64,
-    ) {
+    ) -> Option<LateLink> {
         // Written before a server read on this connection that found nothing queued: the
-        // request that read took (see `unmatched_reads`). Its link is lost; the next ones
-        // stay in step.
-        if let Some((read_ns, count)) = self.unmatched_reads.get_mut(&(local, remote))
-            && at_ns < *read_ns
+        // oldest request that read started is this one (see `unmatched_reads`), and the next
+        // writes stay in step.
+        if let Some(read) = self.unmatched_reads.get_mut(&(local, remote))
+            && at_ns < read.read_ns
         {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
+            let request = if read.requests.is_empty() {
+                None
+            } else {
+                read.requests.remove(0)
+            };
+            if read.requests.is_empty() {
                 self.unmatched_reads.remove(&(local, remote));
             }
-            return;
+            let (server_trace, server_span, sampled) = request?;
+            // A sampled root under an unsampled client span would hang from a span nobody
+            // exports (and the reverse has no spans to move).
+            if sampled != ctx.sampled {
+                return None;
+            }
+            self.retrace(server_span, ctx.trace_id);
+            return Some(LateLink {
+                server_trace,
+                server_span,
+                client_trace: ctx.trace_id,
+                client_span: ctx.span_id,
+            });
         }
         let q = self.outgoing.entry((local, remote)).or_default();
         if q.len() >= MAX_QUEUED_PER_CONN {
@@ -203,6 +271,22 @@ impl Correlator {
             sampled: ctx.sampled,
             at_ns,
         });
+        None
+    }
+
+    /// Server request `span_id` now belongs to `trace_id`: client calls it starts from now on
+    /// get that trace (a late link; rare, so the scan is fine).
+    fn retrace(&mut self, span_id: SpanId, trace_id: TraceId) {
+        for s in self.serving.values_mut() {
+            if s.span_id == span_id {
+                s.trace_id = trace_id;
+            }
+        }
+        for list in self.in_flight.values_mut() {
+            for s in list.iter_mut().filter(|s| s.span_id == span_id) {
+                s.trace_id = trace_id;
+            }
+        }
     }
 
     /// For a server that read a request on (local, remote) at `read_ns`: the client span on
@@ -212,7 +296,7 @@ impl Correlator {
         server_local: SocketAddr,
         server_remote: SocketAddr,
         read_ns: u64,
-    ) -> Option<(TraceId, SpanId, bool)> {
+    ) -> Incoming<'_> {
         let key = (server_remote, server_local);
         // One lookup when nothing is queued (the common case: an untraced client).
         let hit = match self.outgoing.get_mut(&key) {
@@ -225,17 +309,25 @@ impl Correlator {
             }
             None => None,
         };
-        if hit.is_none() {
-            if self.unmatched_reads.len() >= MAX_UNMATCHED_READS {
-                self.unmatched_reads.clear();
-            }
-            let entry = self.unmatched_reads.entry(key).or_insert((read_ns, 0));
-            if entry.0 != read_ns {
-                *entry = (read_ns, 0);
-            }
-            entry.1 = entry.1.saturating_add(1);
+        if let Some(o) = hit {
+            return Incoming::Client(o.trace_id, o.span_id, o.sampled);
         }
-        hit.map(|o| (o.trace_id, o.span_id, o.sampled))
+        if self.unmatched_reads.len() >= MAX_UNMATCHED_READS {
+            self.unmatched_reads.clear();
+        }
+        let entry = self.unmatched_reads.entry(key).or_insert(UnmatchedRead {
+            read_ns,
+            requests: SmallVec::new(),
+        });
+        if entry.read_ns != read_ns {
+            entry.read_ns = read_ns;
+            entry.requests.clear();
+        }
+        if entry.requests.len() >= MAX_QUEUED_PER_CONN {
+            return Incoming::Unmatched(None);
+        }
+        entry.requests.push(None);
+        Incoming::Unmatched(entry.requests.last_mut())
     }
 
     /// Drops what a client connection registered (it closed).
@@ -251,7 +343,7 @@ impl Correlator {
             !q.is_empty()
         });
         self.unmatched_reads
-            .retain(|_, (read_ns, _)| now_ns.saturating_sub(*read_ns) < max_age_ns);
+            .retain(|_, read| now_ns.saturating_sub(read.read_ns) < max_age_ns);
     }
 
     pub fn len(&self) -> (usize, usize) {
@@ -378,22 +470,23 @@ mod tests {
         c.register_outgoing(cl, sv, &ctx(1), 0);
         c.register_outgoing(cl, sv, &ctx(2), 0);
         assert_eq!(
-            c.take_incoming(sv, cl, 0).map(|x| x.1),
+            c.take_incoming(sv, cl, 0).client().map(|x| x.1),
             Some(SpanId([1; 8]))
         );
         assert_eq!(
-            c.take_incoming(sv, cl, 0),
+            c.take_incoming(sv, cl, 0).client(),
             Some((TraceId([2; 16]), SpanId([2; 8]), false))
         );
-        assert_eq!(c.take_incoming(sv, cl, 0), None);
+        assert_eq!(c.take_incoming(sv, cl, 0).client(), None);
         c.register_outgoing(cl, sv, &ctx(3), 0);
         c.expire(10, 5);
-        assert_eq!(c.take_incoming(sv, cl, 0), None);
+        assert_eq!(c.take_incoming(sv, cl, 0).client(), None);
     }
 
     /// A keep-alive client's write record that reaches the tracer after the server's read of
-    /// the same request loses that one link, and every later request still pairs with its
-    /// own client span (it used to pair with the previous one, to the end of the connection).
+    /// the same request claims the root that request became (a late link), and every later
+    /// request still pairs with its own client span (it used to pair with the previous one,
+    /// to the end of the connection).
     #[test]
     fn a_late_client_write_does_not_shift_later_pairs() {
         let mut c = Correlator::default();
@@ -402,37 +495,66 @@ mod tests {
         // Request 1 in order: write at 10, read at 11.
         c.register_outgoing(cl, sv, &ctx(1), 10);
         assert_eq!(
-            c.take_incoming(sv, cl, 11).map(|x| x.1),
+            c.take_incoming(sv, cl, 11).client().map(|x| x.1),
             Some(SpanId([1; 8]))
         );
-        // Request 2: the server's read (at 21) is seen before the client's write (at 20).
-        assert_eq!(c.take_incoming(sv, cl, 21), None);
-        c.register_outgoing(cl, sv, &ctx(2), 20);
+        // Request 2: the server's read (at 21) is seen before the client's write (at 20). The
+        // server thread 9 serves it as root 22 meanwhile; the link moves its claim too.
+        let read = c.take_incoming(sv, cl, 21);
+        assert_eq!(read.client(), None);
+        read.became_root(&ctx(22));
+        c.begin_serving(9, 90, &ctx(22));
+        assert_eq!(
+            c.register_outgoing(cl, sv, &ctx(2), 20),
+            Some(LateLink {
+                server_trace: TraceId([22; 16]),
+                server_span: SpanId([22; 8]),
+                client_trace: TraceId([2; 16]),
+                client_span: SpanId([2; 8]),
+            })
+        );
+        assert_eq!(
+            c.parent(90, 9),
+            Parent::Request(TraceId([2; 16]), SpanId([22; 8]), true),
+            "the server's client calls join the client's trace"
+        );
         // Requests 3 and 4 in order again: each pairs with its own client span.
         c.register_outgoing(cl, sv, &ctx(3), 30);
         assert_eq!(
-            c.take_incoming(sv, cl, 31).map(|x| x.1),
+            c.take_incoming(sv, cl, 31).client().map(|x| x.1),
             Some(SpanId([3; 8]))
         );
         c.register_outgoing(cl, sv, &ctx(4), 40);
         assert_eq!(
-            c.take_incoming(sv, cl, 41).map(|x| x.1),
+            c.take_incoming(sv, cl, 41).client().map(|x| x.1),
             Some(SpanId([4; 8]))
         );
-        // Two pipelined requests in one read, both seen before the one write that sent them:
-        // both links are lost, request 7 still pairs with its own client span.
-        assert_eq!(c.take_incoming(sv, cl, 61), None);
-        assert_eq!(c.take_incoming(sv, cl, 61), None);
-        c.register_outgoing(cl, sv, &ctx(5), 60);
-        c.register_outgoing(cl, sv, &ctx(6), 60);
+        // Two pipelined requests in one read, both seen before the writes that sent them: the
+        // first had a `traceparent` (nothing to move), the second became root 66; request 7
+        // still pairs with its own client span.
+        assert_eq!(c.take_incoming(sv, cl, 61).client(), None);
+        let read = c.take_incoming(sv, cl, 61);
+        assert_eq!(read.client(), None);
+        read.became_root(&ctx(66));
+        assert_eq!(c.register_outgoing(cl, sv, &ctx(5), 60), None);
+        assert_eq!(
+            c.register_outgoing(cl, sv, &ctx(6), 60)
+                .map(|l| l.server_span),
+            Some(SpanId([66; 8]))
+        );
+        // An unsampled client does not claim a sampled root.
+        let read = c.take_incoming(sv, cl, 65);
+        assert_eq!(read.client(), None);
+        read.became_root(&ctx(67));
+        assert_eq!(c.register_outgoing(cl, sv, &numbered(8, false), 64), None);
         c.register_outgoing(cl, sv, &ctx(7), 70);
         assert_eq!(
-            c.take_incoming(sv, cl, 71).map(|x| x.1),
+            c.take_incoming(sv, cl, 71).client().map(|x| x.1),
             Some(SpanId([7; 8]))
         );
         // A server whose client is not traced leaves nothing behind once it expires.
         let other: SocketAddr = "127.0.0.1:40001".parse().unwrap();
-        assert_eq!(c.take_incoming(sv, other, 80), None);
+        assert_eq!(c.take_incoming(sv, other, 80).client(), None);
         c.expire(80 + 100, 100);
         assert!(c.unmatched_reads.is_empty());
     }

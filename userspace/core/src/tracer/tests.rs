@@ -128,6 +128,15 @@ impl Replay {
         });
     }
 
+    /// A write whose syscall started at `enter_ts_ns`, delivered now (its record reached the
+    /// ring buffer after records of later syscalls on other CPUs).
+    fn late_write(&mut self, pid: u32, tid: u32, fd: i32, bytes: &[u8], enter_ts_ns: u64) {
+        let now = self.ts;
+        self.ts = enter_ts_ns - 1_000;
+        self.write(pid, tid, fd, bytes);
+        self.ts = now;
+    }
+
     fn read(&mut self, pid: u32, tid: u32, fd: i32, bytes: &[u8]) {
         self.data(pid, tid, fd, Direction::Ingress, bytes);
     }
@@ -363,6 +372,126 @@ fn client_and_server_on_one_node_make_one_trace() {
         lines,
         ["100 SERVER GET /x <- GET", "200 CLIENT GET <- root"]
     );
+}
+
+/// The server's read record reaches sonde before its client's write record (both emitted at
+/// syscall exit, on different CPUs): the server span starts as a root, and is moved with its
+/// trace's other spans (its query) under the client span before they leave, even when the
+/// write is seen after the server answered, or in the next batch. The requests after it on
+/// the connection pair in order, and the move is counted.
+#[test]
+fn a_server_read_seen_before_its_client_write_still_makes_one_trace() {
+    let mut r = Replay::new();
+    with_database(&mut r);
+    r.connect(CLIENT, 3, Role::Client, "127.0.0.1:40000", "127.0.0.1:8080");
+    r.connect(SERVER, 5, Role::Server, "127.0.0.1:8080", "127.0.0.1:40000");
+    // Request 1: the client's write (entered before the read) is seen after the server's
+    // whole request, and after the client's read of the answer was not yet seen.
+    r.ts += 10_000;
+    let written_at = r.ts;
+    r.ts += 10_000;
+    request_with_query(&mut r, 5, 101, "/a", "SELECT 1");
+    let server_side = r.spans();
+    assert_eq!(server_side.len(), 2, "the server's spans leave first");
+    r.late_write(CLIENT, 201, 3, &request("/a"), written_at);
+    r.read(CLIENT, 201, 3, &response(200, "ok"));
+    // Request 2 in order.
+    r.write(CLIENT, 201, 3, &request("/b"));
+    r.read(SERVER, 101, 5, &request("/b"));
+    r.write(SERVER, 101, 5, &response(200, "ok"));
+    r.read(CLIENT, 201, 3, &response(200, "ok"));
+    let mut spans = server_side;
+    spans.extend(r.spans());
+    let mut lines = snapshot(&spans);
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "100 CLIENT SELECT <- GET /a",
+            "100 SERVER GET /a <- root",
+            "100 SERVER GET /b <- GET",
+            "200 CLIENT GET <- root",
+            "200 CLIENT GET <- root",
+        ],
+        "spans that left before the client's write was seen cannot be moved"
+    );
+
+    // The same, with the client's write seen before the batch leaves.
+    let mut r = Replay::new();
+    with_database(&mut r);
+    r.connect(CLIENT, 3, Role::Client, "127.0.0.1:40000", "127.0.0.1:8080");
+    r.connect(SERVER, 5, Role::Server, "127.0.0.1:8080", "127.0.0.1:40000");
+    r.ts += 10_000;
+    let written_at = r.ts;
+    r.ts += 10_000;
+    r.read(SERVER, 101, 5, &request("/a"));
+    r.write(SERVER, 101, 6, &pg_query("SELECT 1"));
+    r.read(SERVER, 101, 6, &pg_done("SELECT 1"));
+    // A batch leaves with the query only: the next batch still moves the server span, and
+    // the query follows it because its trace is the one the link names.
+    let query = r.spans();
+    assert_eq!(query.len(), 1);
+    r.late_write(CLIENT, 201, 3, &request("/a"), written_at);
+    r.write(SERVER, 101, 5, &response(200, "ok"));
+    r.read(CLIENT, 201, 3, &response(200, "ok"));
+    r.write(CLIENT, 201, 3, &request("/b"));
+    r.read(SERVER, 101, 5, &request("/b"));
+    r.write(SERVER, 101, 5, &response(200, "ok"));
+    r.read(CLIENT, 201, 3, &response(200, "ok"));
+    let spans = r.spans();
+    let mut lines = snapshot(&spans);
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "100 SERVER GET /a <- GET",
+            "100 SERVER GET /b <- GET",
+            "200 CLIENT GET <- root",
+            "200 CLIENT GET <- root",
+        ]
+    );
+    let server_a = spans.iter().find(|(_, s)| s.name == "GET /a").unwrap();
+    let client_a = spans
+        .iter()
+        .find(|(_, s)| s.span_id == server_a.1.parent_span_id)
+        .unwrap();
+    assert_eq!(server_a.1.trace_id, client_a.1.trace_id);
+    assert_ne!(
+        query[0].1.trace_id, server_a.1.trace_id,
+        "the query left before the link was known"
+    );
+    assert_eq!(r.tracer.stats().spans_relinked_late, 1);
+
+    // Seen before anything leaves: one trace of three spans.
+    let mut r = Replay::new();
+    with_database(&mut r);
+    r.connect(CLIENT, 3, Role::Client, "127.0.0.1:40000", "127.0.0.1:8080");
+    r.connect(SERVER, 5, Role::Server, "127.0.0.1:8080", "127.0.0.1:40000");
+    r.ts += 10_000;
+    let written_at = r.ts;
+    r.ts += 10_000;
+    r.read(SERVER, 101, 5, &request("/a"));
+    r.write(SERVER, 101, 6, &pg_query("SELECT 1"));
+    r.late_write(CLIENT, 201, 3, &request("/a"), written_at);
+    r.read(SERVER, 101, 6, &pg_done("SELECT 1"));
+    // A query started after the link is known gets the client's trace at once.
+    r.write(SERVER, 101, 6, &pg_query("SELECT 2"));
+    r.read(SERVER, 101, 6, &pg_done("SELECT 1"));
+    r.write(SERVER, 101, 5, &response(200, "ok"));
+    r.read(CLIENT, 201, 3, &response(200, "ok"));
+    let spans = r.spans();
+    let mut lines = snapshot(&spans);
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "100 CLIENT SELECT <- GET /a",
+            "100 CLIENT SELECT <- GET /a",
+            "100 SERVER GET /a <- GET",
+            "200 CLIENT GET <- root",
+        ]
+    );
+    assert!(spans.iter().all(|(_, s)| s.trace_id == spans[0].1.trace_id));
 }
 
 #[test]
