@@ -26,12 +26,23 @@ pub struct MetricsFeed {
     /// TCP health records whose process the kernel could not name (server side, softirq).
     pub tcp_unattributed: u64,
     exits: Vec<u32>,
+    /// Processes gone without an exit code from /proc (reaped already, or not yet a zombie
+    /// when looked at), and since when: the kernel's lifecycle record, on the other ring
+    /// buffer, says how they ended; counted as unknown only if it has not come within
+    /// [`EXIT_RECORD_GRACE`].
+    exits_without_code: Vec<(u32, Instant)>,
+    /// Shutdown: nothing waits any more.
+    final_pass: bool,
     last_sample: Instant,
     last_export: Instant,
     export_interval: Duration,
     /// Resource attributes every OTLP metrics resource gets (`host.name`).
     extra: Vec<(String, String)>,
 }
+
+/// How long an exit seen without its code waits for the kernel's lifecycle record (drained
+/// every capture-loop pass, 25 ms at most).
+const EXIT_RECORD_GRACE: Duration = Duration::from_secs(2);
 
 fn unix_now_ns() -> u64 {
     std::time::SystemTime::now()
@@ -49,6 +60,8 @@ impl MetricsFeed {
             bytes: FxHashMap::default(),
             tcp_unattributed: 0,
             exits: Vec::new(),
+            exits_without_code: Vec::new(),
+            final_pass: false,
             last_sample: Instant::now(),
             last_export: Instant::now(),
             export_interval,
@@ -149,7 +162,12 @@ impl MetricsFeed {
         let now = unix_now_ns();
         let sample_due = self.last_sample.elapsed() >= SAMPLE_INTERVAL;
         let export_due = self.last_export.elapsed() >= self.export_interval;
-        if self.bytes.is_empty() && self.exits.is_empty() && !sample_due && !export_due {
+        if self.bytes.is_empty()
+            && self.exits.is_empty()
+            && self.exits_without_code.is_empty()
+            && !sample_due
+            && !export_due
+        {
             return;
         }
         let Ok(mut r) = self.registry.lock() else {
@@ -166,9 +184,8 @@ impl MetricsFeed {
             };
             r.add_network_bytes(pid, dir, n);
         }
-        for pid in self.exits.drain(..) {
-            let exit = procstats::zombie_exit(pid).unwrap_or(Exit::Unknown);
-            r.process_exited(pid, exit, now);
+        for pid in std::mem::take(&mut self.exits) {
+            exited_now(&mut r, &mut self.exits_without_code, pid, now);
         }
         if sample_due {
             self.last_sample = Instant::now();
@@ -180,14 +197,21 @@ impl MetricsFeed {
             for pid in r.live_pids() {
                 match procstats::sample(pid) {
                     Some(s) => r.set_process_sample(pid, s),
-                    None => {
-                        let exit = procstats::zombie_exit(pid).unwrap_or(Exit::Unknown);
-                        r.process_exited(pid, exit, now)
-                    }
+                    None => exited_now(&mut r, &mut self.exits_without_code, pid, now),
                 }
             }
             r.sweep(now);
         }
+        // The lifecycle record of these never came (or counted them already: then this is a
+        // no-op).
+        let final_pass = self.final_pass;
+        self.exits_without_code.retain(|&(pid, since)| {
+            let waiting = !final_pass && since.elapsed() < EXIT_RECORD_GRACE;
+            if !waiting {
+                r.process_exited(pid, Exit::Unknown, now);
+            }
+            waiting
+        });
         if export_due {
             self.last_export = Instant::now();
             let metrics = r.to_otlp(now, &self.extra);
@@ -200,10 +224,22 @@ impl MetricsFeed {
 
     /// Last export on shutdown.
     pub fn flush(&mut self, resource: impl FnMut(u32) -> Resource, exporter: &Exporter) {
+        self.final_pass = true;
         self.last_export = Instant::now()
             .checked_sub(self.export_interval)
             .unwrap_or_else(Instant::now);
         self.export_interval = Duration::ZERO;
         self.tick(resource, std::iter::empty(), exporter);
+    }
+}
+
+/// `pid` is gone: counted with the code its zombie shows, or left in `without_code` to wait for
+/// the kernel's lifecycle record (a process reaped already, or still exiting, shows no code in
+/// /proc). Counted as unknown now, the record's real code would be dropped as a repeat.
+fn exited_now(r: &mut Registry, without_code: &mut Vec<(u32, Instant)>, pid: u32, now: u64) {
+    if let Some(exit) = procstats::zombie_exit(pid) {
+        r.process_exited(pid, exit, now);
+    } else if !without_code.iter().any(|&(p, _)| p == pid) {
+        without_code.push((pid, Instant::now()));
     }
 }
