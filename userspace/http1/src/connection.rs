@@ -491,6 +491,17 @@ impl Connection {
             Direction::Response => &mut self.resp,
         };
         let prev = half.buf.len();
+        // A head that starts and ends in this feed (the common case) is parsed straight away:
+        // the parser finds its end, no scan for it first. Anything else takes the path below.
+        if prev == 0 {
+            match parse(data) {
+                Parsed::Complete(head, len) if len <= MAX_HEAD_BYTES => {
+                    return HeadStep::Done(head, len);
+                }
+                Parsed::Invalid => return HeadStep::NotHttp,
+                _ => {}
+            }
+        }
         let Some(end) = head::find_head_end(&half.buf, data) else {
             if prev.saturating_add(data.len()) > MAX_HEAD_BYTES {
                 self.buffer_up_to_limit(direction, data);
