@@ -92,19 +92,6 @@ fn find<'a>(attrs: &'a [KeyValue], keys: &[&str]) -> Option<&'a AnyValue> {
         .and_then(|kv| kv.value.as_ref())
 }
 
-/// A scalar attribute as text, borrowed when it is a string (the common case: a span is
-/// measured on every request, and only the values that become labels need copying).
-fn get<'a>(attrs: &'a [KeyValue], keys: &[&str]) -> Option<Cow<'a, str>> {
-    let text = match find(attrs, keys)?.value.as_ref()? {
-        Value::StringValue(s) => Cow::Borrowed(s.as_str()),
-        Value::IntValue(i) => Cow::Owned(i.to_string()),
-        Value::BoolValue(b) => Cow::Owned(b.to_string()),
-        Value::DoubleValue(d) => Cow::Owned(d.to_string()),
-        _ => return None,
-    };
-    (!text.is_empty()).then_some(text)
-}
-
 /// Bounded length of any copied attribute value (a route template or an operation name).
 const MAX_VALUE_LEN: usize = 128;
 
@@ -124,8 +111,12 @@ pub trait MeasuredSpan {
     fn kind(&self) -> i32;
     /// Start and end, Unix nanoseconds.
     fn times(&self) -> (u64, u64);
-    /// The first of `keys` the span has, as text when scalar and not empty.
-    fn text(&self, keys: &[&str]) -> Option<Cow<'_, str>>;
+    /// How many attributes the span has.
+    fn attribute_count(&self) -> usize;
+    /// The key of attribute `i`.
+    fn key(&self, i: usize) -> &str;
+    /// Attribute `i` as text, when it is a scalar and not empty.
+    fn text_at(&self, i: usize) -> Option<Cow<'_, str>>;
 }
 
 impl MeasuredSpan for Span {
@@ -137,8 +128,23 @@ impl MeasuredSpan for Span {
         (self.start_time_unix_nano, self.end_time_unix_nano)
     }
 
-    fn text(&self, keys: &[&str]) -> Option<Cow<'_, str>> {
-        get(&self.attributes, keys)
+    fn attribute_count(&self) -> usize {
+        self.attributes.len()
+    }
+
+    fn key(&self, i: usize) -> &str {
+        self.attributes.get(i).map_or("", |kv| kv.key.as_str())
+    }
+
+    fn text_at(&self, i: usize) -> Option<Cow<'_, str>> {
+        let text = match self.attributes.get(i)?.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Cow::Borrowed(s.as_str()),
+            Value::IntValue(i) => int_text(*i),
+            Value::BoolValue(b) => Cow::Owned(b.to_string()),
+            Value::DoubleValue(d) => Cow::Owned(d.to_string()),
+            _ => return None,
+        };
+        (!text.is_empty()).then_some(text)
     }
 }
 
@@ -151,12 +157,97 @@ impl MeasuredSpan for OwnSpan {
         (self.start_unix_ns, self.end())
     }
 
-    fn text(&self, keys: &[&str]) -> Option<Cow<'_, str>> {
-        let text = match keys.iter().find_map(|k| self.attr(k))? {
+    fn attribute_count(&self) -> usize {
+        self.attributes.len()
+    }
+
+    fn key(&self, i: usize) -> &str {
+        self.attributes.get(i).map_or("", |a| a.key)
+    }
+
+    fn text_at(&self, i: usize) -> Option<Cow<'_, str>> {
+        let text = match &self.attributes.get(i)?.value {
             AttrValue::Str(s) => Cow::Borrowed(&**s),
             AttrValue::Int(i) => int_text(*i),
         };
         (!text.is_empty()).then_some(text)
+    }
+}
+
+/// An attribute measuring reads. Most have an older name too (semantic conventions before
+/// 1.26): a span's value under the current name wins over one under the older name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    Method,
+    DbSystem,
+    Error,
+    Status,
+    Route,
+    ServerAddress,
+    ServerPort,
+    DbOperation,
+    DbCollection,
+    DbNamespace,
+    DbStatus,
+}
+
+const FIELDS: usize = 11;
+
+/// Which field `key` names, and whether under its older name (1) or the current one (0).
+fn field_of(key: &str) -> Option<(Field, usize)> {
+    Some(match key {
+        "http.request.method" => (Field::Method, 0),
+        "http.method" => (Field::Method, 1),
+        "db.system.name" => (Field::DbSystem, 0),
+        "db.system" => (Field::DbSystem, 1),
+        "error.type" => (Field::Error, 0),
+        "http.response.status_code" => (Field::Status, 0),
+        "http.status_code" => (Field::Status, 1),
+        "http.route" => (Field::Route, 0),
+        "server.address" => (Field::ServerAddress, 0),
+        "net.peer.name" => (Field::ServerAddress, 1),
+        "server.port" => (Field::ServerPort, 0),
+        "net.peer.port" => (Field::ServerPort, 1),
+        "db.operation.name" => (Field::DbOperation, 0),
+        "db.operation" => (Field::DbOperation, 1),
+        "db.collection.name" => (Field::DbCollection, 0),
+        "db.sql.table" => (Field::DbCollection, 1),
+        "db.namespace" => (Field::DbNamespace, 0),
+        "db.name" => (Field::DbNamespace, 1),
+        "db.response.status_code" => (Field::DbStatus, 0),
+        _ => return None,
+    })
+}
+
+/// Where each field is among a span's attributes, found in one pass over them (a scan per
+/// field and name was most of measuring's cost).
+struct Fields<'s, S: MeasuredSpan> {
+    span: &'s S,
+    /// Attribute index per field, under its current and its older name (the first attribute
+    /// of a repeated key).
+    at: [[Option<u16>; 2]; FIELDS],
+}
+
+impl<'s, S: MeasuredSpan> Fields<'s, S> {
+    fn of(span: &'s S) -> Self {
+        let mut at = [[None; 2]; FIELDS];
+        for i in 0..span.attribute_count().min(usize::from(u16::MAX)) {
+            if let Some((field, older)) = field_of(span.key(i))
+                && let Some(slot) = at
+                    .get_mut(field as usize)
+                    .and_then(|names| names.get_mut(older))
+                && slot.is_none()
+            {
+                *slot = u16::try_from(i).ok();
+            }
+        }
+        Self { span, at }
+    }
+
+    /// The field's text: under its current name if the span has that key, else its older one.
+    fn text(&self, field: Field) -> Option<Cow<'s, str>> {
+        let [current, older] = self.at.get(field as usize)?;
+        self.span.text_at(usize::from(current.or(*older)?))
     }
 }
 
@@ -245,8 +336,9 @@ pub fn owned_labels(labels: &[(&'static str, Cow<'_, str>)]) -> Labels {
 /// [`measure`] without copying the label values.
 pub fn measure_ref(span: &impl MeasuredSpan) -> Option<MeasurementRef<'_>> {
     let kind = span.kind();
-    let method = span.text(&["http.request.method", "http.method"]);
-    let db_system = span.text(&["db.system.name", "db.system"]);
+    let fields = Fields::of(span);
+    let method = fields.text(Field::Method);
+    let db_system = fields.text(Field::DbSystem);
     let metric = if kind == SpanKind::Server as i32 && method.is_some() {
         RequestMetric::HttpServer
     } else if kind == SpanKind::Client as i32 && method.is_some() {
@@ -259,7 +351,7 @@ pub fn measure_ref(span: &impl MeasuredSpan) -> Option<MeasurementRef<'_>> {
     let (start, end) = span.times();
     let seconds = end.checked_sub(start)? as f64 / 1e9;
     let mut out: LabelsRef<'_> = Vec::with_capacity(6);
-    let error = span.text(&["error.type"]);
+    let error = fields.text(Field::Error);
     match metric {
         RequestMetric::HttpServer | RequestMetric::HttpClient => {
             let method = method.unwrap_or_default();
@@ -269,7 +361,7 @@ pub fn measure_ref(span: &impl MeasuredSpan) -> Option<MeasurementRef<'_>> {
                 Cow::Borrowed("_OTHER")
             };
             out.push(("http.request.method", method));
-            let status = span.text(&["http.response.status_code", "http.status_code"]);
+            let status = fields.text(Field::Status);
             let error = error.or_else(|| {
                 let code: u16 = status.as_deref()?.parse().ok()?;
                 let threshold = if metric == RequestMetric::HttpServer {
@@ -288,14 +380,14 @@ pub fn measure_ref(span: &impl MeasuredSpan) -> Option<MeasurementRef<'_>> {
                 out.push(("error.type", bounded_text(e)));
             }
             if metric == RequestMetric::HttpServer {
-                if let Some(r) = span.text(&["http.route"]) {
+                if let Some(r) = fields.text(Field::Route) {
                     out.push(("http.route", bounded_text(r)));
                 }
             } else {
-                if let Some(a) = span.text(&["server.address", "net.peer.name"]) {
+                if let Some(a) = fields.text(Field::ServerAddress) {
                     out.push(("server.address", bounded_text(a)));
                 }
-                if let Some(p) = span.text(&["server.port", "net.peer.port"]) {
+                if let Some(p) = fields.text(Field::ServerPort) {
                     out.push(("server.port", bounded_text(p)));
                 }
             }
@@ -305,19 +397,13 @@ pub fn measure_ref(span: &impl MeasuredSpan) -> Option<MeasurementRef<'_>> {
                 "db.system.name",
                 bounded_text(db_system.unwrap_or_default()),
             ));
-            for (key, aliases) in [
-                (
-                    "db.operation.name",
-                    &["db.operation.name", "db.operation"][..],
-                ),
-                (
-                    "db.collection.name",
-                    &["db.collection.name", "db.sql.table"][..],
-                ),
-                ("db.namespace", &["db.namespace", "db.name"][..]),
-                ("db.response.status_code", &["db.response.status_code"][..]),
+            for (key, field) in [
+                ("db.operation.name", Field::DbOperation),
+                ("db.collection.name", Field::DbCollection),
+                ("db.namespace", Field::DbNamespace),
+                ("db.response.status_code", Field::DbStatus),
             ] {
-                if let Some(v) = span.text(aliases) {
+                if let Some(v) = fields.text(field) {
                     out.push((key, bounded_text(v)));
                 }
             }
@@ -440,6 +526,53 @@ mod tests {
                 ("error.type".into(), "500".into()),
                 ("http.request.method".into(), "_OTHER".into()),
                 ("http.response.status_code".into(), "500".into()),
+            ]
+        );
+    }
+
+    /// The current name wins wherever it sits among the attributes; an older name counts
+    /// only alone; a repeated key counts at its first place; an empty current value is not
+    /// replaced by the older one (the span said it is empty).
+    #[test]
+    fn current_names_win_over_older_ones_in_any_order() {
+        let m = measure(&span(
+            SpanKind::Client,
+            vec![
+                s("net.peer.name", "old-host"),
+                s("http.method", "PUT"),
+                s("http.request.method", "GET"),
+                s("server.address", "new-host"),
+                s("server.address", "repeat"),
+                i("net.peer.port", 1),
+                s("db.sql.table", "ignored"),
+            ],
+            1,
+        ))
+        .unwrap();
+        assert_eq!(
+            m.attributes,
+            vec![
+                ("http.request.method".into(), "GET".into()),
+                ("server.address".into(), "new-host".into()),
+                ("server.port".into(), "1".into()),
+            ]
+        );
+        let m = measure(&span(
+            SpanKind::Client,
+            vec![
+                s("db.system", "postgresql"),
+                s("db.name", "old"),
+                s("db.namespace", ""),
+                s("db.operation", "SELECT"),
+            ],
+            1,
+        ))
+        .unwrap();
+        assert_eq!(
+            m.attributes,
+            vec![
+                ("db.operation.name".into(), "SELECT".into()),
+                ("db.system.name".into(), "postgresql".into()),
             ]
         );
     }
