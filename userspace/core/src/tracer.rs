@@ -380,7 +380,8 @@ impl<H: HostView> Tracer<H> {
             .iter()
             .filter(|(_, e)| e.data.role == Role::Server)
             .flat_map(|(_, e)| e.data.in_flight.values())
-            .map(|ctx| ctx.trace_id.0.to_vec())
+            // A request a late link moved is open under its client's trace.
+            .map(|ctx| self.parenting.current_trace(ctx.trace_id).0.to_vec())
             .collect()
     }
 

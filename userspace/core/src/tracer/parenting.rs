@@ -151,6 +151,16 @@ impl Parenting {
         self.correlator.end_request(pid, span_id);
     }
 
+    /// The trace `trace`'s spans leave under: the client's when a late link moved it.
+    pub fn current_trace(&self, trace: TraceId) -> TraceId {
+        if self.late_links.is_empty() {
+            return trace;
+        }
+        self.late_links
+            .get(&trace)
+            .map_or(trace, |p| p.link.client_trace)
+    }
+
     /// Whether a late link waits for spans of its trace ([`Parenting::relink`]).
     pub fn has_late_links(&self) -> bool {
         !self.late_links.is_empty()

@@ -473,6 +473,8 @@ fn a_server_read_seen_before_its_client_write_still_makes_one_trace() {
     r.read(SERVER, 101, 5, &request("/a"));
     r.write(SERVER, 101, 6, &pg_query("SELECT 1"));
     r.late_write(CLIENT, 201, 3, &request("/a"), written_at);
+    // The request in flight is open under the client's trace (the merge holds by it).
+    let open = r.tracer.open_server_traces();
     r.read(SERVER, 101, 6, &pg_done("SELECT 1"));
     // A query started after the link is known gets the client's trace at once.
     r.write(SERVER, 101, 6, &pg_query("SELECT 2"));
@@ -492,6 +494,7 @@ fn a_server_read_seen_before_its_client_write_still_makes_one_trace() {
         ]
     );
     assert!(spans.iter().all(|(_, s)| s.trace_id == spans[0].1.trace_id));
+    assert!(open.contains(&spans[0].1.trace_id), "{open:?}");
 }
 
 #[test]
