@@ -361,10 +361,7 @@ fn client_and_server_on_one_node_make_one_trace() {
     let mut r = Replay::new();
     r.connect(CLIENT, 3, Role::Client, "127.0.0.1:40000", "127.0.0.1:8080");
     r.connect(SERVER, 5, Role::Server, "127.0.0.1:8080", "127.0.0.1:40000");
-    r.write(CLIENT, 201, 3, &request("/x"));
-    r.read(SERVER, 101, 5, &request("/x"));
-    r.write(SERVER, 101, 5, &response(200, "ok"));
-    r.read(CLIENT, 201, 3, &response(200, "ok"));
+    in_order(&mut r, "/x");
     let spans = r.spans();
     let mut lines = snapshot(&spans);
     lines.sort();
@@ -374,6 +371,27 @@ fn client_and_server_on_one_node_make_one_trace() {
     );
 }
 
+/// CLIENT's fd 3 connected to SERVER's fd 5 on one node, SERVER with its database, and the
+/// time a late client write is said to have entered its syscall (before what follows).
+fn late_write_setup() -> (Replay, u64) {
+    let mut r = Replay::new();
+    with_database(&mut r);
+    r.connect(CLIENT, 3, Role::Client, "127.0.0.1:40000", "127.0.0.1:8080");
+    r.connect(SERVER, 5, Role::Server, "127.0.0.1:8080", "127.0.0.1:40000");
+    r.ts += 10_000;
+    let written_at = r.ts;
+    r.ts += 10_000;
+    (r, written_at)
+}
+
+/// One request from CLIENT to SERVER with every record in order.
+fn in_order(r: &mut Replay, path: &str) {
+    r.write(CLIENT, 201, 3, &request(path));
+    r.read(SERVER, 101, 5, &request(path));
+    r.write(SERVER, 101, 5, &response(200, "ok"));
+    r.read(CLIENT, 201, 3, &response(200, "ok"));
+}
+
 /// The server's read record reaches sonde before its client's write record (both emitted at
 /// syscall exit, on different CPUs): the server span starts as a root, and is moved with its
 /// trace's other spans (its query) under the client span before they leave, even when the
@@ -381,25 +399,15 @@ fn client_and_server_on_one_node_make_one_trace() {
 /// the connection pair in order, and the move is counted.
 #[test]
 fn a_server_read_seen_before_its_client_write_still_makes_one_trace() {
-    let mut r = Replay::new();
-    with_database(&mut r);
-    r.connect(CLIENT, 3, Role::Client, "127.0.0.1:40000", "127.0.0.1:8080");
-    r.connect(SERVER, 5, Role::Server, "127.0.0.1:8080", "127.0.0.1:40000");
     // Request 1: the client's write (entered before the read) is seen after the server's
     // whole request, and after the client's read of the answer was not yet seen.
-    r.ts += 10_000;
-    let written_at = r.ts;
-    r.ts += 10_000;
+    let (mut r, written_at) = late_write_setup();
     request_with_query(&mut r, 5, 101, "/a", "SELECT 1");
     let server_side = r.spans();
     assert_eq!(server_side.len(), 2, "the server's spans leave first");
     r.late_write(CLIENT, 201, 3, &request("/a"), written_at);
     r.read(CLIENT, 201, 3, &response(200, "ok"));
-    // Request 2 in order.
-    r.write(CLIENT, 201, 3, &request("/b"));
-    r.read(SERVER, 101, 5, &request("/b"));
-    r.write(SERVER, 101, 5, &response(200, "ok"));
-    r.read(CLIENT, 201, 3, &response(200, "ok"));
+    in_order(&mut r, "/b");
     let mut spans = server_side;
     spans.extend(r.spans());
     let mut lines = snapshot(&spans);
@@ -417,13 +425,7 @@ fn a_server_read_seen_before_its_client_write_still_makes_one_trace() {
     );
 
     // The same, with the client's write seen before the batch leaves.
-    let mut r = Replay::new();
-    with_database(&mut r);
-    r.connect(CLIENT, 3, Role::Client, "127.0.0.1:40000", "127.0.0.1:8080");
-    r.connect(SERVER, 5, Role::Server, "127.0.0.1:8080", "127.0.0.1:40000");
-    r.ts += 10_000;
-    let written_at = r.ts;
-    r.ts += 10_000;
+    let (mut r, written_at) = late_write_setup();
     r.read(SERVER, 101, 5, &request("/a"));
     r.write(SERVER, 101, 6, &pg_query("SELECT 1"));
     r.read(SERVER, 101, 6, &pg_done("SELECT 1"));
@@ -434,10 +436,7 @@ fn a_server_read_seen_before_its_client_write_still_makes_one_trace() {
     r.late_write(CLIENT, 201, 3, &request("/a"), written_at);
     r.write(SERVER, 101, 5, &response(200, "ok"));
     r.read(CLIENT, 201, 3, &response(200, "ok"));
-    r.write(CLIENT, 201, 3, &request("/b"));
-    r.read(SERVER, 101, 5, &request("/b"));
-    r.write(SERVER, 101, 5, &response(200, "ok"));
-    r.read(CLIENT, 201, 3, &response(200, "ok"));
+    in_order(&mut r, "/b");
     let spans = r.spans();
     let mut lines = snapshot(&spans);
     lines.sort();
@@ -463,13 +462,7 @@ fn a_server_read_seen_before_its_client_write_still_makes_one_trace() {
     assert_eq!(r.tracer.stats().spans_relinked_late, 1);
 
     // Seen before anything leaves: one trace of three spans.
-    let mut r = Replay::new();
-    with_database(&mut r);
-    r.connect(CLIENT, 3, Role::Client, "127.0.0.1:40000", "127.0.0.1:8080");
-    r.connect(SERVER, 5, Role::Server, "127.0.0.1:8080", "127.0.0.1:40000");
-    r.ts += 10_000;
-    let written_at = r.ts;
-    r.ts += 10_000;
+    let (mut r, written_at) = late_write_setup();
     r.read(SERVER, 101, 5, &request("/a"));
     r.write(SERVER, 101, 6, &pg_query("SELECT 1"));
     r.late_write(CLIENT, 201, 3, &request("/a"), written_at);
