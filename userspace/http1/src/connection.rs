@@ -491,8 +491,9 @@ impl Connection {
             Direction::Response => &mut self.resp,
         };
         let prev = half.buf.len();
-        // A head that starts and ends in this feed (the common case) is parsed straight away:
-        // the parser finds its end, no scan for it first. Anything else takes the path below.
+        // A new head is parsed straight away: when it ends in this feed (the common case) the
+        // parser finds its end, no scan for it first; when its first bytes are garbage this is
+        // where it is recognised. Anything else takes the path below.
         if prev == 0 {
             match parse(data) {
                 Parsed::Complete(head, len) if len <= MAX_HEAD_BYTES => {
@@ -507,12 +508,9 @@ impl Connection {
                 self.buffer_up_to_limit(direction, data);
                 return HeadStep::Lost;
             }
+            // A new head's first bytes were checked above; later feeds are checked when the
+            // head is complete (re-parsing each time is quadratic).
             half.buf.extend_from_slice(data);
-            // Check a new head's first bytes at once so garbage is recognised early; later
-            // feeds are checked when the head is complete (re-parsing each time is quadratic).
-            if prev == 0 && matches!(parse(&half.buf), Parsed::Invalid) {
-                return HeadStep::NotHttp;
-            }
             return HeadStep::More(data.len());
         };
         if prev.saturating_add(end) > MAX_HEAD_BYTES {
