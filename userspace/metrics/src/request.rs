@@ -77,13 +77,19 @@ const KNOWN_METHODS: &[&str] = &[
 
 /// The string form of an attribute value (ints and bools too), if it is a scalar.
 pub fn value_string(v: Option<&AnyValue>) -> Option<String> {
-    match v?.value.as_ref()? {
-        Value::StringValue(s) => Some(s.clone()),
-        Value::IntValue(i) => Some(i.to_string()),
-        Value::BoolValue(b) => Some(b.to_string()),
-        Value::DoubleValue(d) => Some(d.to_string()),
-        _ => None,
-    }
+    scalar_text(v?).map(Cow::into_owned)
+}
+
+/// A scalar attribute value as text, borrowed when it is a string (the common case: a span
+/// is measured on every request, and only the values that become labels need copying).
+fn scalar_text(v: &AnyValue) -> Option<Cow<'_, str>> {
+    Some(match v.value.as_ref()? {
+        Value::StringValue(s) => Cow::Borrowed(s.as_str()),
+        Value::IntValue(i) => int_text(*i),
+        Value::BoolValue(b) => Cow::Owned(b.to_string()),
+        Value::DoubleValue(d) => Cow::Owned(d.to_string()),
+        _ => return None,
+    })
 }
 
 fn find<'a>(attrs: &'a [KeyValue], keys: &[&str]) -> Option<&'a AnyValue> {
@@ -137,14 +143,7 @@ impl MeasuredSpan for Span {
     }
 
     fn text_at(&self, i: usize) -> Option<Cow<'_, str>> {
-        let text = match self.attributes.get(i)?.value.as_ref()?.value.as_ref()? {
-            Value::StringValue(s) => Cow::Borrowed(s.as_str()),
-            Value::IntValue(i) => int_text(*i),
-            Value::BoolValue(b) => Cow::Owned(b.to_string()),
-            Value::DoubleValue(d) => Cow::Owned(d.to_string()),
-            _ => return None,
-        };
-        (!text.is_empty()).then_some(text)
+        scalar_text(self.attributes.get(i)?.value.as_ref()?).filter(|t| !t.is_empty())
     }
 }
 
@@ -191,7 +190,8 @@ enum Field {
     DbStatus,
 }
 
-const FIELDS: usize = 11;
+/// How many fields there are: `DbStatus` is the last variant.
+const FIELDS: usize = Field::DbStatus as usize + 1;
 
 /// Which field `key` names, and whether under its older name (1) or the current one (0).
 fn field_of(key: &str) -> Option<(Field, usize)> {
