@@ -35,9 +35,18 @@ pub static SOCKETS: HashMap<u64, SocketState> = HashMap::with_max_entries(65536,
 #[map]
 pub static TRACED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
+/// A data record being built, with room after its payload: small iovecs are packed into one
+/// record at a variable position, and the verifier must see that a copy of up to
+/// `CHUNK_SIZE` bytes from any position below `CHUNK_SIZE` stays inside the map value.
+#[repr(C)]
+pub struct DataScratch {
+    pub event: DataEvent,
+    pub spill: [u8; sonde_common::CHUNK_SIZE],
+}
+
 /// Per-CPU scratch for building a data record (too big for the 512-byte stack).
 #[map]
-pub static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<DataScratch> = PerCpuArray::with_max_entries(1, 0);
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;

@@ -14,7 +14,7 @@ use sonde_common::{
 };
 
 use crate::maps::{
-    SCRATCH, SOCKETS, TRACED_PIDS, config, noop, now_ns, output, output_raw, pid_tgid,
+    DataScratch, SCRATCH, SOCKETS, TRACED_PIDS, config, noop, now_ns, output, output_raw, pid_tgid,
     process_wanted,
 };
 
@@ -515,11 +515,12 @@ fn sniff_postgres(id: u64, args: &DataArgs) {
 
 #[inline(always)]
 pub(crate) fn emit_data(id: u64, args: &DataArgs, total: u64) {
-    let Some(event) = SCRATCH.get_ptr_mut(0) else {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: per-CPU scratch slot, exclusively ours while this program runs.
-    let event = unsafe { &mut *event };
+    let scratch = unsafe { &mut *scratch };
+    let event = &mut scratch.event;
     // A write's entry time stands for both ends (userspace uses only it); a read is timed here.
     let ts_ns = if args.direction == direction::EGRESS && args.enter_ts_ns != 0 {
         args.enter_ts_ns
@@ -564,7 +565,7 @@ pub(crate) fn emit_data(id: u64, args: &DataArgs, total: u64) {
     }
 
     if args.buf_kind == BUF_IOVEC {
-        emit_iovecs(event, args.ptr, args.iov_count, captured);
+        emit_iovecs(scratch, args.ptr, args.iov_count, captured);
     } else {
         emit_buffer(event, args.ptr, captured);
     }
@@ -593,15 +594,7 @@ fn emit_chunk(
     if ret < 0 {
         return false;
     }
-    event.offset = offset;
-    event.len = len;
-    // Keep the source bit (TLS plaintext or syscall bytes) set by `emit_data`.
-    event.flags =
-        (event.flags & sonde_common::DATA_FLAG_TLS) | if last { DATA_FLAG_LAST_CHUNK } else { 0 };
-    output_raw(
-        (event as *const sonde_common::DataEvent).cast(),
-        DATA_HEADER_SIZE as u64 + len as u64,
-    );
+    output_packed(event, len, offset, last);
     true
 }
 
@@ -633,12 +626,16 @@ fn emit_buffer(event: &mut sonde_common::DataEvent, base: u64, captured: u32) {
 
 /// An iovec array: each iovec's first CHUNK_SIZE bytes, in order, stopping at the first iovec
 /// that is not copied whole so that uncaptured bytes are only ever at the end (userspace
-/// counts them as lost after the last record).
+/// counts them as lost after the last record). Consecutive iovecs are packed into one record
+/// while they fit in a chunk: a server's head and small body written by one `writev` (nginx)
+/// then cost the daemon one record, not one per iovec.
 #[inline(always)]
-fn emit_iovecs(event: &mut sonde_common::DataEvent, iov_ptr: u64, iov_count: u64, captured: u32) {
+fn emit_iovecs(scratch: &mut DataScratch, iov_ptr: u64, iov_count: u64, captured: u32) {
+    // Bytes of the transfer already sent in records, and bytes packed in the open record.
     let mut offset: u32 = 0;
+    let mut fill: u32 = 0;
     for j in 0..MAX_IOVECS {
-        if j as u64 >= iov_count || offset >= captured {
+        if j as u64 >= iov_count || offset + fill >= captured {
             break;
         }
         let Some(iov) = read_user::<IoVec>(iov_ptr + j as u64 * 16) else {
@@ -647,7 +644,7 @@ fn emit_iovecs(event: &mut sonde_common::DataEvent, iov_ptr: u64, iov_count: u64
         if iov.len == 0 {
             continue;
         }
-        let remaining = captured - offset;
+        let remaining = captured - offset - fill;
         let mut len = if iov.len > CHUNK_SIZE as u64 {
             CHUNK_SIZE as u32
         } else {
@@ -656,14 +653,63 @@ fn emit_iovecs(event: &mut sonde_common::DataEvent, iov_ptr: u64, iov_count: u64
         if len > remaining {
             len = remaining;
         }
-        let whole = len as u64 == iov.len;
-        let last =
-            !whole || offset + len >= captured || j as u64 + 1 >= iov_count || j + 1 >= MAX_IOVECS;
-        if !emit_chunk(event, iov.base, len, offset, last) || !whole {
+        if fill > 0 && fill + len > CHUNK_SIZE as u32 {
+            output_packed(&mut scratch.event, fill, offset, false);
+            offset += fill;
+            fill = 0;
+        }
+        if !copy_packed(scratch, fill, iov.base, len) {
             break;
         }
-        offset += len;
+        fill += len;
+        let whole = len as u64 == iov.len;
+        let last = !whole
+            || offset + fill >= captured
+            || j as u64 + 1 >= iov_count
+            || j + 1 >= MAX_IOVECS;
+        if last {
+            output_packed(&mut scratch.event, fill, offset, true);
+            return;
+        }
     }
+    // A copy failed (or only empty iovecs followed): what was packed still goes out, last.
+    if fill > 0 {
+        output_packed(&mut scratch.event, fill, offset, true);
+    }
+}
+
+/// Copies `len` (1..=CHUNK_SIZE after masking) user bytes to the record's payload at `at`
+/// (below CHUNK_SIZE after masking; the scratch's spill keeps the copy in bounds).
+#[inline(always)]
+fn copy_packed(scratch: &mut DataScratch, at: u32, src: u64, len: u32) -> bool {
+    let at = (at & (CHUNK_SIZE as u32 - 1)) as usize;
+    let len = (len.wrapping_sub(1) & (CHUNK_SIZE as u32 - 1)) + 1;
+    let base: *mut u8 = scratch.event.data.as_mut_ptr();
+    // SAFETY: `at` < CHUNK_SIZE and `len` <= CHUNK_SIZE, and `spill` (CHUNK_SIZE bytes)
+    // follows `data` in the same #[repr(C)] value; the helper fails on a bad user pointer.
+    let ret = unsafe {
+        bpf_probe_read_user(
+            base.add(at).cast(),
+            len,
+            src as *const core::ffi::c_void,
+        )
+    };
+    ret >= 0
+}
+
+/// Outputs the record packed so far: `len` (1..=CHUNK_SIZE after masking) payload bytes
+/// starting at byte `offset` of the transfer.
+#[inline(always)]
+fn output_packed(event: &mut sonde_common::DataEvent, len: u32, offset: u32, last: bool) {
+    let len = (len.wrapping_sub(1) & (CHUNK_SIZE as u32 - 1)) + 1;
+    event.offset = offset;
+    event.len = len;
+    event.flags =
+        (event.flags & sonde_common::DATA_FLAG_TLS) | if last { DATA_FLAG_LAST_CHUNK } else { 0 };
+    output_raw(
+        (event as *const sonde_common::DataEvent).cast(),
+        DATA_HEADER_SIZE as u64 + len as u64,
+    );
 }
 
 macro_rules! data_syscall {
