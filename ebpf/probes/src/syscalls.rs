@@ -663,10 +663,8 @@ fn emit_iovecs(scratch: &mut DataScratch, iov_ptr: u64, iov_count: u64, captured
         }
         fill += len;
         let whole = len as u64 == iov.len;
-        let last = !whole
-            || offset + fill >= captured
-            || j as u64 + 1 >= iov_count
-            || j + 1 >= MAX_IOVECS;
+        let last =
+            !whole || offset + fill >= captured || j as u64 + 1 >= iov_count || j + 1 >= MAX_IOVECS;
         if last {
             output_packed(&mut scratch.event, fill, offset, true);
             return;
@@ -687,13 +685,8 @@ fn copy_packed(scratch: &mut DataScratch, at: u32, src: u64, len: u32) -> bool {
     let base: *mut u8 = scratch.event.data.as_mut_ptr();
     // SAFETY: `at` < CHUNK_SIZE and `len` <= CHUNK_SIZE, and `spill` (CHUNK_SIZE bytes)
     // follows `data` in the same #[repr(C)] value; the helper fails on a bad user pointer.
-    let ret = unsafe {
-        bpf_probe_read_user(
-            base.add(at).cast(),
-            len,
-            src as *const core::ffi::c_void,
-        )
-    };
+    let ret =
+        unsafe { bpf_probe_read_user(base.add(at).cast(), len, src as *const core::ffi::c_void) };
     ret >= 0
 }
 
