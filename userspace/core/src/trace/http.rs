@@ -1,13 +1,13 @@
 //! HTTP exchanges to SERVER and CLIENT spans with the stable HTTP semantic conventions.
-use std::net::SocketAddr;
+use std::{borrow::Cow, net::SocketAddr};
 
 use sonde_http1::{Exchange, RequestHead};
 
 use super::{
     context::SpanContext,
-    redact,
+    intern, redact,
     route::RouteTemplates,
-    span::{Attr, AttrValue, Kind, Outcome, SpanParts, int_attr, ip_text, str_attr},
+    span::{Attr, AttrValue, Kind, Outcome, SpanParts, int_attr, str_attr},
 };
 use crate::clock::Clock;
 
@@ -66,19 +66,19 @@ fn header_str<'a>(head: &'a RequestHead, name: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-/// Splits a Host header into host and port.
-fn split_host(host: &str) -> (String, Option<u16>) {
+/// Splits a Host header into host and port; the host is interned (`intern::host`).
+fn split_host(host: &str) -> (Cow<'static, str>, Option<u16>) {
     if let Some(rest) = host.strip_prefix('[')
         && let Some((h, tail)) = rest.split_once(']')
     {
         return (
-            h.to_owned(),
+            intern::host(h),
             tail.strip_prefix(':').and_then(|p| p.parse().ok()),
         );
     }
     match host.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (h.to_owned(), p.parse().ok()),
-        _ => (host.to_owned(), None),
+        Some((h, p)) if !h.contains(':') => (intern::host(h), p.parse().ok()),
+        _ => (intern::host(host), None),
     }
 }
 
@@ -175,7 +175,7 @@ pub fn server_span(
             attrs.push(int_attr("server.port", i64::from(p)));
         }
     } else if let Some(local) = conn.local {
-        attrs.push(str_attr("server.address", ip_text(local.ip())));
+        attrs.push(str_attr("server.address", intern::address(local.ip())));
         attrs.push(int_attr("server.port", i64::from(local.port())));
     }
     let forwarded = header_str(req, "x-forwarded-for")
@@ -183,10 +183,10 @@ pub fn server_span(
         .map(str::trim)
         .filter(|v| !v.is_empty());
     if let Some(remote) = conn.remote {
-        let peer = ip_text(remote.ip());
+        let peer = intern::address(remote.ip());
         attrs.push(str_attr(
             "client.address",
-            forwarded.map_or_else(|| peer.clone(), str::to_owned),
+            forwarded.map_or_else(|| peer.clone(), |f| Cow::Owned(f.to_owned())),
         ));
         attrs.push(str_attr("network.peer.address", peer));
         attrs.push(int_attr("network.peer.port", i64::from(remote.port())));
@@ -228,7 +228,7 @@ pub fn client_span(
     let server_host = host_header
         .as_ref()
         .map(|(h, _)| h.clone())
-        .or_else(|| conn.remote.map(|r| ip_text(r.ip())))
+        .or_else(|| conn.remote.map(|r| intern::address(r.ip())))
         .unwrap_or_default();
     let server_port = host_header
         .as_ref()
@@ -242,7 +242,7 @@ pub fn client_span(
     }
     let authority = match server_port {
         Some(80) | None => server_host,
-        Some(p) => format!("{server_host}:{p}"),
+        Some(p) => Cow::Owned(format!("{server_host}:{p}")),
     };
     // The path's tokens are templated like `url.path` on server spans (unless raw paths).
     let target = match req.target.find(['?', '#']) {
@@ -258,7 +258,10 @@ pub fn client_span(
         version(req.minor_version),
     ));
     if let Some(remote) = conn.remote {
-        attrs.push(str_attr("network.peer.address", ip_text(remote.ip())));
+        attrs.push(str_attr(
+            "network.peer.address",
+            intern::address(remote.ip()),
+        ));
         attrs.push(int_attr("network.peer.port", i64::from(remote.port())));
     }
     let outcome = outcome(

@@ -3,6 +3,7 @@
 pub mod context;
 pub mod correlate;
 pub mod http;
+pub mod intern;
 pub mod postgres;
 pub mod redact;
 pub mod resource;

@@ -56,15 +56,10 @@ pub fn client_span(
         ));
     }
     if let Some(remote) = conn.remote {
-        attrs.push(str_attr(
-            "server.address",
-            super::span::ip_text(remote.ip()),
-        ));
+        let address = super::intern::address(remote.ip());
+        attrs.push(str_attr("server.address", address.clone()));
         attrs.push(int_attr("server.port", i64::from(remote.port())));
-        attrs.push(str_attr(
-            "network.peer.address",
-            super::span::ip_text(remote.ip()),
-        ));
+        attrs.push(str_attr("network.peer.address", address));
         attrs.push(int_attr("network.peer.port", i64::from(remote.port())));
     }
     let outcome = match &op.error {
