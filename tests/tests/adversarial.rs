@@ -557,6 +557,8 @@ fn run_with_caps(caps: &str) -> (Option<i32>, String) {
 
 #[test]
 fn an_unreadable_tracefs_names_the_missing_capability() {
+    // Mounted, as on a node: without CAP_SYS_ADMIN an unmounted tracefs is a different error.
+    sonde_e2e::sonde::ensure_tracefs_mounted();
     let (code, err) = run_with_caps("-all,+bpf,+perfmon");
     assert_ne!(code, Some(0), "{err}");
     assert!(err.contains("CAP_DAC_READ_SEARCH"), "{err}");

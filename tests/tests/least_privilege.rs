@@ -56,14 +56,7 @@ fn effective_caps(pid: u32) -> u64 {
 
 #[test]
 fn least_privilege_capabilities_suffice_and_a_missing_one_is_named() {
-    if !std::path::Path::new("/sys/kernel/tracing/events").exists() {
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mounting tracefs for the test failed");
-    }
+    sonde_e2e::sonde::ensure_tracefs_mounted();
     let dir = TestDir::new("least-privilege").unwrap();
     // The real binary, resolved before SONDE_BIN points at a wrapper.
     let bin = sonde_e2e::sonde::sonde_bin().unwrap();
