@@ -34,22 +34,25 @@ pub fn sonde_bin() -> Result<PathBuf> {
     crate::find_target_bin("sonde", "SONDE_BIN", "cargo build -p sonde")
 }
 
-/// Mounts tracefs at /sys/kernel/tracing unless it is there (the tests run as root), as on a
-/// node where a restricted daemon is given the host's tracefs. A test that runs sonde without
+/// Where the kernel's tracefs is mounted on a node.
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Mounts tracefs at [`TRACEFS`] unless it is there (the tests run as root), as on a node
+/// where a restricted daemon is given the host's tracefs. A test that runs sonde without
 /// CAP_SYS_ADMIN must call this first: otherwise whether tracefs is mounted depends on whether
 /// a root daemon of another test mounted it already, and on a fresh machine it is not.
 pub fn ensure_tracefs_mounted() {
-    if std::path::Path::new("/sys/kernel/tracing/events").is_dir() {
+    let mounted = || std::path::Path::new(TRACEFS).join("events").is_dir();
+    if mounted() {
         return;
     }
-    let ok = Command::new("mount")
-        .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
-        .status()
-        .is_ok_and(|s| s.success());
+    let status = Command::new("mount")
+        .args(["-t", "tracefs", "tracefs", TRACEFS])
+        .status();
     // A concurrent test may have mounted it between the check and the mount.
     assert!(
-        ok || std::path::Path::new("/sys/kernel/tracing/events").is_dir(),
-        "mounting tracefs for the test failed"
+        status.as_ref().is_ok_and(ExitStatus::success) || mounted(),
+        "mounting tracefs at {TRACEFS} for the test failed: {status:?}"
     );
 }
 
