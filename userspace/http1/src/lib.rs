@@ -157,10 +157,6 @@ pub struct Exchange {
 
 /// What a [`Connection`] reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "events live briefly in a reused buffer; boxing the exchange would allocate per request"
-)]
 pub enum Event {
     /// A request head is complete (emitted as soon as the head is parsed, before body/response) so
     /// the caller can set up trace context (e.g. read `traceparent`) while the request is in
@@ -171,8 +167,8 @@ pub enum Event {
         head: std::sync::Arc<RequestHead>,
         first: Seen,
     },
-    /// A request and its response (or None) are complete.
-    Exchange(Exchange),
+    /// A request and its response (or None) are complete (boxed: see `Pending::into_exchange`).
+    Exchange(Box<Exchange>),
     /// The bytes in this direction are not HTTP/1.x; the parser gave up on the connection.
     NotHttp { direction: Direction },
 }

@@ -12,7 +12,7 @@ pub struct Http1 {
 }
 
 impl Http1 {
-    fn drain(&mut self, out: &mut Vec<Output<Exchange>>) {
+    fn drain(&mut self, out: &mut Vec<Output<Box<Exchange>>>) {
         for event in self.events.drain(..) {
             out.push(match event {
                 Event::RequestHead { seq, head, first } => Output::Started {
@@ -32,7 +32,7 @@ impl Http1 {
 }
 
 impl Protocol for Http1 {
-    type Exchange = Exchange;
+    type Exchange = Box<Exchange>;
     const NAME: &'static str = "http";
 
     /// A request line's method and target (either side: the client writes it, the server
@@ -56,7 +56,7 @@ impl Protocol for Http1 {
         }
     }
 
-    fn feed(&mut self, chunk: Chunk<'_>, out: &mut Vec<Output<Exchange>>) {
+    fn feed(&mut self, chunk: Chunk<'_>, out: &mut Vec<Output<Box<Exchange>>>) {
         self.conn.feed(
             chunk.direction,
             chunk.bytes,
@@ -67,7 +67,7 @@ impl Protocol for Http1 {
         self.drain(out);
     }
 
-    fn close(&mut self, seen: Seen, out: &mut Vec<Output<Exchange>>) {
+    fn close(&mut self, seen: Seen, out: &mut Vec<Output<Box<Exchange>>>) {
         self.conn.close(seen, &mut self.events);
         self.drain(out);
     }

@@ -23,7 +23,7 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    fn drain(&mut self, out: &mut Vec<Output<Query>>) {
+    fn drain(&mut self, out: &mut Vec<Output<Box<Query>>>) {
         for event in self.events.drain(..) {
             match event {
                 Event::OperationStarted { seq, first } => out.push(Output::Started {
@@ -34,10 +34,11 @@ impl Postgres {
                 Event::Operation(operation) => out.push(Output::Done {
                     seq: operation.seq,
                     first: operation.first,
-                    exchange: Query {
+                    // Boxed, as HTTP's exchanges: the tracer's queues move a pointer.
+                    exchange: Box::new(Query {
                         database: self.conn.database().map(str::to_owned),
                         operation,
-                    },
+                    }),
                 }),
                 // 'S' (TLS: the tracer re-detects on the plaintext) or 'G' (GSSAPI).
                 Event::Encrypted | Event::TlsStarted => out.push(Output::GiveUp(GiveUp::Encrypted)),
@@ -49,7 +50,7 @@ impl Postgres {
 }
 
 impl Protocol for Postgres {
-    type Exchange = Query;
+    type Exchange = Box<Query>;
     const NAME: &'static str = "postgresql";
     /// Long ORM queries: the whole Query/Parse message, up to the kernel's largest capture.
     const CAPTURE_BYTES: Option<u32> = Some(65536);
@@ -76,7 +77,7 @@ impl Protocol for Postgres {
         }
     }
 
-    fn feed(&mut self, chunk: Chunk<'_>, out: &mut Vec<Output<Query>>) {
+    fn feed(&mut self, chunk: Chunk<'_>, out: &mut Vec<Output<Box<Query>>>) {
         self.conn.feed(
             chunk.direction,
             chunk.bytes,
@@ -87,7 +88,7 @@ impl Protocol for Postgres {
         self.drain(out);
     }
 
-    fn close(&mut self, seen: Seen, out: &mut Vec<Output<Query>>) {
+    fn close(&mut self, seen: Seen, out: &mut Vec<Output<Box<Query>>>) {
         self.conn.close(seen, &mut self.events);
         self.drain(out);
     }

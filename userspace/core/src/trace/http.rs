@@ -123,7 +123,7 @@ fn outcome(ex: &Exchange, error_from: u16, missing: &str, attrs: &mut Vec<Attr>)
 /// socket, a SERVER span (with route templates) where it traced the server's.
 impl crate::protocols::SpanMapping for sonde_http1::Http1 {
     fn span_parts(
-        ex: &Exchange,
+        ex: &Box<Exchange>,
         ctx: SpanContext,
         at: &crate::protocols::MapContext<'_>,
     ) -> SpanParts {

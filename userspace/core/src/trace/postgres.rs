@@ -13,7 +13,7 @@ use crate::clock::Clock;
 /// side is never detected).
 impl crate::protocols::SpanMapping for sonde_postgres::Postgres {
     fn span_parts(
-        q: &sonde_postgres::Query,
+        q: &Box<sonde_postgres::Query>,
         ctx: SpanContext,
         at: &crate::protocols::MapContext<'_>,
     ) -> SpanParts {
