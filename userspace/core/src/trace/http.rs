@@ -6,7 +6,7 @@ use sonde_http1::{Exchange, RequestHead};
 use super::{
     context::SpanContext,
     intern, redact,
-    route::RouteTemplates,
+    route::{RouteTemplates, RoutedPath},
     span::{Attr, AttrValue, Kind, Outcome, SpanParts, int_attr, str_attr},
 };
 use crate::clock::Clock;
@@ -153,8 +153,8 @@ pub fn server_span(
         Some((p, q)) => (p, Some(q)),
         None => (req.target.as_str(), None),
     };
-    let route = routes.route(path);
-    attrs.push(str_attr("url.path", truncated(routes.url_path(path), 2048)));
+    let RoutedPath { route, url_path } = routes.route_and_url_path(path);
+    attrs.push(str_attr("url.path", truncated(url_path, 2048)));
     if let Some(q) = query {
         attrs.push(str_attr("url.query", truncated(redact::query(q), 2048)));
     }

@@ -16,6 +16,10 @@ use hashbrown::{HashMap, HashSet};
 pub const DEFAULT_MAX_SEGMENT_VALUES: usize = 100;
 /// Path positions (prefixes) the guard remembers; beyond that, new positions collapse at once.
 const MAX_GUARDED_POSITIONS: usize = 10_000;
+/// Distinct request paths whose route and `url.path` are remembered; the cache starts over
+/// when it is full (a service has far fewer distinct paths than requests; one that mints a
+/// path per request pays a lookup and an insert, against the inference it runs anyway).
+const MAX_CACHED_PATHS: usize = 4096;
 
 #[derive(Clone, Debug, Default)]
 pub struct RouteTemplates {
@@ -25,11 +29,25 @@ pub struct RouteTemplates {
     pub raw_paths: bool,
 }
 
-/// Distinct values seen per path position (the templated prefix before it).
+/// Distinct values seen per path position (the templated prefix before it), and the
+/// routes already worked out under what it has seen.
 #[derive(Debug, Default)]
 struct CardinalityGuard {
     max_values: usize,
     seen: HashMap<String, Position>,
+    /// Route and `url.path` by request path. Exact, not approximate: a path's route changes
+    /// only when one of its positions collapses (values are never forgotten, a collapsed
+    /// position never reopens, a position refused for a full guard stays refused), and every
+    /// collapse clears the cache.
+    paths: HashMap<String, RoutedPath>,
+    max_paths: usize,
+}
+
+/// What [`RouteTemplates::route_and_url_path`] gives for one path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutedPath {
+    pub route: String,
+    pub url_path: String,
 }
 
 #[derive(Debug)]
@@ -39,6 +57,15 @@ enum Position {
 }
 
 impl CardinalityGuard {
+    fn new(max_values: usize, max_paths: usize) -> Self {
+        Self {
+            max_values,
+            seen: HashMap::new(),
+            paths: HashMap::new(),
+            max_paths,
+        }
+    }
+
     /// Whether `seg` under `prefix` keeps its value (false: it collapses to `{value}`).
     fn admit(&mut self, prefix: &str, seg: &str) -> bool {
         let full = self.seen.len() >= MAX_GUARDED_POSITIONS;
@@ -57,6 +84,8 @@ impl CardinalityGuard {
                 }
                 if values.len() >= max {
                     *pos = Position::Collapsed;
+                    // Cached routes that kept a value here are stale now.
+                    self.paths.clear();
                     return false;
                 }
                 values.insert(seg.to_owned());
@@ -79,10 +108,10 @@ impl RouteTemplates {
                 .map(|p| split(p).map(str::to_owned).collect())
                 .collect(),
             guard: (max_values > 0).then(|| {
-                Arc::new(Mutex::new(CardinalityGuard {
+                Arc::new(Mutex::new(CardinalityGuard::new(
                     max_values,
-                    seen: HashMap::new(),
-                }))
+                    MAX_CACHED_PATHS,
+                )))
             }),
             raw_paths,
         }
@@ -90,20 +119,52 @@ impl RouteTemplates {
 
     /// The route for a request path (without the query string).
     pub fn route(&self, path: &str) -> String {
-        let path = path.split(['?', '#']).next().unwrap_or("");
-        for pattern in &self.patterns {
-            if matches(pattern, path) {
-                return format!("/{}", pattern.join("/"));
-            }
-        }
-        let inferred = infer(path);
         match &self.guard {
-            Some(guard) => match guard.lock() {
-                Ok(mut g) => collapse(inferred, &mut g),
-                Err(poisoned) => collapse(inferred, &mut poisoned.into_inner()),
-            },
-            None => inferred,
+            Some(guard) => self.route_guarded(path, &mut lock(guard)),
+            None => self.route_unguarded(path),
         }
+    }
+
+    /// A server span's route and `url.path` for a request path (without the query string),
+    /// worked out once per distinct path: the same as [`Self::route`] and [`Self::url_path`].
+    pub fn route_and_url_path(&self, path: &str) -> RoutedPath {
+        let Some(guard) = &self.guard else {
+            return RoutedPath {
+                route: self.route_unguarded(path),
+                url_path: self.url_path(path),
+            };
+        };
+        let mut g = lock(guard);
+        if let Some(hit) = g.paths.get(path) {
+            return hit.clone();
+        }
+        let routed = RoutedPath {
+            route: self.route_guarded(path, &mut g),
+            url_path: self.url_path(path),
+        };
+        if g.paths.len() >= g.max_paths {
+            g.paths.clear();
+        }
+        g.paths.insert(path.to_owned(), routed.clone());
+        routed
+    }
+
+    /// A configured pattern's route, if one matches `path` (query string cut off first).
+    fn configured<'p>(&self, path: &'p str) -> Result<String, &'p str> {
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        match self.patterns.iter().find(|p| matches(p, path)) {
+            Some(pattern) => Ok(format!("/{}", pattern.join("/"))),
+            None => Err(path),
+        }
+    }
+
+    fn route_unguarded(&self, path: &str) -> String {
+        self.configured(path).unwrap_or_else(infer)
+    }
+
+    fn route_guarded(&self, path: &str, guard: &mut CardinalityGuard) -> String {
+        self.configured(path)
+            .unwrap_or_else(|path| collapse(infer(path), guard))
     }
 
     /// `url.path` as exported: tokens templated (numbers kept) unless raw paths are opted in.
@@ -114,6 +175,14 @@ impl RouteTemplates {
             template_tokens(path)
         }
     }
+}
+
+/// The guard, also after a panic elsewhere poisoned its lock (no update of it leaves a
+/// half-made entry: the worst a panic leaves is a value or path not yet recorded).
+fn lock(guard: &Mutex<CardinalityGuard>) -> std::sync::MutexGuard<'_, CardinalityGuard> {
+    guard
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Applies the cardinality guard to an inferred route, position by position. A route with
@@ -499,12 +568,40 @@ mod proptests {
             ),
             max_values in 1usize..4,
         ) {
-            let guard = || CardinalityGuard { max_values, seen: HashMap::new() };
+            let guard = || CardinalityGuard::new(max_values, MAX_CACHED_PATHS);
             let (mut reused, mut rebuilt) = (guard(), guard());
             for path in &paths {
                 let inferred = infer(path);
                 let expected = collapse_rebuilt(&inferred, &mut rebuilt);
                 prop_assert_eq!(collapse(inferred, &mut reused), expected, "{}", path);
+            }
+        }
+
+        /// The path cache changes no result: any sequence of paths (few segment values, so
+        /// that positions fill and collapse and cached routes go stale; a tiny cache, so
+        /// that it starts over too) gives the routes and `url.path`s of the uncached calls.
+        #[test]
+        fn cached_routes_match_uncached(
+            paths in proptest::collection::vec(
+                proptest::collection::vec("(a|b|c|d|42|x1|p|q|Zx9kQ2mP7vL4nR8t)", 0..4)
+                    .prop_map(|segs| format!("/{}", segs.join("/"))),
+                1..80,
+            ),
+            max_values in 1usize..4,
+            max_paths in 1usize..6,
+        ) {
+            let templates = |max_paths| RouteTemplates {
+                patterns: vec![split("/p/{x}/q").map(str::to_owned).collect()],
+                guard: Some(Arc::new(Mutex::new(CardinalityGuard::new(max_values, max_paths)))),
+                raw_paths: false,
+            };
+            let (cached, uncached) = (templates(max_paths), templates(0));
+            for path in &paths {
+                let expected = RoutedPath {
+                    route: uncached.route(path),
+                    url_path: uncached.url_path(path),
+                };
+                prop_assert_eq!(cached.route_and_url_path(path), expected, "{}", path);
             }
         }
 
