@@ -657,43 +657,40 @@ impl<H: HostView> Tracer<H> {
         let Some(id) = self.conns.id_of(hdr.pid, hdr.fd) else {
             return;
         };
-        let Some(entry) = self.conns.get(id) else {
+        // One connection lookup on the common path (a parsing connection): a data event
+        // comes per syscall, and each lookup is a hash of the id.
+        let Some(entry) = self.conns.get_mut(id) else {
             return;
         };
         if entry.data.ciphertext && source == Source::Syscall {
             return;
         }
-        if source == Source::TlsPlaintext
-            && !entry.data.ciphertext
-            && let Some(entry) = self.conns.get_mut(id)
-        {
+        if source == Source::TlsPlaintext {
             // Plaintext on a connection whose handshake was never seen (open before sonde
             // started): from now on its syscall bytes are ciphertext.
             entry.data.ciphertext = true;
         }
-        let Some(entry) = self.conns.get(id) else {
-            return;
-        };
-        if self.config.tls_plaintext
-            && source == Source::Syscall
-            && matches!(entry.data.proto, Proto::Unknown)
-        {
-            if may_become_tls_record(payload) {
-                return; // a one-byte MSG_PEEK (nginx): wait for the record
+        let entry = if matches!(entry.data.proto, Proto::Unknown) {
+            // A connection's first bytes: TLS, or which protocol.
+            if self.config.tls_plaintext && source == Source::Syscall {
+                if may_become_tls_record(payload) {
+                    return; // a one-byte MSG_PEEK (nginx): wait for the record
+                }
+                if looks_like_tls_record(payload, entry.data.from_start) {
+                    self.tls_started(id);
+                    return;
+                }
             }
-            if looks_like_tls_record(payload, entry.data.from_start) {
-                self.tls_started(id);
-                return;
-            }
-        }
-        if matches!(entry.data.proto, Proto::Unknown) {
             if payload.is_empty() {
                 return;
             }
             self.detect(id, direction, payload);
-        }
-        let Some(entry) = self.conns.get_mut(id) else {
-            return;
+            let Some(entry) = self.conns.get_mut(id) else {
+                return;
+            };
+            entry
+        } else {
+            entry
         };
         let conn = &mut entry.data;
         let request_dir = matches!(
@@ -767,7 +764,8 @@ impl<H: HostView> Tracer<H> {
     /// spans for exchanges that completed, and giving up.
     fn on_outputs(&mut self, id: ConnId, outputs: &mut Vec<Output<AnyExchange>>, now_ns: u64) {
         for output in outputs.drain(..) {
-            let Some(entry) = self.conns.get(id) else {
+            // One connection lookup per output; the span is emitted once it is released.
+            let Some(entry) = self.conns.get_mut(id) else {
                 return;
             };
             let (pid, side, endpoints) = (entry.pid, entry.data.side(), entry.data.endpoints);
@@ -780,19 +778,15 @@ impl<H: HostView> Tracer<H> {
                     let ctx =
                         self.parenting
                             .started(pid, side, endpoints, first, traceparent.as_deref());
-                    if let Some(entry) = self.conns.get_mut(id) {
-                        entry.data.in_flight.insert(seq, ctx);
-                    }
+                    entry.data.in_flight.insert(seq, ctx);
                 }
                 Output::Done {
                     seq,
                     first,
                     exchange,
                 } => {
-                    let started = self
-                        .conns
-                        .get_mut(id)
-                        .and_then(|e| e.data.in_flight.remove(&seq));
+                    let started = entry.data.in_flight.remove(&seq);
+                    let ciphertext = entry.data.ciphertext;
                     let ctx = self.parenting.done(pid, side, first, started);
                     if !self.build_spans {
                         self.exchanges_unbuilt += 1;
@@ -808,7 +802,7 @@ impl<H: HostView> Tracer<H> {
                             now_ns,
                         },
                     );
-                    if self.conns.get(id).is_some_and(|e| e.data.ciphertext) {
+                    if ciphertext {
                         // Read through the TLS uprobes: https (no-op for other protocols).
                         crate::trace::http::into_https(&mut parts);
                     }
