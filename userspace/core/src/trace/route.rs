@@ -149,22 +149,21 @@ impl RouteTemplates {
         routed
     }
 
-    /// A configured pattern's route, if one matches `path` (query string cut off first).
-    fn configured<'p>(&self, path: &'p str) -> Result<String, &'p str> {
-        let path = path.split(['?', '#']).next().unwrap_or("");
-        match self.patterns.iter().find(|p| matches(p, path)) {
-            Some(pattern) => Ok(format!("/{}", pattern.join("/"))),
-            None => Err(path),
-        }
+    /// A configured pattern's route, if one matches `path` (already without its query).
+    fn configured(&self, path: &str) -> Option<String> {
+        let pattern = self.patterns.iter().find(|p| matches(p, path))?;
+        Some(format!("/{}", pattern.join("/")))
     }
 
     fn route_unguarded(&self, path: &str) -> String {
-        self.configured(path).unwrap_or_else(infer)
+        let path = without_query(path);
+        self.configured(path).unwrap_or_else(|| infer(path))
     }
 
     fn route_guarded(&self, path: &str, guard: &mut CardinalityGuard) -> String {
+        let path = without_query(path);
         self.configured(path)
-            .unwrap_or_else(|path| collapse(infer(path), guard))
+            .unwrap_or_else(|| collapse(infer(path), guard))
     }
 
     /// `url.path` as exported: tokens templated (numbers kept) unless raw paths are opted in.
@@ -175,6 +174,11 @@ impl RouteTemplates {
             template_tokens(path)
         }
     }
+}
+
+/// `path` up to its query string or fragment.
+fn without_query(path: &str) -> &str {
+    path.split(['?', '#']).next().unwrap_or("")
 }
 
 /// The guard, also after a panic elsewhere poisoned its lock (no update of it leaves a
