@@ -204,7 +204,7 @@ fn real_main() -> Result<()> {
             fuzz::run(&args, &root())
         }
         Cmd::Bench(args) => {
-            if !args.no_build {
+            if !args.no_build && args.serve_sink.is_none() {
                 bootstrap()?;
                 build_ebpf()?;
                 run(Command::new("cargo").current_dir(root()).args([

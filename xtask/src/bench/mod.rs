@@ -68,6 +68,10 @@ pub struct Args {
     /// Span rate of the fixed-rate OTLP run.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub otlp_rate: u32,
+    /// Run no benchmark: serve the discard OTLP/gRPC sink on this address until interrupted
+    /// (for profiling sonde by hand against the same sink the benchmarks use).
+    #[arg(long, value_name = "ADDR")]
+    pub serve_sink: Option<std::net::SocketAddr>,
 }
 
 /// Pins the calling thread to one CPU (best effort: a machine with fewer CPUs just ignores it).
@@ -86,6 +90,16 @@ fn default_sonde(root: &Path) -> PathBuf {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     target.join("release/sonde")
+}
+
+/// `--serve-sink`: the benchmarks' discard sink alone, printing the spans it counted every 5 s.
+fn serve_sink(addr: std::net::SocketAddr) -> Result<()> {
+    let sink = sink::DiscardSink::start_on(addr, None)?;
+    eprintln!("[bench] discard OTLP/gRPC sink on {}", sink.endpoint());
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        eprintln!("[bench] spans so far: {}", sink.spans());
+    }
 }
 
 /// `cargo xtask` is a debug build, too slow to generate OTLP load or pace HTTP requests: build
@@ -116,6 +130,9 @@ fn reexec_release(root: &Path) -> Result<()> {
 pub fn run(args: &Args, root: &Path) -> Result<()> {
     if cfg!(debug_assertions) {
         return reexec_release(root);
+    }
+    if let Some(addr) = args.serve_sink {
+        return serve_sink(addr);
     }
     let sonde_bin = args.sonde.clone().unwrap_or_else(|| default_sonde(root));
     if !sonde_bin.is_file() {

@@ -127,7 +127,13 @@ pub struct DiscardSink {
 impl DiscardSink {
     /// Starts on 127.0.0.1 (free port) on its own single-threaded runtime, pinned to `cpu`.
     pub fn start(cpu: Option<usize>) -> Result<DiscardSink> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind sink")?;
+        Self::start_on("127.0.0.1:0".parse()?, cpu)
+    }
+
+    /// Starts on `addr`, on its own single-threaded runtime, pinned to `cpu`.
+    pub fn start_on(addr: SocketAddr, cpu: Option<usize>) -> Result<DiscardSink> {
+        let listener =
+            std::net::TcpListener::bind(addr).with_context(|| format!("bind sink on {addr}"))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
