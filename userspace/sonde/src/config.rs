@@ -113,8 +113,9 @@ pub struct RunArgs {
     /// conventions), with secret-looking arguments redacted.
     #[arg(long)]
     pub export_command_line: bool,
-    /// Ring buffer size in bytes (rounded up to a power of two).
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    /// Ring buffer size in bytes (rounded up to a power of two), 4 KiB to 1 GiB.
+    #[arg(long, default_value_t = 16 * 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(4096..=1024 * 1024 * 1024))]
     pub ring_buffer_bytes: u32,
     /// Span export batch timeout in milliseconds.
     #[arg(long, default_value_t = 1000)]
@@ -613,6 +614,9 @@ mod tests {
     #[test]
     fn typos_are_clear_errors() {
         assert!(Cli::try_parse_from(["sonde", "run", "--capture-bytes", "1000000"]).is_err());
+        assert!(
+            Cli::try_parse_from(["sonde", "run", "--ring-buffer-bytes", "4000000000"]).is_err()
+        );
         assert!(Cli::try_parse_from(["sonde", "run", "--outptu", "json"]).is_err());
         let e = Config::resolve(args(&["--otlp-grpc-addr", "nope"]), |_| None).unwrap_err();
         assert!(e.to_string().contains("otlp-grpc-addr"), "{e}");
