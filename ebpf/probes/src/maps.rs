@@ -90,15 +90,10 @@ pub fn process_wanted(tgid: u32) -> bool {
     true
 }
 
-/// Force a wake-up only for the record that takes the queue across a multiple of
-/// `wakeup_bytes` ([`sonde_common::forces_wakeup`]); otherwise the reader finds records on its
-/// poll tick. Forcing one per record while the queue sat above the threshold cost nginx a
-/// tenth of its time at max rate when the reader lagged (perf: `native_write_msr` under
-/// `bpf_ringbuf_output`).
+/// Wake the reader only once enough is queued; otherwise it finds records on its poll tick.
 #[inline(always)]
-fn wakeup_flags(size: u64) -> u64 {
-    let queued = EVENTS.query(BPF_RB_AVAIL_DATA);
-    if sonde_common::forces_wakeup(queued, size, config().wakeup_bytes as u64) {
+fn wakeup_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= config().wakeup_bytes as u64 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -122,7 +117,7 @@ pub fn output_raw(data: *const u8, size: u64) {
             core::ptr::addr_of!(EVENTS).cast_mut().cast(),
             data.cast_mut().cast(),
             size,
-            wakeup_flags(size),
+            wakeup_flags(),
         )
     };
     if ret < 0 {

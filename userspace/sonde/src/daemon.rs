@@ -49,20 +49,8 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 /// `bpf_map_update_elem` flag: only insert, never overwrite what the programs wrote.
 const BPF_NOEXIST: u64 = 1;
-/// The kernel wakes the reader each time this share of the ring buffer fills (1/8: a 16 MiB
-/// ring wakes it every 2 MiB), up to [`MAX_WAKEUP_BYTES`]. Fewer, larger drains cost less
-/// per record: nginx under wrk with the default ring kept 158k req/s at 1.58 ms of daemon
-/// CPU per 1k requests waking every 64 KiB, 162k / 1.47 every 256 KiB, 166k / 1.38 every
-/// 1 MiB and 168k / 1.39 every 2 MiB (alternated in one session). The rest of the ring is
-/// headroom for the reader's lag, and the poll tick bounds the wait at low rates.
-const WAKEUP_SHARE: u32 = 8;
-const MAX_WAKEUP_BYTES: u32 = 2 * 1024 * 1024;
-
-/// Bytes queued between two wake-ups, for a ring buffer of `ring_bytes`.
-fn wakeup_bytes(ring_bytes: u32) -> u32 {
-    let ring = ring_bytes.checked_next_power_of_two().unwrap_or(1 << 31);
-    (ring / WAKEUP_SHARE).clamp(4096, MAX_WAKEUP_BYTES)
-}
+/// Wake the reader when this much is queued in the ring buffer.
+const WAKEUP_BYTES: u32 = 256 * 1024;
 
 struct CaptureLoop {
     probes: Probes,
@@ -712,7 +700,7 @@ pub async fn run(config: Config) -> Result<()> {
         capture_bytes: config.capture_bytes,
         postgres_capture_bytes: config.postgres_capture_bytes,
         ring_buffer_bytes: config.ring_buffer_bytes,
-        wakeup_bytes: wakeup_bytes(config.ring_buffer_bytes),
+        wakeup_bytes: WAKEUP_BYTES,
         noop: config.noop_probes,
     };
     let mut probes = loader::load(&settings)?;
@@ -1026,21 +1014,4 @@ async fn run_k8s_events(config: Config) -> Result<()> {
     }
     exporter.shutdown(config.shutdown_timeout).await;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::wakeup_bytes;
-
-    #[test]
-    fn the_reader_wakes_every_eighth_of_the_ring_between_4_kib_and_2_mib() {
-        assert_eq!(wakeup_bytes(16 * 1024 * 1024), 2 * 1024 * 1024);
-        assert_eq!(wakeup_bytes(4 * 1024 * 1024), 512 * 1024);
-        // Rounded up to a power of two first, as the loader sizes the ring.
-        assert_eq!(wakeup_bytes(3 * 1024 * 1024), 512 * 1024);
-        assert_eq!(wakeup_bytes(1 << 30), 2 * 1024 * 1024);
-        assert_eq!(wakeup_bytes(4096), 4096);
-        assert_eq!(wakeup_bytes(0), 4096);
-        assert_eq!(wakeup_bytes(u32::MAX), 2 * 1024 * 1024);
-    }
 }
