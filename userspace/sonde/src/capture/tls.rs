@@ -35,8 +35,14 @@ use crate::{
     tracer::TlsStart,
 };
 
-/// How often every traced process's maps are re-read for newly loaded libssl copies.
+/// How often every traced process is looked at for newly loaded libssl copies: its maps are
+/// re-read when its address-space size changed since the last read, or [`FULL_RESCAN_INTERVAL`]
+/// after it.
 pub const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// A process whose address-space size stayed the same still has its maps re-read this often:
+/// a library mapped while another mapping of exactly its size went away would not show in the
+/// size.
+pub const FULL_RESCAN_INTERVAL: Duration = Duration::from_secs(30);
 
 /// New executables read (for statically linked OpenSSL) per rescan: reading them is the
 /// expensive part of discovery (debug builds weigh hundreds of MiB), so it is spread over
@@ -156,6 +162,10 @@ pub struct TlsAttacher {
     /// Per process: what it uses, and its executable's name (kept: short-lived clients are
     /// often gone by the time their connection is counted).
     processes: HashMap<u32, (ProcessTls, String)>,
+    /// Per process with a verdict: its address-space size (pages, `/proc/<pid>/statm`) when
+    /// its maps were last read, and when. The kernel formats maps by walking every mapping
+    /// with its path; statm is a few counters, so an unchanged process costs almost nothing.
+    maps_read: HashMap<u32, MapsRead>,
     logged: HashSet<(String, &'static str)>,
     stats: TlsStats,
     last_scan: Option<Instant>,
@@ -174,6 +184,7 @@ impl TlsAttacher {
             failed: HashSet::new(),
             executables: HashMap::new(),
             processes: HashMap::new(),
+            maps_read: HashMap::new(),
             logged: HashSet::new(),
             stats: TlsStats::default(),
             last_scan: None,
@@ -221,15 +232,30 @@ impl TlsAttacher {
                 &all
             }
         };
+        let now = Instant::now();
         let mut alive = HashSet::new();
         for &pid in pids {
             if pid == self.self_pid {
                 continue;
             }
             alive.insert(pid);
-            self.scan_pid(ebpf, pid, Some(&mut budget));
+            let pages = address_space_pages(pid);
+            let known = self.processes.contains_key(&pid);
+            if known && !maps_may_have_changed(self.maps_read.get(&pid), pages, now) {
+                continue;
+            }
+            let verdict = self.scan_pid(ebpf, pid, Some(&mut budget));
+            match (verdict, pages) {
+                (Some(_), Some(pages)) => {
+                    self.maps_read.insert(pid, MapsRead { pages, at: now });
+                }
+                _ => {
+                    self.maps_read.remove(&pid);
+                }
+            }
         }
         self.processes.retain(|pid, _| alive.contains(pid));
+        self.maps_read.retain(|pid, _| alive.contains(pid));
     }
 
     /// `pid` just exec'd: its maps are read on the [`EXEC_SCAN_SCHEDULE`] (see
@@ -240,6 +266,7 @@ impl TlsAttacher {
         }
         // A new program: what the old one used says nothing.
         self.processes.remove(&pid);
+        self.maps_read.remove(&pid);
         if self.exec_watch.len() >= MAX_EXEC_WATCHED && !self.exec_watch.contains_key(&pid) {
             tracing::debug!(pid, "too many recent execs followed; left to the rescan");
             return;
@@ -481,6 +508,35 @@ fn same_file(host: &Path, in_root: &Path) -> Option<PathBuf> {
     (a.dev() == b.dev() && a.ino() == b.ino()).then(|| host.to_path_buf())
 }
 
+/// When a process's maps were last read, and its address-space size then.
+#[derive(Clone, Copy, Debug)]
+struct MapsRead {
+    pages: u64,
+    at: Instant,
+}
+
+/// Whether a process's maps must be read again at `now`: never read with a verdict, its
+/// address-space size (`pages`) moved (a library mapped or unmapped; also any heap growth,
+/// which only costs a read), its size is unreadable, or [`FULL_RESCAN_INTERVAL`] passed.
+fn maps_may_have_changed(last: Option<&MapsRead>, pages: Option<u64>, now: Instant) -> bool {
+    match (last, pages) {
+        (Some(last), Some(pages)) => {
+            pages != last.pages || now.saturating_duration_since(last.at) >= FULL_RESCAN_INTERVAL
+        }
+        _ => true,
+    }
+}
+
+/// The process's address-space size in pages: the first field of `/proc/<pid>/statm`.
+fn address_space_pages(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    parse_statm_size(&statm)
+}
+
+fn parse_statm_size(statm: &str) -> Option<u64> {
+    statm.split_ascii_whitespace().next()?.parse().ok()
+}
+
 fn all_pids() -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -523,6 +579,42 @@ mod tests {
         assert_eq!(t.exec_watched(), MAX_EXEC_WATCHED);
         assert!(EXEC_SCAN_SCHEDULE.windows(2).all(|w| w[0] < w[1]));
         assert!(EXEC_SCAN_SCHEDULE[EXEC_SCAN_SCHEDULE.len() - 1] < RESCAN_INTERVAL);
+    }
+
+    #[test]
+    fn maps_are_reread_when_the_address_space_moves_or_every_full_interval() {
+        let t0 = Instant::now();
+        let last = MapsRead {
+            pages: 1000,
+            at: t0,
+        };
+        let soon = t0 + Duration::from_secs(5);
+        assert!(maps_may_have_changed(None, Some(1000), soon), "never read");
+        assert!(!maps_may_have_changed(Some(&last), Some(1000), soon));
+        assert!(
+            maps_may_have_changed(Some(&last), Some(1064), soon),
+            "libssl mapped"
+        );
+        assert!(
+            maps_may_have_changed(Some(&last), Some(900), soon),
+            "something unmapped"
+        );
+        assert!(
+            maps_may_have_changed(Some(&last), None, soon),
+            "statm unreadable"
+        );
+        let late = t0 + FULL_RESCAN_INTERVAL;
+        assert!(maps_may_have_changed(Some(&last), Some(1000), late));
+        assert!(FULL_RESCAN_INTERVAL > RESCAN_INTERVAL);
+    }
+
+    #[test]
+    fn statm_size_is_its_first_field() {
+        assert_eq!(parse_statm_size("5934 1363 1100 231 0 472 0\n"), Some(5934));
+        assert_eq!(parse_statm_size(""), None);
+        assert_eq!(parse_statm_size("x 1 2"), None);
+        let own = address_space_pages(std::process::id()).expect("own statm");
+        assert!(own > 0);
     }
 
     #[test]
