@@ -170,6 +170,20 @@ pub const fn socket_key(pid: u32, fd: u32) -> u64 {
     ((pid as u64) << 32) | fd as u64
 }
 
+/// Whether a record of `size` bytes, added to a ring buffer holding `queued` unread bytes,
+/// should force a wake-up of the reader: once per `step` bytes queued, when the record takes
+/// the queue across a multiple of `step` (`step` 0: every record).
+///
+/// Not while the queue merely sits above `step`: then the reader is busy, not asleep, and
+/// each forced wake-up is an irq_work (on a VM an APIC write that exits to the hypervisor,
+/// in the traced process's syscall). The reader loses nothing: `poll` looks for data before
+/// it sleeps and the reader drains the buffer empty. A crossing missed by a racing CPU is
+/// made up at the next multiple, or by the reader's poll timeout.
+#[inline(always)]
+pub const fn forces_wakeup(queued: u64, size: u64, step: u64) -> bool {
+    step == 0 || queued / step != queued.saturating_add(size) / step
+}
+
 /// Settings the daemon writes into the programs' read-only data before loading.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -180,8 +194,8 @@ pub struct ProbeConfig {
     pub filter_pids: u32,
     /// Default bytes captured per syscall (at most `MAX_CAPTURE_BYTES`).
     pub capture_bytes: u32,
-    /// Unread bytes in the ring buffer above which a record wakes the reader; below it, the
-    /// reader finds records on its own poll tick (batched wake-ups).
+    /// A record wakes the reader when it takes the unread bytes in the ring buffer across a
+    /// multiple of this; other records wait for the reader's own poll tick (batched wake-ups).
     pub wakeup_bytes: u32,
     /// `probe_flags` bits.
     pub flags: u32,
@@ -292,4 +306,44 @@ pub mod names {
         ACCEPT_ARGS,
         HEALTH,
     ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forces_wakeup;
+
+    const STEP: u64 = 256 * 1024;
+
+    #[test]
+    fn only_the_record_crossing_a_step_wakes_the_reader() {
+        assert!(!forces_wakeup(0, 300, STEP));
+        assert!(!forces_wakeup(STEP - 301, 300, STEP));
+        assert!(forces_wakeup(STEP - 100, 300, STEP));
+        assert!(
+            forces_wakeup(STEP - 300, 300, STEP),
+            "landing on the step counts"
+        );
+        // Above the step (the reader is busy draining): quiet until the next multiple.
+        assert!(!forces_wakeup(STEP, 300, STEP));
+        assert!(!forces_wakeup(STEP + 1000, 300, STEP));
+        assert!(forces_wakeup(2 * STEP - 1, 300, STEP));
+    }
+
+    #[test]
+    fn a_stream_of_records_wakes_once_per_step() {
+        let (mut queued, mut wakeups) = (0u64, 0u64);
+        for _ in 0..100_000 {
+            wakeups += u64::from(forces_wakeup(queued, 330, STEP));
+            queued += 330;
+        }
+        assert_eq!(wakeups, queued / STEP);
+    }
+
+    #[test]
+    fn a_zero_step_wakes_on_every_record() {
+        assert!(forces_wakeup(0, 1, 0));
+        assert!(forces_wakeup(u64::MAX, 1, 0));
+        // A full queue does not overflow the arithmetic.
+        assert!(!forces_wakeup(u64::MAX, 1, STEP));
+    }
 }

@@ -29,9 +29,13 @@ fn arg<T>(ctx: &TracePointContext, offset: usize) -> Option<T> {
     unsafe { ctx.read_at::<T>(offset) }.ok()
 }
 
+/// `BPF_RB_NO_WAKEUP`: nothing sleeps on this ring (the capture loop drains it on each pass
+/// of the events ring), so a wake-up would only cost an irq_work.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+
 #[inline(always)]
 pub fn emit(ev: &HealthEvent) {
-    let _ = HEALTH.output::<HealthEvent>(ev, 0);
+    let _ = HEALTH.output::<HealthEvent>(ev, BPF_RB_NO_WAKEUP);
 }
 
 #[inline(always)]

@@ -90,15 +90,17 @@ pub fn process_wanted(tgid: u32) -> bool {
     true
 }
 
-/// Wake the reader only once enough is queued; otherwise it finds records on its poll tick.
-///
-/// Every record above the threshold forces a wake-up, not only the one that crosses it. Each
-/// costs an irq_work (on a VM an APIC write, about 1.4% of nginx's time at max rate), but
-/// forcing only at the crossing, measured, left the reader asleep longer and its drains longer:
-/// nginx's p99 under wrk went from 1.15 to 1.8 ms for 1% more requests (ARCHITECTURE.md).
+/// Force a wake-up only for the record that takes the queue across a multiple of
+/// `wakeup_bytes` ([`sonde_common::forces_wakeup`]); otherwise the reader finds records on its
+/// poll tick. Forcing one per record while the queue sat above the threshold cost nginx about
+/// 1.4% of its time at max rate, 2.8% of all CPU when the reader lagged (perf:
+/// `native_write_msr` under `bpf_ringbuf_output`). Those wake-ups also got the reader running
+/// sooner, so its drains were shorter; the daemon now yields the CPU within a long drain
+/// instead (`YIELD_EVERY_RECORDS` in `daemon.rs`), or the server's tail latency suffers.
 #[inline(always)]
-fn wakeup_flags() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= config().wakeup_bytes as u64 {
+fn wakeup_flags(size: u64) -> u64 {
+    let queued = EVENTS.query(BPF_RB_AVAIL_DATA);
+    if sonde_common::forces_wakeup(queued, size, config().wakeup_bytes as u64) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -122,7 +124,7 @@ pub fn output_raw(data: *const u8, size: u64) {
             core::ptr::addr_of!(EVENTS).cast_mut().cast(),
             data.cast_mut().cast(),
             size,
-            wakeup_flags(),
+            wakeup_flags(size),
         )
     };
     if ret < 0 {
