@@ -28,6 +28,7 @@ use aya::{
     Ebpf,
     programs::{UProbe, uprobe::UProbeScope},
 };
+use procfs::FromRead;
 
 use crate::{
     capture::loader::LoadError,
@@ -159,13 +160,8 @@ pub struct TlsAttacher {
     failed: HashSet<FileKey>,
     /// Executables already inspected, by file.
     executables: HashMap<FileKey, Option<ElfTls>>,
-    /// Per process: what it uses, and its executable's name (kept: short-lived clients are
-    /// often gone by the time their connection is counted).
-    processes: HashMap<u32, (ProcessTls, String)>,
-    /// Per process with a verdict: its address-space size (pages, `/proc/<pid>/statm`) when
-    /// its maps were last read, and when. The kernel formats maps by walking every mapping
-    /// with its path; statm is a few counters, so an unchanged process costs almost nothing.
-    maps_read: HashMap<u32, MapsRead>,
+    /// Per process with a verdict: what it uses, and when its maps were read.
+    processes: HashMap<u32, KnownProcess>,
     logged: HashSet<(String, &'static str)>,
     stats: TlsStats,
     last_scan: Option<Instant>,
@@ -184,7 +180,6 @@ impl TlsAttacher {
             failed: HashSet::new(),
             executables: HashMap::new(),
             processes: HashMap::new(),
-            maps_read: HashMap::new(),
             logged: HashSet::new(),
             stats: TlsStats::default(),
             last_scan: None,
@@ -240,22 +235,14 @@ impl TlsAttacher {
             }
             alive.insert(pid);
             let pages = address_space_pages(pid);
-            let known = self.processes.contains_key(&pid);
-            if known && !maps_may_have_changed(self.maps_read.get(&pid), pages, now) {
+            let last_read = self.processes.get(&pid).and_then(|p| p.maps_read);
+            if !maps_may_have_changed(last_read.as_ref(), pages, now) {
                 continue;
             }
-            let verdict = self.scan_pid(ebpf, pid, Some(&mut budget));
-            match (verdict, pages) {
-                (Some(_), Some(pages)) => {
-                    self.maps_read.insert(pid, MapsRead { pages, at: now });
-                }
-                _ => {
-                    self.maps_read.remove(&pid);
-                }
-            }
+            let read = pages.map(|pages| MapsRead { pages, at: now });
+            self.scan_pid(ebpf, pid, Some(&mut budget), read);
         }
         self.processes.retain(|pid, _| alive.contains(pid));
-        self.maps_read.retain(|pid, _| alive.contains(pid));
     }
 
     /// `pid` just exec'd: its maps are read on the [`EXEC_SCAN_SCHEDULE`] (see
@@ -266,7 +253,6 @@ impl TlsAttacher {
         }
         // A new program: what the old one used says nothing.
         self.processes.remove(&pid);
-        self.maps_read.remove(&pid);
         if self.exec_watch.len() >= MAX_EXEC_WATCHED && !self.exec_watch.contains_key(&pid) {
             tracing::debug!(pid, "too many recent execs followed; left to the rescan");
             return;
@@ -295,7 +281,7 @@ impl TlsAttacher {
         due.truncate(EXEC_SCANS_PER_TICK);
         for &(_, pid) in &due {
             let mut no_executables = 0;
-            let state = self.scan_pid(ebpf, pid, Some(&mut no_executables));
+            let state = self.scan_pid(ebpf, pid, Some(&mut no_executables), None);
             let gone = state.is_none() && !Path::new(&format!("/proc/{pid}")).exists();
             let finished = match self.exec_watch.get_mut(&pid) {
                 Some((_, done)) => {
@@ -313,11 +299,14 @@ impl TlsAttacher {
 
     /// Finds and hooks the OpenSSL of one process; returns what it uses.
     /// `exe_budget`: how many unknown executables may still be read (None: no limit).
+    /// `read`: the process's address-space size now, kept with a new verdict so the rescan
+    /// can skip its maps while it does not move (None: the next rescan reads them).
     fn scan_pid(
         &mut self,
         ebpf: &mut Ebpf,
         pid: u32,
         exe_budget: Option<&mut usize>,
+        read: Option<MapsRead>,
     ) -> Option<ProcessTls> {
         let name = executable_name(pid);
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
@@ -338,8 +327,12 @@ impl TlsAttacher {
             let exe = PathBuf::from(format!("/proc/{pid}/exe"));
             let elf = match self.inspect_executable(&exe, exe_budget) {
                 Inspected::Elf(elf) => elf,
-                // Not read this time: no verdict yet.
-                Inspected::Later => return self.processes.get(&pid).map(|p| p.0),
+                // Not read this time: no new verdict, and the next rescan looks again.
+                Inspected::Later => {
+                    let known = self.processes.get_mut(&pid)?;
+                    known.maps_read = None;
+                    return Some(known.tls);
+                }
             };
             match elf {
                 Some(e) if e.has_openssl() && self.attach_file(ebpf, &exe, Some(pid)) => {
@@ -348,7 +341,12 @@ impl TlsAttacher {
                 _ => ProcessTls::Untraceable(libssl::untraceable_reason(&mapped, elf.as_ref())),
             }
         };
-        self.processes.insert(pid, (state, name));
+        let known = KnownProcess {
+            tls: state,
+            executable: name,
+            maps_read: read,
+        };
+        self.processes.insert(pid, known);
         Some(state)
     }
 
@@ -421,11 +419,11 @@ impl TlsAttacher {
     /// read (the tracer then untracks its TLS connections); counts and logs it.
     pub fn on_tls_started(&mut self, ebpf: &mut Ebpf, start: TlsStart) -> bool {
         let state = {
-            let cached = self.processes.get(&start.pid).map(|p| p.0);
+            let cached = self.processes.get(&start.pid).map(|p| p.tls);
             match cached {
                 Some(ProcessTls::OpenSsl) => ProcessTls::OpenSsl,
                 // Unknown, or untraceable at the last look: libssl may have been loaded since.
-                _ => match (self.scan_pid(ebpf, start.pid, None), cached) {
+                _ => match (self.scan_pid(ebpf, start.pid, None, None), cached) {
                     (Some(s), _) => s,
                     // Already gone: what the last rescan found.
                     (None, Some(s)) => s,
@@ -437,7 +435,7 @@ impl TlsAttacher {
             return false;
         };
         let exe = match self.processes.get(&start.pid) {
-            Some((_, name)) => name.clone(),
+            Some(known) => known.executable.clone(),
             None => executable_name(start.pid),
         };
         let label = reason.label();
@@ -508,6 +506,19 @@ fn same_file(host: &Path, in_root: &Path) -> Option<PathBuf> {
     (a.dev() == b.dev() && a.ino() == b.ino()).then(|| host.to_path_buf())
 }
 
+/// What the attacher knows of one process.
+#[derive(Debug)]
+struct KnownProcess {
+    tls: ProcessTls,
+    /// Its executable's name, kept: short-lived clients are often gone by the time their
+    /// connection is counted.
+    executable: String,
+    /// When its maps were read for this verdict. The kernel formats maps by walking every
+    /// mapping with its path; statm is a few counters, so an unchanged process costs almost
+    /// nothing.
+    maps_read: Option<MapsRead>,
+}
+
 /// When a process's maps were last read, and its address-space size then.
 #[derive(Clone, Copy, Debug)]
 struct MapsRead {
@@ -527,14 +538,11 @@ fn maps_may_have_changed(last: Option<&MapsRead>, pages: Option<u64>, now: Insta
     }
 }
 
-/// The process's address-space size in pages: the first field of `/proc/<pid>/statm`.
+/// The process's address-space size in pages (`/proc/<pid>/statm`).
 fn address_space_pages(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    parse_statm_size(&statm)
-}
-
-fn parse_statm_size(statm: &str) -> Option<u64> {
-    statm.split_ascii_whitespace().next()?.parse().ok()
+    procfs::process::StatM::from_file(format!("/proc/{pid}/statm"))
+        .ok()
+        .map(|statm| statm.size)
 }
 
 fn all_pids() -> Vec<u32> {
@@ -609,12 +617,10 @@ mod tests {
     }
 
     #[test]
-    fn statm_size_is_its_first_field() {
-        assert_eq!(parse_statm_size("5934 1363 1100 231 0 472 0\n"), Some(5934));
-        assert_eq!(parse_statm_size(""), None);
-        assert_eq!(parse_statm_size("x 1 2"), None);
+    fn address_space_size_is_read_from_statm() {
         let own = address_space_pages(std::process::id()).expect("own statm");
         assert!(own > 0);
+        assert_eq!(address_space_pages(u32::MAX), None, "no such process");
     }
 
     #[test]
