@@ -57,6 +57,7 @@ const BPF_NOEXIST: u64 = 1;
 /// headroom for the reader's lag, and the poll tick bounds the wait at low rates. A long
 /// drain must yield, though: see [`YIELD_EVERY_RECORDS`].
 const WAKEUP_SHARE: u32 = 8;
+const MAX_WAKEUP_BYTES: u32 = 2 * 1024 * 1024;
 /// Within a drain the capture thread yields the CPU every this many records (a fraction of a
 /// millisecond of work). A 2 MiB drain is milliseconds of parsing; without the yield it held a
 /// core that long while the traced server's threads waited for it: nginx's p99 under wrk went
@@ -65,12 +66,10 @@ const WAKEUP_SHARE: u32 = 8;
 /// 1k requests, no records lost.
 /// When nothing else wants the CPU, `sched_yield` returns at once.
 const YIELD_EVERY_RECORDS: usize = 512;
-const MAX_WAKEUP_BYTES: u32 = 2 * 1024 * 1024;
 
 /// Bytes queued between two wake-ups, for a ring buffer of `ring_bytes`.
 fn wakeup_bytes(ring_bytes: u32) -> u32 {
-    let ring = ring_bytes.checked_next_power_of_two().unwrap_or(1 << 31);
-    (ring / WAKEUP_SHARE).clamp(4096, MAX_WAKEUP_BYTES)
+    (loader::ring_size(ring_bytes) / WAKEUP_SHARE).clamp(4096, MAX_WAKEUP_BYTES)
 }
 
 struct CaptureLoop {

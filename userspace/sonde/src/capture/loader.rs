@@ -261,6 +261,15 @@ fn check_privileges() -> Result<(), LoadError> {
     Ok(())
 }
 
+/// The size the events ring buffer gets for `--ring-buffer-bytes`: the kernel wants a power
+/// of two, at least a page (the flag's range keeps the rounding below 2 GiB).
+pub fn ring_size(requested: u32) -> u32 {
+    requested
+        .checked_next_power_of_two()
+        .unwrap_or(1 << 31)
+        .max(4096)
+}
+
 pub fn load(settings: &ProbeSettings) -> Result<Probes, LoadError> {
     check_privileges()?;
     check_kernel()?;
@@ -291,10 +300,7 @@ pub fn load(settings: &ProbeSettings) -> Result<Probes, LoadError> {
     };
     let mut ebpf = EbpfLoader::new()
         .override_global(names::SONDE_CONFIG, &config, true)
-        .map_max_entries(
-            names::EVENTS,
-            settings.ring_buffer_bytes.next_power_of_two().max(4096),
-        )
+        .map_max_entries(names::EVENTS, ring_size(settings.ring_buffer_bytes))
         .load(PROBES_OBJECT)
         .map_err(|e| LoadError::Load(Box::new(e)))?;
 
@@ -383,6 +389,15 @@ impl Probes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ring_size_is_a_power_of_two_of_at_least_a_page() {
+        assert_eq!(ring_size(16 * 1024 * 1024), 16 * 1024 * 1024);
+        assert_eq!(ring_size(3 * 1024 * 1024), 4 * 1024 * 1024);
+        assert_eq!(ring_size(0), 4096);
+        assert_eq!(ring_size(100), 4096);
+        assert_eq!(ring_size(u32::MAX), 1 << 31);
+    }
 
     #[test]
     fn missing_capabilities_are_named() {
