@@ -55,9 +55,14 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// `s` cut to at most `max` bytes on a character boundary, in place (no second allocation
 /// for a value that was just built).
-fn truncated(mut s: String, max: usize) -> String {
-    s.truncate(char_floor(&s, max));
-    s
+fn truncated(s: impl Into<Cow<'static, str>>, max: usize) -> Cow<'static, str> {
+    match s.into() {
+        Cow::Borrowed(b) => Cow::Borrowed(b.get(..char_floor(b, max)).unwrap_or(b)),
+        Cow::Owned(mut o) => {
+            o.truncate(char_floor(&o, max));
+            Cow::Owned(o)
+        }
+    }
 }
 
 fn header_str<'a>(head: &'a RequestHead, name: &str) -> Option<&'a str> {
@@ -302,6 +307,7 @@ mod tests {
         assert_eq!(truncate("abc", 5), "abc");
         assert_eq!(truncated("ab€".to_owned(), 4), "ab");
         assert_eq!(truncated("ab€".to_owned(), 5), "ab€");
+        assert!(matches!(truncated("ab€", 4), Cow::Borrowed("ab")));
     }
 }
 

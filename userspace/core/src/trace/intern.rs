@@ -1,5 +1,5 @@
-//! Bounded interning of the connection-level texts spans repeat on every request: peer and
-//! local addresses, and Host header names.
+//! Bounded interning of the texts spans repeat on every request: peer and local addresses,
+//! Host header names, and the routes and templated paths of the route cache.
 //!
 //! A keep-alive connection, and a node's handful of services, repeat the same few addresses
 //! and hosts on every span. Building them afresh cost an allocation and a format per
@@ -9,8 +9,9 @@
 //! The leak is bounded: each table stops growing at its cap, and a value not already in a
 //! full table is built as before (an owned string), so a flood of distinct hosts or
 //! addresses costs what it cost without the table, never unbounded memory. Worst case:
-//! `ADDRESS_CAP` × 39 bytes plus `HOST_CAP` × `HOST_MAX_LEN` bytes, about 0.4 MiB, per
-//! thread that builds spans (in the daemon, one: the capture thread).
+//! `ADDRESS_CAP` × 39 bytes plus `HOST_CAP` × `HOST_MAX_LEN` bytes plus `TEXT_CAP` ×
+//! `TEXT_MAX_LEN` bytes, about 1.4 MiB, per thread that builds spans (in the daemon, one:
+//! the capture thread).
 use std::{borrow::Cow, cell::RefCell, net::IpAddr};
 
 use hashbrown::{HashMap, HashSet};
@@ -21,6 +22,10 @@ pub const ADDRESS_CAP: usize = 4096;
 pub const HOST_CAP: usize = 1024;
 /// Longer host names are never interned (a Host header is attacker-chosen).
 pub const HOST_MAX_LEN: usize = 255;
+/// Distinct routes and `url.path` values kept per thread.
+pub const TEXT_CAP: usize = 4096;
+/// Longer routes and paths are never interned.
+pub const TEXT_MAX_LEN: usize = 255;
 
 /// The two tables; one per thread so lookups take no lock. Keys are chosen by remote peers,
 /// so they hash with hashbrown's default foldhash, seeded at random per process.
@@ -28,6 +33,7 @@ pub const HOST_MAX_LEN: usize = 255;
 struct Tables {
     addresses: HashMap<IpAddr, &'static str>,
     hosts: HashSet<&'static str>,
+    texts: HashSet<&'static str>,
 }
 
 thread_local! {
@@ -72,6 +78,25 @@ pub fn host(host: &str) -> Cow<'static, str> {
     })
 }
 
+/// A route or templated path, borrowed from the table when it is, or fits, there; else
+/// `text` itself.
+pub fn text(text: String) -> Cow<'static, str> {
+    if text.len() > TEXT_MAX_LEN {
+        return Cow::Owned(text);
+    }
+    TABLES.with_borrow_mut(|t| {
+        if let Some(known) = t.texts.get(text.as_str()) {
+            return Cow::Borrowed(*known);
+        }
+        if t.texts.len() >= TEXT_CAP {
+            return Cow::Owned(text);
+        }
+        let known = leak(text);
+        t.texts.insert(known);
+        Cow::Borrowed(known)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
@@ -106,9 +131,17 @@ mod tests {
             }
             assert!(matches!(host("late.example"), Cow::Owned(_)));
             assert!(matches!(host("h3.example"), Cow::Borrowed(_)));
+
+            for i in 0..TEXT_CAP + 10 {
+                let route = format!("/r{i}/{{id}}");
+                assert_eq!(text(route.clone()), route);
+            }
+            assert!(matches!(text("/late".into()), Cow::Owned(_)));
+            assert!(matches!(text("/r3/{id}".into()), Cow::Borrowed("/r3/{id}")));
             TABLES.with_borrow(|t| {
                 assert_eq!(t.addresses.len(), ADDRESS_CAP);
                 assert_eq!(t.hosts.len(), HOST_CAP);
+                assert_eq!(t.texts.len(), TEXT_CAP);
             });
         })
         .join()
@@ -120,7 +153,8 @@ mod tests {
         std::thread::spawn(|| {
             let long = "a".repeat(HOST_MAX_LEN + 1);
             assert!(matches!(host(&long), Cow::Owned(ref s) if *s == long));
-            TABLES.with_borrow(|t| assert!(t.hosts.is_empty()));
+            assert!(matches!(text(long.clone()), Cow::Owned(ref s) if *s == long));
+            TABLES.with_borrow(|t| assert!(t.hosts.is_empty() && t.texts.is_empty()));
         })
         .join()
         .unwrap();

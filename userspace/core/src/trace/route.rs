@@ -6,11 +6,16 @@
 //! emails) become `{token}`. A cardinality guard then collapses a path position into `{value}`
 //! once it has seen more than N distinct values, so neither a token the heuristics miss nor an
 //! unbounded set of slugs can explode the number of routes.
-use std::sync::{Arc, Mutex};
+use std::{
+    borrow::Cow,
+    sync::{Arc, Mutex},
+};
 
 // hashbrown for lookups by borrowed keys (`entry_ref`), with its randomly seeded default
 // hasher: the keys are request paths, which clients choose.
 use hashbrown::{HashMap, HashSet};
+
+use super::intern;
 
 /// Distinct values a path position may take before it collapses into `{value}`.
 pub const DEFAULT_MAX_SEGMENT_VALUES: usize = 100;
@@ -46,8 +51,8 @@ struct CardinalityGuard {
 /// What [`RouteTemplates::route_and_url_path`] gives for one path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoutedPath {
-    pub route: String,
-    pub url_path: String,
+    pub route: Cow<'static, str>,
+    pub url_path: Cow<'static, str>,
 }
 
 #[derive(Debug)]
@@ -127,11 +132,12 @@ impl RouteTemplates {
 
     /// A server span's route and `url.path` for a request path (without the query string),
     /// worked out once per distinct path: the same as [`Self::route`] and [`Self::url_path`].
+    /// Cached texts are interned ([`intern::text`]): a hit then copies nothing.
     pub fn route_and_url_path(&self, path: &str) -> RoutedPath {
         let Some(guard) = &self.guard else {
             return RoutedPath {
-                route: self.route_unguarded(path),
-                url_path: self.url_path(path),
+                route: self.route_unguarded(path).into(),
+                url_path: self.url_path(path).into(),
             };
         };
         let mut g = lock(guard);
@@ -139,8 +145,8 @@ impl RouteTemplates {
             return hit.clone();
         }
         let routed = RoutedPath {
-            route: self.route_guarded(path, &mut g),
-            url_path: self.url_path(path),
+            route: intern::text(self.route_guarded(path, &mut g)),
+            url_path: intern::text(self.url_path(path)),
         };
         if g.paths.len() >= g.max_paths {
             g.paths.clear();
@@ -602,8 +608,8 @@ mod proptests {
             let (cached, uncached) = (templates(max_paths), templates(0));
             for path in &paths {
                 let expected = RoutedPath {
-                    route: uncached.route(path),
-                    url_path: uncached.url_path(path),
+                    route: uncached.route(path).into(),
+                    url_path: uncached.url_path(path).into(),
                 };
                 prop_assert_eq!(cached.route_and_url_path(path), expected, "{}", path);
             }
