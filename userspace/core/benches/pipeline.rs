@@ -6,7 +6,14 @@
 //! needs many rounds to tell a 10% change; this one tells it in seconds.
 //!
 //! Run: `cargo bench -p sonde-core --bench pipeline`.
-use std::{collections::HashSet, hint::black_box, net::SocketAddr, time::Instant};
+use std::{
+    alloc::{GlobalAlloc, Layout},
+    collections::HashSet,
+    hint::black_box,
+    net::SocketAddr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Instant,
+};
 
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use sonde_core::{
@@ -22,9 +29,37 @@ use sonde_core::{
 };
 
 /// The daemon's allocator, set up as `sonde`'s main does: allocation is a large share of
-/// this work, and glibc's costs differ.
+/// this work, and glibc's costs differ. Wrapped to count allocations: unlike time, their
+/// number per request does not move with the VM's noise, so it tells small changes apart.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: Counting = Counting(mimalloc::MiMalloc);
+
+struct Counting(mimalloc::MiMalloc);
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is forwarded unchanged to mimalloc; the counter has no other effect.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.0.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.0.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.0.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.0.realloc(ptr, layout, new_size) }
+    }
+}
 
 const CONNECTIONS: i32 = 32;
 /// Spans per flush, as the daemon's `flush_spans`.
@@ -206,22 +241,29 @@ fn main() {
         })
         .collect();
     let mut samples = vec![Vec::new(); STAGES.len()];
+    let mut allocations = vec![0u64; STAGES.len()];
     for _ in 0..rounds {
         for (i, (_, stage)) in STAGES.iter().enumerate() {
+            let before = ALLOCATIONS.load(Ordering::Relaxed);
             let t = Instant::now();
             black_box(pipelines[i].run(n, *stage));
             samples[i].push(t.elapsed().as_nanos() as f64 / n as f64);
+            allocations[i] += ALLOCATIONS.load(Ordering::Relaxed) - before;
         }
     }
     println!(
-        "{:<40} {:>12} {:>10} {:>10}",
-        "stage (cumulative)", "ns/req min", "step", "median"
+        "{:<40} {:>12} {:>10} {:>10} {:>12}",
+        "stage (cumulative)", "ns/req min", "step", "median", "allocs/req"
     );
     let mut last = 0.0;
-    for ((name, _), runs) in STAGES.iter().zip(&mut samples) {
+    for (((name, _), runs), allocs) in STAGES.iter().zip(&mut samples).zip(&allocations) {
         runs.sort_by(f64::total_cmp);
         let (min, median) = (runs[0], runs[runs.len() / 2]);
-        println!("{name:<40} {min:>12.0} {:>10.0} {median:>10.0}", min - last);
+        let per_request = *allocs as f64 / (rounds * n) as f64;
+        println!(
+            "{name:<40} {min:>12.0} {:>10.0} {median:>10.0} {per_request:>12.2}",
+            min - last
+        );
         last = min;
     }
     println!("(min over {rounds} rounds of {n} requests: the undisturbed cost on a noisy VM)");
