@@ -25,11 +25,44 @@ const SENSITIVE_KEYS: &[&str] = &[
     "key",
 ];
 
+/// Room for a decoded query key: longer than every [`SENSITIVE_KEYS`] entry (tested), so a
+/// key that does not fit is not sensitive.
+const MAX_SENSITIVE_KEY_LEN: usize = 32;
+
+/// Whether a query key names a secret, compared after percent-decoding (servers decode
+/// `pass%77ord` to `password` before the application sees it) and in any case. Runs for
+/// every key of every query: decoded into a stack buffer, never allocated.
 fn is_sensitive(key: &str) -> bool {
-    let decoded = key.replace("%5F", "_").replace("%5f", "_");
+    let mut buf = [0u8; MAX_SENSITIVE_KEY_LEN];
+    let mut len = 0;
+    for byte in percent_decoded(key.as_bytes()) {
+        let Some(slot) = buf.get_mut(len) else {
+            return false;
+        };
+        *slot = byte;
+        len += 1;
+    }
+    let decoded = buf.get(..len).unwrap_or_default();
     SENSITIVE_KEYS
         .iter()
-        .any(|k| decoded.eq_ignore_ascii_case(k))
+        .any(|k| decoded.eq_ignore_ascii_case(k.as_bytes()))
+}
+
+/// `bytes` with each `%XX` (two hex digits) decoded; a `%` without them stays as it is.
+fn percent_decoded(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let hex = |b: Option<&u8>| char::from(*b?).to_digit(16);
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let b = *bytes.get(i)?;
+        if b == b'%'
+            && let (Some(hi), Some(lo)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2)))
+        {
+            i += 3;
+            return Some((hi * 16 + lo) as u8);
+        }
+        i += 1;
+        Some(b)
+    })
 }
 
 /// Redacts the values of sensitive keys in a query string (without the leading `?`).
@@ -319,6 +352,24 @@ mod tests {
         );
         assert_eq!(query("api%5Fkey=z"), "api%5Fkey=REDACTED");
         assert_eq!(query(""), "");
+    }
+
+    #[test]
+    fn query_keys_are_compared_percent_decoded() {
+        assert_eq!(query("api%5fkey=z"), "api%5fkey=REDACTED");
+        assert_eq!(query("pass%77ord=x&q=1"), "pass%77ord=REDACTED&q=1");
+        assert_eq!(query("%54OKEN=x"), "%54OKEN=REDACTED");
+        assert_eq!(query("tok%en=x&to%2=y&%=z"), "tok%en=x&to%2=y&%=z");
+        let long = format!("{}=v", "k".repeat(MAX_SENSITIVE_KEY_LEN + 1));
+        assert_eq!(query(&long), long);
+        assert!(
+            SENSITIVE_KEYS
+                .iter()
+                .all(|k| k.len() < MAX_SENSITIVE_KEY_LEN)
+        );
+        assert!(is_sensitive("x-amz-security-token"));
+        assert!(!is_sensitive("tokens"));
+        assert!(!is_sensitive(""));
     }
 
     #[test]
