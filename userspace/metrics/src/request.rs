@@ -302,8 +302,12 @@ pub fn measure(span: &impl MeasuredSpan) -> Option<Measurement> {
     measure_ref(span).map(MeasurementRef::into_owned)
 }
 
+/// Most labels a request measurement has (a database call: system, operation, collection,
+/// namespace, status and error type); they are held inline, so measuring allocates nothing.
+const MAX_REQUEST_LABELS: usize = 6;
+
 /// Labels whose values may borrow from the span measured.
-pub type LabelsRef<'a> = Vec<(&'static str, Cow<'a, str>)>;
+pub type LabelsRef<'a> = smallvec::SmallVec<[(&'static str, Cow<'a, str>); MAX_REQUEST_LABELS]>;
 
 /// A measurement whose label values borrow from its span: the registry copies them only
 /// when they make a new series.
@@ -350,7 +354,7 @@ pub fn measure_ref(span: &impl MeasuredSpan) -> Option<MeasurementRef<'_>> {
     };
     let (start, end) = span.times();
     let seconds = end.checked_sub(start)? as f64 / 1e9;
-    let mut out: LabelsRef<'_> = Vec::with_capacity(6);
+    let mut out = LabelsRef::new();
     let error = fields.text(Field::Error);
     match metric {
         RequestMetric::HttpServer | RequestMetric::HttpClient => {

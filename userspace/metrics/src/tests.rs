@@ -269,7 +269,8 @@ fn borrowed_series_keys_find_their_owned_series() {
         ("http.request.method", Cow::Borrowed("GET")),
         ("http.response.status_code", Cow::Owned("200".to_owned())),
         ("http.route", Cow::Borrowed("/users/{id}")),
-    ];
+    ]
+    .into();
     let owned = SeriesKey {
         identity: Arc::new(identity.clone()),
         attributes: request::owned_labels(&attributes),

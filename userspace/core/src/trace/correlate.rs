@@ -34,6 +34,10 @@ struct Serving {
     sampled: bool,
 }
 
+/// A process's requests in flight: inline up to two (a thread-per-request server between two
+/// requests, or pipelining), so the common case allocates nothing per request.
+type InFlight = SmallVec<[Serving; 2]>;
+
 #[derive(Clone, Copy, Debug)]
 struct Outgoing {
     trace_id: TraceId,
@@ -108,7 +112,7 @@ pub struct Correlator {
     /// tid -> the newest request that thread read and has not answered.
     serving: FxHashMap<u32, Serving>,
     /// pid -> every server request of the process in flight (several on an event loop).
-    in_flight: FxHashMap<u32, Vec<Serving>>,
+    in_flight: FxHashMap<u32, InFlight>,
     /// Threads that have read a request (tid -> pid): thread-per-request workers or loops.
     server_threads: FxHashMap<u32, u32>,
     /// Threads that read a request while serving another (tid -> pid): event loops.
