@@ -5,7 +5,9 @@
 //! three an API gets, nginx's response), each stage cumulative. On a noisy VM the end-to-end bench
 //! needs many rounds to tell a 10% change; this one tells it in seconds.
 //!
-//! Run: `cargo bench -p sonde-core --bench pipeline`.
+//! Run: `cargo bench -p sonde-core --bench pipeline`. Instructions per request, which do not
+//! move with the noise: `PIPELINE_ROUNDS=1 valgrind --tool=callgrind <bench binary>`, then
+//! `callgrind_annotate` (the total over every stage's warm-up and round).
 use std::{
     alloc::{GlobalAlloc, Layout},
     collections::HashSet,
@@ -229,7 +231,13 @@ fn main() {
         ("+ encode OTLP protobuf (c4)", Stage::Encode),
         ("+ request metrics (c)", Stage::Metrics),
     ];
-    let (n, rounds) = (20_000, 15);
+    // PIPELINE_ROUNDS=1 for a run under `valgrind --tool=callgrind`, whose instruction
+    // counts tell apart changes smaller than this VM's timing noise.
+    let rounds = std::env::var("PIPELINE_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(15);
+    let n = 20_000;
     // One pipeline per stage, warmed (connections parsed, series made, buffers sized); the
     // stages take turns each round so that a noisy spell hits them alike.
     let mut pipelines: Vec<Pipeline> = STAGES
