@@ -34,13 +34,13 @@ use sonde_core::{
 /// this work, and glibc's costs differ. Wrapped to count allocations: unlike time, their
 /// number per request does not move with the VM's noise, so it tells small changes apart.
 #[global_allocator]
-static ALLOCATOR: Counting = Counting(mimalloc::MiMalloc);
+static ALLOCATOR: Counting = Counting(sonde_core::alloc::Allocator);
 
-struct Counting(mimalloc::MiMalloc);
+struct Counting(sonde_core::alloc::Allocator);
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
-// SAFETY: every call is forwarded unchanged to mimalloc; the counter has no other effect.
+// SAFETY: every call is forwarded unchanged to the daemon's allocator; the counter has no other effect.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);

@@ -8,6 +8,7 @@
 //! [`tracer::KernelCommand`]s. So everything here is tested with recorded events alone.
 // Unit-test builds also see dev-dependencies; the lint is for what the crate ships.
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
+pub mod alloc;
 pub mod clock;
 pub mod event;
 pub mod merge;

@@ -15,7 +15,5 @@ pub mod sdk;
 
 // The binary (main.rs) installs the log subscriber.
 use tracing_subscriber as _;
-// The binary's global allocator (src/main.rs).
-use mimalloc as _;
 
 pub use sonde_core::{clock, merge, protocols, trace, tracer};

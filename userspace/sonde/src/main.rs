@@ -8,8 +8,9 @@ use sonde::config::{Cli, Command, Config};
 /// request (heads, attributes, batches), and glibc's malloc/free/consolidate took over a third
 /// of its CPU at max rate (perf, nginx under wrk). mimalloc's thread-local free lists make
 /// that a fraction, and it returns freed pages to the kernel on its own (no arenas to cap).
+/// Called so that its fast path is taken: see `sonde_core::alloc`.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: sonde_core::alloc::Allocator = sonde_core::alloc::Allocator;
 
 fn main() -> ExitCode {
     // No 2 MiB pages for the heap: each fault on one zeroes the whole page, which showed as a
