@@ -55,7 +55,8 @@ mod proptests;
 
 pub use connection::Connection;
 pub use head::{
-    KEPT_HEADERS, is_kept_header, kept_header, looks_like_request, looks_like_response,
+    KEPT_HEADERS, RESPONSE_KEPT_HEADERS, is_kept_header, kept_header, looks_like_request,
+    looks_like_response, response_kept_header,
 };
 pub use protocol::Http1;
 
@@ -71,8 +72,9 @@ pub const MAX_INFORMATIONAL: usize = 16;
 /// Which way bytes moved, and when: the types shared by every protocol parser.
 pub use sonde_protocol::{Direction, Seen};
 
-/// One header line; the value as raw bytes. Heads keep only the headers in [`KEPT_HEADERS`],
-/// under their lowercase name from that list (borrowed: a parsed head allocates nothing for
+/// One header line; the value as raw bytes. Request heads keep only the headers in
+/// [`KEPT_HEADERS`], response heads those in [`RESPONSE_KEPT_HEADERS`], under their lowercase
+/// name from that list (borrowed: a parsed head allocates nothing for
 /// its header names).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
