@@ -35,7 +35,7 @@ const MAX_SENSITIVE_KEY_LEN: usize = 32;
 fn is_sensitive(key: &str) -> bool {
     let mut buf = [0u8; MAX_SENSITIVE_KEY_LEN];
     let mut len = 0;
-    for byte in percent_decoded(key.as_bytes()) {
+    for byte in percent_encoding::percent_decode(key.as_bytes()) {
         let Some(slot) = buf.get_mut(len) else {
             return false;
         };
@@ -46,23 +46,6 @@ fn is_sensitive(key: &str) -> bool {
     SENSITIVE_KEYS
         .iter()
         .any(|k| decoded.eq_ignore_ascii_case(k.as_bytes()))
-}
-
-/// `bytes` with each `%XX` (two hex digits) decoded; a `%` without them stays as it is.
-fn percent_decoded(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
-    let hex = |b: Option<&u8>| char::from(*b?).to_digit(16);
-    let mut i = 0;
-    std::iter::from_fn(move || {
-        let b = *bytes.get(i)?;
-        if b == b'%'
-            && let (Some(hi), Some(lo)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2)))
-        {
-            i += 3;
-            return Some((hi * 16 + lo) as u8);
-        }
-        i += 1;
-        Some(b)
-    })
 }
 
 /// Redacts the values of sensitive keys in a query string (without the leading `?`).
