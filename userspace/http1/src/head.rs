@@ -56,10 +56,12 @@ pub fn is_kept_header(name: &str) -> bool {
 
 /// The [`KEPT_HEADERS`] entry for header `name` (any case), if a head keeps it.
 pub fn kept_header(name: &str) -> Option<&'static str> {
-    KEPT_HEADERS
-        .iter()
-        .find(|k| k.eq_ignore_ascii_case(name))
-        .copied()
+    entry_of(KEPT_HEADERS, name)
+}
+
+/// The entry of `list` that is `name` in any case.
+fn entry_of(list: &[&'static str], name: &str) -> Option<&'static str> {
+    list.iter().find(|k| k.eq_ignore_ascii_case(name)).copied()
 }
 
 /// The headers a parsed response keeps: a response's headers are read only for its body
@@ -69,10 +71,7 @@ pub const RESPONSE_KEPT_HEADERS: &[&str] = &["content-length", "transfer-encodin
 
 /// The [`RESPONSE_KEPT_HEADERS`] entry for header `name` (any case), if a response keeps it.
 pub fn response_kept_header(name: &str) -> Option<&'static str> {
-    RESPONSE_KEPT_HEADERS
-        .iter()
-        .find(|k| k.eq_ignore_ascii_case(name))
-        .copied()
+    entry_of(RESPONSE_KEPT_HEADERS, name)
 }
 
 fn owned_headers(
