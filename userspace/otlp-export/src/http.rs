@@ -194,7 +194,7 @@ pub(crate) fn gzip(raw: &[u8]) -> std::io::Result<Vec<u8>> {
 }
 
 /// Rejected item count from a success body (protobuf or JSON `ExportXServiceResponse`).
-fn rejected_items(signal: Signal, body: &[u8], is_json: bool) -> u64 {
+pub(crate) fn rejected_items(signal: Signal, body: &[u8], is_json: bool) -> u64 {
     if body.is_empty() {
         return 0;
     }
