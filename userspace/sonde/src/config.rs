@@ -262,6 +262,28 @@ pub struct MetricsConfig {
 /// Collector's batch processor sends 8192. The 4 MiB byte bound still cuts large spans.
 const DEFAULT_EXPORT_BATCH_SIZE: u64 = 2048;
 
+/// The number in environment variable `var` (the fallback of `--flag`), if set: a clear error
+/// naming both when it is not a whole number in `accepted` (`what` says what it must be).
+fn env_number(
+    env: &impl Fn(&str) -> Option<String>,
+    var: &str,
+    flag: &'static str,
+    accepted: std::ops::RangeInclusive<u64>,
+    what: &str,
+) -> Result<Option<u64>, ConfigError> {
+    let Some(v) = env(var) else {
+        return Ok(None);
+    };
+    match v.trim().parse::<u64>() {
+        Ok(n) if accepted.contains(&n) => Ok(Some(n)),
+        _ => Err(ConfigError::Flag {
+            flag,
+            value: v.clone(),
+            reason: format!("{var} must be {what}"),
+        }),
+    }
+}
+
 /// Heap bytes a queued span takes per byte of its protobuf encoding (decoded OTLP with typical attributes: up to ~8).
 const QUEUED_SPAN_MEMORY_FACTOR: usize = 8;
 
@@ -420,30 +442,25 @@ impl Config {
         };
         let export_interval_ms = match args.metric_export_interval_ms {
             Some(ms) => ms,
-            None => match env("OTEL_METRIC_EXPORT_INTERVAL") {
-                Some(v) => v.trim().parse().map_err(|_| ConfigError::Flag {
-                    flag: "metric-export-interval-ms",
-                    value: v.clone(),
-                    reason: "OTEL_METRIC_EXPORT_INTERVAL must be milliseconds".into(),
-                })?,
-                None => 60_000,
-            },
+            None => env_number(
+                &env,
+                "OTEL_METRIC_EXPORT_INTERVAL",
+                "metric-export-interval-ms",
+                0..=u64::MAX,
+                "milliseconds",
+            )?
+            .unwrap_or(60_000),
         };
         let batch_max_items = match args.export_batch_size {
             Some(n) => n,
-            None => match env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
-                Some(v) => match v.trim().parse::<u64>() {
-                    Ok(n) if (1..=1_000_000).contains(&n) => n,
-                    _ => {
-                        return Err(ConfigError::Flag {
-                            flag: "export-batch-size",
-                            value: v.clone(),
-                            reason: "OTEL_BSP_MAX_EXPORT_BATCH_SIZE must be 1 to 1000000".into(),
-                        });
-                    }
-                },
-                None => DEFAULT_EXPORT_BATCH_SIZE,
-            },
+            None => env_number(
+                &env,
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+                "export-batch-size",
+                1..=1_000_000,
+                "1 to 1000000",
+            )?
+            .unwrap_or(DEFAULT_EXPORT_BATCH_SIZE),
         };
         let exporter = ExporterConfig {
             outputs,
