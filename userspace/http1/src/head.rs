@@ -61,7 +61,20 @@ pub fn kept_header(name: &str) -> Option<&'static str> {
 
 /// The entry of `list` that is `name` in any case.
 fn entry_of(list: &[&'static str], name: &str) -> Option<&'static str> {
-    list.iter().find(|k| k.eq_ignore_ascii_case(name)).copied()
+    entry_of_bytes(list, name.as_bytes())
+}
+
+/// [`entry_of`] for a name still in bytes. Length and first letter rule out nearly every
+/// entry before a whole compare (a compare per entry was most of the cost of a request line).
+fn entry_of_bytes(list: &[&'static str], name: &[u8]) -> Option<&'static str> {
+    let first = name.first()?.to_ascii_lowercase();
+    list.iter()
+        .find(|k| {
+            k.len() == name.len()
+                && k.as_bytes().first() == Some(&first)
+                && k.as_bytes().eq_ignore_ascii_case(name)
+        })
+        .copied()
 }
 
 /// The headers a parsed response keeps: a response's headers are read only for its body
@@ -104,6 +117,9 @@ fn method_text(method: &str) -> std::borrow::Cow<'static, str> {
 }
 
 pub(crate) fn parse_request(buf: &[u8]) -> Parsed<RequestHead> {
+    if let Some((head, len)) = plain_request(buf) {
+        return Parsed::Complete(head, len);
+    }
     match parse_request_strict(buf) {
         Parsed::Invalid => reparse_with_encoded_target(buf).unwrap_or(Parsed::Invalid),
         other => other,
@@ -141,6 +157,90 @@ fn reparse_with_encoded_target(buf: &[u8]) -> Option<Parsed<RequestHead>> {
         Parsed::Complete(head, len) => Parsed::Complete(head, len.checked_sub(added)?),
         other => other,
     })
+}
+
+/// A request head read without httparse when it is plainly well formed: an upper-case
+/// method, one space, an ASCII target, one space, `HTTP/1.0` or `HTTP/1.1`, and header
+/// lines with no NUL and no bare CR (httparse refuses the whole head for those). Only the
+/// lines whose name is one of [`KEPT_HEADERS`] are looked into; for requests httparse (as
+/// configured here) drops an invalid line, and a name followed by anything but `:` is
+/// invalid, so a line whose text before its first `:` is not a kept name is passed over
+/// whole, as it is dropped there or its header discarded. Anything else, or a head that
+/// does not end in `buf`, is `None`, for httparse (property-tested against it, like
+/// [`plain_response`]).
+fn plain_request(buf: &[u8]) -> Option<(RequestHead, usize)> {
+    let (line_end, _) = clean_line_end(buf)?;
+    let line = buf.get(..line_end)?;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let method_len = line.iter().position(|&b| b == b' ')?;
+    let (target, version) = line.get(method_len + 1..)?.split_last_chunk::<9>()?;
+    let minor_version = match version {
+        b" HTTP/1.0" => 0,
+        b" HTTP/1.1" => 1,
+        _ => return None,
+    };
+    let method = line.get(..method_len)?;
+    if method.is_empty()
+        || method.len() > MAX_METHOD_LEN
+        || !method.iter().all(u8::is_ascii_uppercase)
+        || target.is_empty()
+        || !target.iter().all(|&b| (0x21..=0x7e).contains(&b))
+    {
+        return None;
+    }
+    let method = std::str::from_utf8(method).ok()?;
+    let target = std::str::from_utf8(target).ok()?;
+    let mut headers = Headers::new();
+    let mut at = line_end + 1;
+    let mut lines = 0usize;
+    loop {
+        let rest = buf.get(at..)?;
+        let (lf, clean) = clean_line_end(rest)?;
+        let line = rest.get(..lf)?;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        at += lf + 1;
+        let Some(&first) = line.first() else {
+            break; // the empty line that ends the head
+        };
+        lines += 1;
+        if lines > MAX_HEADERS || first == b' ' || first == b'\t' {
+            return None;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = line.get(..colon)?;
+        let Some(kept) = entry_of_bytes(KEPT_HEADERS, name) else {
+            continue;
+        };
+        let value = line.get(colon + 1..)?;
+        let start = value
+            .iter()
+            .position(|&b| b != b' ' && b != b'\t')
+            .unwrap_or(value.len());
+        let end = value
+            .iter()
+            .rposition(|&b| b != b' ' && b != b'\t')
+            .map_or(start, |last| last + 1);
+        let value = value.get(start..end.max(start))?;
+        // A control byte or DEL in a kept header: httparse drops the header.
+        if !clean {
+            return None;
+        }
+        headers.push(Header {
+            name: kept.into(),
+            value: crate::HeaderValue::from_slice(value),
+        });
+    }
+    Some((
+        RequestHead {
+            method: method_text(method),
+            target: target.to_owned(),
+            minor_version,
+            headers,
+        },
+        at,
+    ))
 }
 
 /// Room for httparse's borrowed headers. Left uninitialised: initialising 128 empty headers
@@ -205,39 +305,37 @@ pub(crate) fn parse_response(buf: &[u8]) -> Parsed<ResponseHead> {
     }
 }
 
-/// Whether `b` may stand in a header value (httparse's rule: HTAB, SP, visible ASCII and
-/// obs-text; no other control byte and no DEL).
-fn is_value_byte(b: u8) -> bool {
-    b == b'\t' || (0x20..=0x7e).contains(&b) || b >= 0x80
-}
-
-/// The index of the LF that ends the line at the start of `rest`, if the line holds no NUL
-/// and no CR but one right before that LF. Eight bytes are looked at a time (SWAR): a word
-/// with no byte below 0x0E (LF, CR, NUL and most controls) is passed over whole.
-fn clean_line_end(rest: &[u8]) -> Option<usize> {
+/// The index of the LF that ends the line at the start of `rest`, and whether the line is
+/// clean (no control byte but HTAB, no DEL: every byte may stand in a header value), if
+/// the line holds no NUL and no CR but one right before that LF (httparse refuses the whole
+/// head for those). Eight bytes are looked at a time (SWAR): a word with no control byte
+/// and no DEL is passed over whole.
+fn clean_line_end(rest: &[u8]) -> Option<(usize, bool)> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut clean = true;
     let mut from = 0;
     while let Some(word) = rest.get(from..from + 8) {
         let mut bytes = [0u8; 8];
         bytes.copy_from_slice(word);
         let x = u64::from_le_bytes(bytes);
-        // The lowest set bit marks the first byte below 0x0E (a borrow can only mark bytes
-        // above it).
-        let low = x.wrapping_sub(ONES * 0x0E) & !x & HIGHS;
-        if low == 0 {
+        let del = x ^ (ONES * 0x7f);
+        // The lowest set bit of each term marks the first byte below 0x20, or the first DEL
+        // (a borrow can only mark bytes above it), so the lowest of both is exact.
+        let marks = ((x.wrapping_sub(ONES * 0x20) & !x) | (del.wrapping_sub(ONES) & !del)) & HIGHS;
+        if marks == 0 {
             from += 8;
             continue;
         }
-        let at = from + (low.trailing_zeros() / 8) as usize;
-        match line_byte(rest, at) {
+        let at = from + (marks.trailing_zeros() / 8) as usize;
+        match line_byte(rest, at, &mut clean) {
             Scan::Go => from = at + 1,
-            Scan::End(end) => return end,
+            Scan::End(end) => return end.map(|e| (e, clean)),
         }
     }
     for at in from..rest.len() {
-        if let Scan::End(end) = line_byte(rest, at) {
-            return end;
+        if let Scan::End(end) = line_byte(rest, at, &mut clean) {
+            return end.map(|e| (e, clean));
         }
     }
     None
@@ -249,12 +347,16 @@ enum Scan {
     End(Option<usize>),
 }
 
-fn line_byte(rest: &[u8], at: usize) -> Scan {
+fn line_byte(rest: &[u8], at: usize, clean: &mut bool) -> Scan {
     match rest.get(at) {
         Some(b'\n') => Scan::End(Some(at)),
         Some(b'\r') => Scan::End((rest.get(at + 1) == Some(&b'\n')).then_some(at + 1)),
         Some(0) | None => Scan::End(None),
-        Some(_) => Scan::Go,
+        Some(b'\t') => Scan::Go,
+        Some(&b) => {
+            *clean &= b >= 0x20 && b != 0x7f;
+            Scan::Go
+        }
     }
 }
 
@@ -302,7 +404,7 @@ fn plain_response(buf: &[u8]) -> Option<(ResponseHead, usize)> {
         return None;
     }
     let status = code.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
-    let status_end = 12 + clean_line_end(buf.get(12..)?)?;
+    let status_end = 12 + clean_line_end(buf.get(12..)?)?.0;
     let after_code = buf.get(12..status_end)?;
     let after_code = after_code.strip_suffix(b"\r").unwrap_or(after_code);
     let reason: &[u8] = match after_code.split_first() {
@@ -327,7 +429,7 @@ fn plain_response(buf: &[u8]) -> Option<(ResponseHead, usize)> {
     loop {
         let rest = buf.get(at..)?;
         // A NUL or a bare CR makes httparse refuse the whole head.
-        let lf = clean_line_end(rest)?;
+        let (lf, clean) = clean_line_end(rest)?;
         let line = rest.get(..lf)?;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         at += lf + 1;
@@ -368,7 +470,8 @@ fn plain_response(buf: &[u8]) -> Option<(ResponseHead, usize)> {
             .rposition(|&b| b != b' ' && b != b'\t')
             .map_or(start, |last| last + 1);
         let value = value.get(start..end.max(start))?;
-        if !value.iter().all(|&b| is_value_byte(b)) {
+        // A control byte or DEL in a kept header: httparse drops the header.
+        if !clean {
             return None;
         }
         headers.push(Header {
@@ -894,10 +997,11 @@ mod tests {
             Just("")
         ];
         let value = prop_oneof![
-            "[0-9]{1,4}".prop_map(String::into_bytes),
-            Just(b"chunked".to_vec()),
-            proptest::collection::vec(any::<u8>(), 0..6),
-            proptest::collection::vec(
+            6 => "[0-9]{1,4}( ,[0-9]{1,2})?[ \t]?".prop_map(String::into_bytes),
+            3 => Just(b"chunked".to_vec()),
+            2 => Just(b"gzip, chunked".to_vec()),
+            1 => proptest::collection::vec(any::<u8>(), 0..6),
+            1 => proptest::collection::vec(
                 prop_oneof![
                     Just(b' '),
                     Just(b'\t'),
@@ -910,22 +1014,146 @@ mod tests {
                 0..5
             ),
         ];
-        let eol = prop_oneof![Just(&b"\r\n"[..]), Just(&b"\n"[..]), Just(&b"\r\r\n"[..])];
-        (any::<bool>(), name, sep, value, eol).prop_map(|(fold, name, sep, value, eol)| {
-            let mut line = Vec::new();
-            if fold {
-                line.push(b' ');
-            }
-            line.extend_from_slice(name.as_bytes());
-            line.extend_from_slice(sep.as_bytes());
-            line.extend_from_slice(&value);
-            line.extend_from_slice(eol);
-            line
-        })
+        let eol =
+            prop_oneof![6 => Just(&b"\r\n"[..]), 2 => Just(&b"\n"[..]), 1 => Just(&b"\r\r\n"[..])];
+        (proptest::bool::weighted(0.1), name, sep, value, eol).prop_map(
+            |(fold, name, sep, value, eol)| {
+                let mut line = Vec::new();
+                if fold {
+                    line.push(b' ');
+                }
+                line.extend_from_slice(name.as_bytes());
+                line.extend_from_slice(sep.as_bytes());
+                line.extend_from_slice(&value);
+                line.extend_from_slice(eol);
+                line
+            },
+        )
+    }
+
+    /// What `parse_request` answers, as (method, target, minor, kept headers, length).
+    type RequestAnswer = Option<(String, String, u8, Vec<(String, Vec<u8>)>, usize)>;
+
+    fn request_answer(parsed: Parsed<RequestHead>) -> RequestAnswer {
+        let Parsed::Complete(h, len) = parsed else {
+            return None;
+        };
+        let headers = h
+            .headers
+            .iter()
+            .map(|x| (x.name.to_string(), x.value.to_vec()))
+            .collect();
+        Some((
+            h.method.into_owned(),
+            h.target,
+            h.minor_version,
+            headers,
+            len,
+        ))
+    }
+
+    #[test]
+    fn common_requests_take_the_plain_path() {
+        for head in [
+            &b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n\r\n"[..],
+            b"POST /analysis/123/ HTTP/1.1\r\nHost: api.internal:8000\r\nContent-Length: 0\r\n\
+              traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n{}",
+            b"GET /search?q=a%20b HTTP/1.0\nUser-Agent:  curl/8 \t\nCookie: a=b\nX:\x01\n\n",
+            b"PATCH /x HTTP/1.1\r\nhost : skipped\r\n: odd\r\nHOST:\r\n\r\n",
+        ] {
+            let plain =
+                plain_request(head).map(|(h, len)| request_answer(Parsed::Complete(h, len)));
+            assert!(plain.is_some(), "{:?}", String::from_utf8_lossy(head));
+            assert_eq!(plain.unwrap(), request_answer(parse_request_strict(head)));
+        }
+    }
+
+    #[test]
+    fn unusual_requests_are_left_to_httparse() {
+        for head in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n"[..],     // not ended
+            b"GET  / HTTP/1.1\r\n\r\n",                // two spaces
+            b"get / HTTP/1.1\r\n\r\n",                 // lower-case method
+            b"GET /caf\xc3\xa9 HTTP/1.1\r\n\r\n",      // non-ASCII target
+            b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",      // bare CR
+            b"GET / HTTP/1.1\r\nX: a\0b\r\n\r\n",      // NUL
+            b"GET / HTTP/1.1\r\n Host: x\r\n\r\n",     // leading space
+            b"GET / HTTP/1.1\r\nHost: a\x7fb\r\n\r\n", // DEL in a kept value
+            b"GET / HTTP/2.0\r\n\r\n",
+        ] {
+            assert!(
+                plain_request(head).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(head)
+            );
+        }
+    }
+
+    fn request_line_strategy() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let name = prop_oneof![
+            Just("Host".to_owned()),
+            Just("content-LENGTH".to_owned()),
+            Just("Traceparent".to_owned()),
+            Just("User-Agent".to_owned()),
+            Just("X-Forwarded-For".to_owned()),
+            Just("Cookie".to_owned()),
+            Just("Hostx".to_owned()),
+            "[ -~\t]{0,6}",
+        ];
+        let sep = prop_oneof![6 => Just(":"), 6 => Just(": "), 1 => Just(" :"), 2 => Just(":\t "), 1 => Just("")];
+        let value = prop_oneof![
+            8 => "[ -~]{0,12}".prop_map(String::into_bytes),
+            1 => proptest::collection::vec(any::<u8>(), 0..6),
+            1 => proptest::collection::vec(prop_oneof![Just(b' '), Just(b'\t'), Just(b':'), Just(0x7f), Just(0x80), Just(b'\r'), Just(0)], 0..5),
+        ];
+        let eol =
+            prop_oneof![6 => Just(&b"\r\n"[..]), 2 => Just(&b"\n"[..]), 1 => Just(&b"\r\r\n"[..])];
+        (proptest::bool::weighted(0.1), name, sep, value, eol).prop_map(
+            |(lead, name, sep, value, eol)| {
+                let mut line = Vec::new();
+                if lead {
+                    line.push(b' ');
+                }
+                line.extend_from_slice(name.as_bytes());
+                line.extend_from_slice(sep.as_bytes());
+                line.extend_from_slice(&value);
+                line.extend_from_slice(eol);
+                line
+            },
+        )
     }
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 4000, ..Default::default() })]
+
+        /// Wherever the plain request reader answers, httparse gives the same head and length.
+        #[test]
+        fn the_plain_request_reader_agrees_with_httparse(
+            start in proptest::prop_oneof![
+                proptest::strategy::Just("GET / HTTP/1.1".to_owned()),
+                "[A-Z]{1,7} /[!-~]{0,12} HTTP/1\\.[01]",
+                "[A-Za-z!#]{0,4} {1,2}[ -~\u{80}]{0,6} {1,2}HTTP/[12]\\.[01a]\r?",
+            ],
+            lines in proptest::collection::vec(request_line_strategy(), 0..6),
+            end in proptest::prop_oneof![
+                proptest::strategy::Just(&b"\r\n"[..]),
+                proptest::strategy::Just(&b"\n"[..]),
+                proptest::strategy::Just(&b""[..]),
+            ],
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4),
+        ) {
+            let mut head = start.into_bytes();
+            head.extend_from_slice(b"\r\n");
+            for l in &lines {
+                head.extend_from_slice(l);
+            }
+            head.extend_from_slice(end);
+            head.extend_from_slice(&body);
+            if let Some((h, len)) = plain_request(&head) {
+                proptest::prop_assert_eq!(request_answer(Parsed::Complete(h, len)), request_answer(parse_request_strict(&head)));
+            }
+        }
 
         /// The eight-at-a-time line scan finds what a byte loop finds.
         #[test]
@@ -935,12 +1163,16 @@ mod tests {
                 proptest::strategy::Just(b'a'),
                 proptest::strategy::Just(b'\n'),
                 proptest::strategy::Just(b'\r'),
+                proptest::strategy::Just(b'\t'),
+                proptest::strategy::Just(0x7f),
+                proptest::strategy::Just(0x1f),
             ], 0..40),
         ) {
             let naive = bytes.iter().position(|&b| matches!(b, b'\n' | b'\r' | 0)).and_then(|i| {
+                let clean = bytes[..i].iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f));
                 match bytes[i] {
-                    b'\n' => Some(i),
-                    b'\r' => (bytes.get(i + 1) == Some(&b'\n')).then_some(i + 1),
+                    b'\n' => Some((i, clean)),
+                    b'\r' => (bytes.get(i + 1) == Some(&b'\n')).then_some((i + 1, clean)),
                     _ => None,
                 }
             });
