@@ -1,5 +1,6 @@
-//! Message heads: finding where a head ends, parsing it with `httparse` into owned types,
-//! salvaging the readable part of a cut-off head, body framing from headers, and cheap sniffing.
+//! Message heads: finding where a head ends, parsing it into owned types (plainly
+//! well-formed heads by hand, kept headers only; every other head with `httparse`), salvaging
+//! the readable part of a cut-off head, body framing from headers, and cheap sniffing.
 
 use crate::{Header, Headers, RequestHead, ResponseHead};
 
