@@ -910,6 +910,39 @@ mod tests {
         assert_eq!(resp.status, 200);
     }
 
+    /// Kept headers as plain pairs, for comparing heads.
+    fn pairs(headers: &Headers) -> Vec<(String, Vec<u8>)> {
+        headers
+            .iter()
+            .map(|x| (x.name.to_string(), x.value.to_vec()))
+            .collect()
+    }
+
+    /// A generated head: its start line, header lines, how the head ends, then body bytes.
+    fn assemble(start: String, lines: &[Vec<u8>], end: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut head = start.into_bytes();
+        head.extend_from_slice(b"\r\n");
+        for l in lines {
+            head.extend_from_slice(l);
+        }
+        head.extend_from_slice(end);
+        head.extend_from_slice(body);
+        head
+    }
+
+    /// One generated header line: an optional leading space, name, separator, value, end.
+    fn header_line(lead: bool, name: &str, sep: &str, value: &[u8], eol: &[u8]) -> Vec<u8> {
+        let mut line = Vec::new();
+        if lead {
+            line.push(b' ');
+        }
+        line.extend_from_slice(name.as_bytes());
+        line.extend_from_slice(sep.as_bytes());
+        line.extend_from_slice(value);
+        line.extend_from_slice(eol);
+        line
+    }
+
     /// What `parse_response` answers, as (status, reason, minor, kept headers, length).
     type Answer = Option<(u16, String, u8, Vec<(String, Vec<u8>)>, usize)>;
 
@@ -917,11 +950,7 @@ mod tests {
         let Parsed::Complete(h, len) = parsed else {
             return None;
         };
-        let headers = h
-            .headers
-            .iter()
-            .map(|x| (x.name.to_string(), x.value.to_vec()))
-            .collect();
+        let headers = pairs(&h.headers);
         Some((
             h.status,
             h.reason.into_owned(),
@@ -1017,19 +1046,8 @@ mod tests {
         ];
         let eol =
             prop_oneof![6 => Just(&b"\r\n"[..]), 2 => Just(&b"\n"[..]), 1 => Just(&b"\r\r\n"[..])];
-        (proptest::bool::weighted(0.1), name, sep, value, eol).prop_map(
-            |(fold, name, sep, value, eol)| {
-                let mut line = Vec::new();
-                if fold {
-                    line.push(b' ');
-                }
-                line.extend_from_slice(name.as_bytes());
-                line.extend_from_slice(sep.as_bytes());
-                line.extend_from_slice(&value);
-                line.extend_from_slice(eol);
-                line
-            },
-        )
+        (proptest::bool::weighted(0.1), name, sep, value, eol)
+            .prop_map(|(fold, name, sep, value, eol)| header_line(fold, &name, sep, &value, eol))
     }
 
     /// What `parse_request` answers, as (method, target, minor, kept headers, length).
@@ -1039,11 +1057,7 @@ mod tests {
         let Parsed::Complete(h, len) = parsed else {
             return None;
         };
-        let headers = h
-            .headers
-            .iter()
-            .map(|x| (x.name.to_string(), x.value.to_vec()))
-            .collect();
+        let headers = pairs(&h.headers);
         Some((
             h.method.into_owned(),
             h.target,
@@ -1110,19 +1124,8 @@ mod tests {
         ];
         let eol =
             prop_oneof![6 => Just(&b"\r\n"[..]), 2 => Just(&b"\n"[..]), 1 => Just(&b"\r\r\n"[..])];
-        (proptest::bool::weighted(0.1), name, sep, value, eol).prop_map(
-            |(lead, name, sep, value, eol)| {
-                let mut line = Vec::new();
-                if lead {
-                    line.push(b' ');
-                }
-                line.extend_from_slice(name.as_bytes());
-                line.extend_from_slice(sep.as_bytes());
-                line.extend_from_slice(&value);
-                line.extend_from_slice(eol);
-                line
-            },
-        )
+        (proptest::bool::weighted(0.1), name, sep, value, eol)
+            .prop_map(|(lead, name, sep, value, eol)| header_line(lead, &name, sep, &value, eol))
     }
 
     proptest::proptest! {
@@ -1144,13 +1147,7 @@ mod tests {
             ],
             body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4),
         ) {
-            let mut head = start.into_bytes();
-            head.extend_from_slice(b"\r\n");
-            for l in &lines {
-                head.extend_from_slice(l);
-            }
-            head.extend_from_slice(end);
-            head.extend_from_slice(&body);
+            let head = assemble(start, &lines, end, &body);
             if let Some((h, len)) = plain_request(&head) {
                 proptest::prop_assert_eq!(request_answer(Parsed::Complete(h, len)), request_answer(parse_request_strict(&head)));
             }
@@ -1211,13 +1208,7 @@ mod tests {
             ],
             body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4),
         ) {
-            let mut head = start.into_bytes();
-            head.extend_from_slice(b"\r\n");
-            for l in &lines {
-                head.extend_from_slice(l);
-            }
-            head.extend_from_slice(end);
-            head.extend_from_slice(&body);
+            let head = assemble(start, &lines, end, &body);
             if let Some((h, len)) = plain_response(&head) {
                 proptest::prop_assert_eq!(answer(Parsed::Complete(h, len)), answer(parse_response_httparse(&head)));
             }
