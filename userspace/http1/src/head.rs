@@ -160,6 +160,42 @@ fn reparse_with_encoded_target(buf: &[u8]) -> Option<Parsed<RequestHead>> {
     })
 }
 
+/// A line of a head read by hand (`plain_request`, `plain_response`).
+enum HeadLine<'a> {
+    /// The empty line that ends the head.
+    End,
+    /// A header line without its line end, and whether it is clean (see [`clean_line_end`]).
+    Header(&'a [u8], bool),
+}
+
+/// The line of `buf` at `*at`, moving `*at` past it and counting header lines in `*lines`.
+/// `None` where httparse must decide: no line end in `buf`, a NUL or a bare CR (httparse
+/// refuses the whole head), a line starting with a space or tab (folding, or a space before
+/// a name), or more lines than [`MAX_HEADERS`].
+#[inline(always)]
+fn next_head_line<'a>(buf: &'a [u8], at: &mut usize, lines: &mut usize) -> Option<HeadLine<'a>> {
+    let rest = buf.get(*at..)?;
+    let (lf, clean) = clean_line_end(rest)?;
+    let line = rest.get(..lf)?;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    *at += lf + 1;
+    let Some(&first) = line.first() else {
+        return Some(HeadLine::End);
+    };
+    *lines += 1;
+    if *lines > MAX_HEADERS || first == b' ' || first == b'\t' {
+        return None;
+    }
+    Some(HeadLine::Header(line, clean))
+}
+
+/// A kept header's value from what follows its colon, trimmed as httparse trims it; `None`
+/// when its line is not clean (a control byte or DEL: httparse drops the header).
+#[inline(always)]
+fn kept_value(after_colon: &[u8], clean: bool) -> Option<crate::HeaderValue> {
+    clean.then(|| crate::HeaderValue::from_slice(trim(after_colon)))
+}
+
 /// A request head read without httparse when it is plainly well formed: an upper-case
 /// method, one space, an ASCII target, one space, `HTTP/1.0` or `HTTP/1.1`, and header
 /// lines with no NUL and no bare CR (httparse refuses the whole head for those). Only the
@@ -194,19 +230,7 @@ fn plain_request(buf: &[u8]) -> Option<(RequestHead, usize)> {
     let mut headers = Headers::new();
     let mut at = line_end + 1;
     let mut lines = 0usize;
-    loop {
-        let rest = buf.get(at..)?;
-        let (lf, clean) = clean_line_end(rest)?;
-        let line = rest.get(..lf)?;
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        at += lf + 1;
-        let Some(&first) = line.first() else {
-            break; // the empty line that ends the head
-        };
-        lines += 1;
-        if lines > MAX_HEADERS || first == b' ' || first == b'\t' {
-            return None;
-        }
+    while let HeadLine::Header(line, clean) = next_head_line(buf, &mut at, &mut lines)? {
         let Some(colon) = line.iter().position(|&b| b == b':') else {
             continue;
         };
@@ -214,23 +238,9 @@ fn plain_request(buf: &[u8]) -> Option<(RequestHead, usize)> {
         let Some(kept) = entry_of_bytes(KEPT_HEADERS, name) else {
             continue;
         };
-        let value = line.get(colon + 1..)?;
-        let start = value
-            .iter()
-            .position(|&b| b != b' ' && b != b'\t')
-            .unwrap_or(value.len());
-        let end = value
-            .iter()
-            .rposition(|&b| b != b' ' && b != b'\t')
-            .map_or(start, |last| last + 1);
-        let value = value.get(start..end.max(start))?;
-        // A control byte or DEL in a kept header: httparse drops the header.
-        if !clean {
-            return None;
-        }
         headers.push(Header {
             name: kept.into(),
-            value: crate::HeaderValue::from_slice(value),
+            value: kept_value(line.get(colon + 1..)?, clean)?,
         });
     }
     Some((
@@ -427,29 +437,12 @@ fn plain_response(buf: &[u8]) -> Option<(ResponseHead, usize)> {
     let mut headers = Headers::new();
     let mut at = status_end + 1;
     let mut lines = 0usize;
-    loop {
-        let rest = buf.get(at..)?;
-        // A NUL or a bare CR makes httparse refuse the whole head.
-        let (lf, clean) = clean_line_end(rest)?;
-        let line = rest.get(..lf)?;
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        at += lf + 1;
-        let Some(&first) = line.first() else {
-            break; // the empty line that ends the head
-        };
-        lines += 1;
-        // Folded lines (and a space before the first name) need httparse's rules.
-        if lines > MAX_HEADERS || first == b' ' || first == b'\t' {
-            return None;
-        }
+    while let HeadLine::Header(line, clean) = next_head_line(buf, &mut at, &mut lines)? {
         // Only `c…` and `t…` lines can be kept: the others cost one compare.
-        if !matches!(first | 0x20, b'c' | b't') {
-            continue;
-        }
-        let name = if first | 0x20 == b'c' {
-            CONTENT_LENGTH
-        } else {
-            TRANSFER_ENCODING
+        let name = match line.first().map(|b| b | 0x20) {
+            Some(b'c') => CONTENT_LENGTH,
+            Some(b't') => TRANSFER_ENCODING,
+            _ => continue,
         };
         if !starts_with_folded(line, name.as_bytes()) {
             continue;
@@ -462,22 +455,9 @@ fn plain_response(buf: &[u8]) -> Option<(ResponseHead, usize)> {
             // A longer name (`Content-Lengths`): another header, skipped.
             _ => continue,
         };
-        let start = value
-            .iter()
-            .position(|&b| b != b' ' && b != b'\t')
-            .unwrap_or(value.len());
-        let end = value
-            .iter()
-            .rposition(|&b| b != b' ' && b != b'\t')
-            .map_or(start, |last| last + 1);
-        let value = value.get(start..end.max(start))?;
-        // A control byte or DEL in a kept header: httparse drops the header.
-        if !clean {
-            return None;
-        }
         headers.push(Header {
             name: name.into(),
-            value: crate::HeaderValue::from_slice(value),
+            value: kept_value(value, clean)?,
         });
     }
     Some((
